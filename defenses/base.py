@@ -1,0 +1,65 @@
+"""Shared base of the defenses: `defense(images, **params) -> images`, batched, [0,1] in and out.
+
+Each defense has a reference (per image, through the library the notebooks used, OpenCV
+or scikit-image) and a batched torch version that tests prove equal to it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+ReferenceFn = Callable[..., np.ndarray]     # (uint8 HWC RGB image, **params) -> float HWC in [0,1]
+BatchedFn = Callable[..., torch.Tensor]     # (float NCHW in [0,1], **params) -> float NCHW in [0,1]
+
+
+@dataclass(frozen=True)
+class Defense:
+    name: str
+    defaults: dict[str, Any]
+    reference: ReferenceFn
+    batched: BatchedFn
+    param_types: dict[str, type] = field(default_factory=dict)
+
+
+_DEFENSES: dict[str, Defense] = {}
+
+
+def register_defense(defense: Defense) -> Defense:
+    _DEFENSES[defense.name] = defense
+    return defense
+
+
+def defense_names() -> list[str]:
+    return list(_DEFENSES)
+
+
+def get_defense(name: str) -> Defense:
+    if name not in _DEFENSES:
+        raise KeyError(f"unknown defense {name!r}; known: {', '.join(defense_names())}")
+    return _DEFENSES[name]
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[0,1] float -> uint8 values, rounded (never truncated)."""
+    return torch.round(images.clamp(0, 1) * 255).to(torch.uint8)
+
+
+def apply_reference(defense: Defense, images: torch.Tensor, **params) -> torch.Tensor:
+    """One image at a time through the reference library, as the notebooks did."""
+    hwc = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
+    out = np.stack([defense.reference(np.ascontiguousarray(img), **params) for img in hwc])
+    return torch.from_numpy(out).permute(0, 3, 1, 2).to(torch.float32).contiguous().to(images.device)
+
+
+def apply_defense(name: str, images: torch.Tensor, params: dict[str, Any] | None = None,
+                  backend: str = "batched") -> torch.Tensor:
+    defense = get_defense(name)
+    kwargs = {**defense.defaults, **(params or {})}
+    if backend == "reference":
+        return apply_reference(defense, images, **kwargs)
+    if backend == "batched":
+        return defense.batched(images, **kwargs)
+    raise ValueError(f"unknown defense backend {backend!r}; known: reference, batched")

@@ -1,0 +1,66 @@
+"""Checkpoints: architecture name + constructor kwargs + weights, loaded weights_only."""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .registry import create_model
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not describe a known model."""
+
+
+def save_checkpoint(path: str | os.PathLike, model_name: str, model_kwargs: dict[str, Any],
+                    state_dict: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
+    """Write atomically: a crash mid-write never leaves a truncated checkpoint behind."""
+    payload = {"model": model_name, "model_kwargs": dict(model_kwargs),
+               "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+               "meta": dict(meta or {})}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, pickled code...
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(payload, dict) or not {"model", "model_kwargs", "state_dict"} <= payload.keys():
+        raise CheckpointError(f"{path}: not a robustgrid checkpoint (needs model, model_kwargs, state_dict)")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike) -> nn.Module:
+    """A ready model in eval mode on the CPU that takes [0,1] images."""
+    payload = read_checkpoint(path)
+    try:
+        model = create_model(payload["model"], **payload["model_kwargs"])
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{path}: {str(e).splitlines()[0][:300]}") from None
+    return model.eval()
+
+
+def state_dict_bytes(model: nn.Module) -> int:
+    """Size as the notebooks measured it: torch.save of the state_dict into a buffer."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes

@@ -1,0 +1,61 @@
+"""Quantization modes: how an FP32 model becomes the model under evaluation."""
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+
+class CastInput(nn.Module):
+    """Runs a half-precision model on [0,1] float32 images and returns float32 logits."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model = model.to(dtype)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.dtype)).float()
+
+
+def _fp32(model: nn.Module) -> nn.Module:
+    return model
+
+
+def _dynamic_int8(model: nn.Module) -> nn.Module:
+    # The notebook's mode: weights of nn.Linear in qint8, activations quantized on the fly.
+    from torch.ao.quantization import quantize_dynamic
+    with warnings.catch_warnings():  # torch marks quantized tensors deprecated; the notebook's mode still runs
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return quantize_dynamic(model.cpu(), {nn.Linear}, dtype=torch.qint8)
+
+
+@dataclass(frozen=True)
+class QuantMode:
+    name: str
+    convert: Callable[[nn.Module], nn.Module]
+    cpu_only: bool          # quantized kernels exist for the CPU only
+    has_input_grad: bool    # white-box attacks need a gradient w.r.t. the input
+    needs_cuda: bool = False
+
+
+QUANT_MODES: dict[str, QuantMode] = {
+    "fp32": QuantMode("fp32", _fp32, cpu_only=False, has_input_grad=True),
+    "dynamic_int8": QuantMode("dynamic_int8", _dynamic_int8, cpu_only=True, has_input_grad=False),
+    "bf16": QuantMode("bf16", lambda m: CastInput(m, torch.bfloat16), cpu_only=False, has_input_grad=True, needs_cuda=True),
+    "fp16": QuantMode("fp16", lambda m: CastInput(m, torch.float16), cpu_only=False, has_input_grad=True, needs_cuda=True),
+}
+
+
+def quantize(model: nn.Module, mode: str) -> nn.Module:
+    """A new model in `mode`; the FP32 model passed in is left untouched."""
+    if mode not in QUANT_MODES:
+        raise KeyError(f"unknown quant mode {mode!r}; known: {', '.join(QUANT_MODES)}")
+    if mode == "fp32":
+        return model
+    return QUANT_MODES[mode].convert(copy.deepcopy(model)).eval()

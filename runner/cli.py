@@ -1,0 +1,182 @@
+"""`robustgrid`: run, eval, show, models, data fetch.
+
+Bad input (sweep file, override, checkpoint, data folder) ends with exit status 2 and
+one line that names the problem and its key path; nothing is written.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .console import console
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="robustgrid", description="Robustness benchmark runner for small image classifiers.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train a sweep's trials, evaluate its grid, write Parquet")
+    run.add_argument("sweep", help="sweep file (YAML)")
+    run.add_argument("--out", help="results folder (default results/<sweep name>)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a sweep key, e.g. --set evaluate.eps=[0,0.03] (repeatable)")
+    run.add_argument("--executor", choices=["ray", "inline"], default="ray",
+                     help="ray (default): Tune trials and Ray tasks; inline: one process, for debuggers")
+    run.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                     help="Ray cluster to join (auto, HOST:PORT); default: start Ray in this process")
+    run.add_argument("--resume", action="store_true", help="continue a crashed or interrupted sweep")
+
+    ev = sub.add_parser("eval", help="re-evaluate a results folder's checkpoints with a new grid")
+    ev.add_argument("results", help="results folder of a previous run")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ev.add_argument("--executor", choices=["ray", "inline"], default="ray")
+    ev.add_argument("--address", default=os.environ.get("RAY_ADDRESS"))
+
+    show = sub.add_parser("show", help="rich tables of a results folder")
+    show.add_argument("results")
+    show.add_argument("--quant", action="append", help="only this quant mode (repeatable)")
+    show.add_argument("--defense", action="append", help="only this defense (repeatable)")
+    show.add_argument("--trial", action="append", help="only this trial id (repeatable)")
+    show.add_argument("--plots", action="store_true", help="also (re)write the PNG plots")
+
+    sub.add_parser("models", help="list registered models with parameters and sizes")
+
+    data = sub.add_parser("data", help="data sets")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    fetch = dsub.add_parser("fetch", help="download a data set into the data root")
+    fetch.add_argument("name", choices=["cifar10"])
+    fetch.add_argument("--root", help="data root (default $ROBUSTGRID_DATA or ~/.cache/robustgrid)")
+
+    bench = sub.add_parser("bench", help="measure the engine against the reference pipeline")
+    bench.add_argument("--quick", action="store_true", help="small sizes: about a minute on 2 CPU cores")
+    bench.add_argument("--json", help="write the measurements as JSON here")
+    bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from models.checkpoint import CheckpointError
+    from .data import DataError
+    from .download import DownloadError
+    from .spec import SpecError
+    try:
+        return COMMANDS[args.command](args) or 0
+    except SpecError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        return EXIT_BAD_INPUT
+    except (CheckpointError, DataError, DownloadError) as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted.[/yellow] Finished trials and eval cells are saved; "
+                      "continue with the same command and --resume.")
+        return 130
+
+
+def cmd_run(args) -> int:
+    from .sweep import Sweep, resolve_out
+    from .spec import load_spec
+    spec, raw = load_spec(args.sweep, args.overrides)   # validates everything before anything is written
+    sweep = Sweep(spec, raw, resolve_out(spec, args.out))
+    _check_checkpoints_readable(sweep)
+    sweep.write_spec()
+    console.print(f"sweep [bold]{spec.name}[/bold]: {len(spec.trial_configs())} trial(s) -> {sweep.out}")
+    if args.executor == "inline":
+        from .sweep import run_inline
+        run_inline(sweep, resume=True)
+    else:
+        from .tune import run_ray
+        run_ray(sweep, address=args.address, resume=args.resume)
+    _views(sweep.out)
+    return 0
+
+
+def _check_checkpoints_readable(sweep) -> None:
+    """On a rerun, a trial already marked done must have a readable checkpoint."""
+    from models.checkpoint import read_checkpoint
+    for tid, row in sweep.finished_trials().items():
+        read_checkpoint(row["checkpoint"])
+
+
+def cmd_eval(args) -> int:
+    from .spec import SpecError, load_spec
+    from .sweep import Sweep
+    root = Path(args.results).resolve()
+    if not (root / "sweep.yaml").exists():
+        raise SpecError(f"{root}: not a results folder (no sweep.yaml)")
+    spec, raw = load_spec(root / "sweep.yaml", args.overrides)
+    sweep = Sweep(spec, raw, root)
+    from models.checkpoint import read_checkpoint
+    selected = sweep.selected_checkpoints()
+    if not selected:
+        raise SpecError(f"{root}: no trained checkpoints to evaluate")
+    for trial in selected:
+        read_checkpoint(trial["checkpoint"])
+    if args.executor == "inline":
+        from .sweep import evaluate_inline
+        evaluate_inline(sweep)
+    else:
+        from .tune import evaluate_ray
+        evaluate_ray(sweep, address=args.address)
+    _views(root)
+    return 0
+
+
+def _views(root: Path) -> None:
+    from .report import plot_all, show
+    show(root)
+    paths = plot_all(root)
+    console.print(f"results in {root} ({len(paths)} plots under plots/)")
+
+
+def cmd_show(args) -> int:
+    from .report import plot_all, show
+    from .spec import SpecError
+    root = Path(args.results)
+    if not (root / "trials.parquet").exists():
+        raise SpecError(f"{root}: not a results folder (no trials.parquet)")
+    show(root, args.quant, args.defense, args.trial)
+    if args.plots:
+        plot_all(root)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from rich.table import Table
+    from models import create_model, model_names, quantize, state_dict_bytes
+    t = Table(title="models")
+    for col in ["name", "parameters", "fp32 MB", "dynamic_int8 MB"]:
+        t.add_column(col, justify="left" if col == "name" else "right")
+    for name in model_names():
+        m = create_model(name)
+        params = sum(p.numel() for p in m.parameters())
+        t.add_row(name, f"{params:,}", f"{state_dict_bytes(m) / 1e6:.2f}",
+                  f"{state_dict_bytes(quantize(m, 'dynamic_int8')) / 1e6:.2f}")
+    from rich.console import Console
+    Console().print(t)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data import resolve_root
+    from .download import fetch_cifar10
+    root = resolve_root(args.root)
+    fetch_cifar10(root, progress=lambda msg: console.print(f"[cyan]{msg}[/cyan]"))
+    console.print(f"cifar10 ready in {root}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+    return run_bench(quick=args.quick, json_path=args.json, device=args.device)
+
+
+COMMANDS = {"run": cmd_run, "eval": cmd_eval, "show": cmd_show, "models": cmd_models, "data": cmd_data, "bench": cmd_bench}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""The sweep file: YAML, validated by pydantic, every error named by its key path.
+
+    name, data, train (values may be {grid_search: [...]}), num_samples, resources, evaluate
+
+A training trial's config is a flat dict (`TrainConfig`): what `train(config)` takes.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from attacks import attack_names
+from defenses import defense_names, get_defense
+from models import QUANT_MODES, model_names
+
+
+class SpecError(ValueError):
+    """A bad sweep file or override: the message starts with the key path."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def parse_eps(v: Any) -> float:
+    """Epsilons on the [0,1] pixel scale; '8/255' is accepted as written in papers."""
+    if isinstance(v, str):
+        try:
+            v = float(Fraction(v.replace(" ", "")))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"{v!r} is not a number or a fraction like 8/255") from None
+    return v
+
+
+class DataSpec(Strict):
+    dataset: Literal["cifar10", "imagefolder", "synthetic"] = "cifar10"
+    root: str | None = None          # data cache; default $ROBUSTGRID_DATA or ~/.cache/robustgrid
+    path: str | None = None          # imagefolder: folder with train/ and test/
+    val_size: int = Field(5000, ge=0)
+    split_seed: int = 0
+    train_subset: int | None = Field(None, gt=0)
+    synthetic_train: int = Field(2000, gt=0)
+    synthetic_test: int = Field(500, gt=0)
+
+
+class TrainConfig(Strict):
+    """One training trial, flat: grid_search may vary any of these keys."""
+    model: str = "simple_cnn"
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(128, gt=0)
+    epochs: int = Field(10, gt=0)
+    early_stopping_patience: int | None = Field(None, gt=0)
+    lr_patience: int = Field(2, ge=0)
+    lr_factor: float = Field(0.5, gt=0, lt=1)
+    dropout: float | None = Field(None, ge=0, lt=1)
+    augment: bool = True
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True                 # bf16 autocast, on CUDA only
+    channels_last: bool = True       # on CUDA only
+    compile: bool = False
+    loader: Literal["tensor", "dataloader"] = "tensor"
+    # filled in by the runner, not the sweep file:
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    data_path: str | None = None
+    val_size: int = 5000
+    split_seed: int = 0
+    train_subset: int | None = None
+    synthetic_train: int = 2000
+    synthetic_test: int = 500
+    out_dir: str | None = None
+    threads: int | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v):
+        if v not in model_names():
+            raise ValueError(f"unknown model {v!r}; known: {', '.join(model_names())}")
+        return v
+
+
+SWEEP_TRAIN_KEYS = [k for k in TrainConfig.model_fields if k not in DataSpec.model_fields
+                    and k not in ("dataset", "data_root", "data_path", "out_dir", "threads")]
+
+
+class Resources(Strict):
+    cpus_per_trial: float = Field(1, gt=0)
+    gpus_per_trial: float = Field(0, ge=0)
+    workers_per_trial: int = Field(1, ge=1)
+    max_concurrent_trials: int | None = Field(None, gt=0)
+    max_failures: int = Field(0, ge=0)
+    eval_cpus: float = Field(1, gt=0)
+    eval_gpus: float = Field(0, ge=0)
+
+
+class Scheduler(Strict):
+    type: Literal["fifo", "asha"] = "fifo"
+    grace_period: int = Field(1, gt=0)
+    reduction_factor: float = Field(2, gt=1)
+
+
+class EvaluateSpec(Strict):
+    select: Literal["all", "best", "top_k"] = "all"
+    top_k: int = Field(1, gt=0)
+    n_images: int | None = Field(None, gt=0)   # first N test images; None = the whole test split
+    attacks: list[str] = ["fgsm"]
+    eps: list[float] = [0.0, 2 / 255, 4 / 255, 8 / 255]
+    sources: list[Literal["self", "fp32"]] = ["self", "fp32"]
+    defenses: dict[str, dict[str, Any]] = Field(default_factory=lambda: {n: {} for n in defense_names()})
+    quant: list[str] = ["fp32", "dynamic_int8"]
+    defense_backend: Literal["reference", "batched"] = "batched"
+    batch_size: int = Field(500, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    examples: int = Field(4, ge=0)            # images in the example panel plot
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _eps_values(cls, v):
+        return [parse_eps(x) for x in v] if isinstance(v, list) else v
+
+    @field_validator("eps")
+    @classmethod
+    def _eps_range(cls, v):
+        for i, e in enumerate(v):
+            if not (math.isfinite(e) and 0 <= e <= 1):
+                raise ValueError(f"[{i}]: must be >= 0 and <= 1 (pixel scale [0,1]), got {e}")
+        return v
+
+    @field_validator("attacks")
+    @classmethod
+    def _known_attacks(cls, v):
+        for i, a in enumerate(v):
+            if a not in attack_names():
+                raise ValueError(f"[{i}]: unknown attack {a!r}; known: {', '.join(attack_names())}")
+        return v
+
+    @field_validator("quant")
+    @classmethod
+    def _known_quant(cls, v):
+        for i, q in enumerate(v):
+            if q not in QUANT_MODES:
+                raise ValueError(f"[{i}]: unknown quant mode {q!r}; known: {', '.join(QUANT_MODES)}")
+        return v
+
+    @field_validator("defenses", mode="before")
+    @classmethod
+    def _defense_list(cls, v):
+        if isinstance(v, list):  # [none, jpeg] is shorthand for {none: {}, jpeg: {}}
+            return {name: {} for name in v}
+        return {k: (p or {}) for k, p in v.items()} if isinstance(v, dict) else v
+
+    @field_validator("defenses")
+    @classmethod
+    def _known_defenses(cls, v):
+        for name, params in v.items():
+            if name not in defense_names():
+                raise ValueError(f".{name}: unknown defense; known: {', '.join(defense_names())}")
+            d = get_defense(name)
+            for key, value in params.items():
+                if key not in d.defaults:
+                    raise ValueError(f".{name}.{key}: unknown parameter; known: {', '.join(d.defaults) or 'none'}")
+                want = d.param_types.get(key, type(d.defaults[key]))
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or (want is int and not isinstance(value, int)):
+                    raise ValueError(f".{name}.{key}: must be {want.__name__}, got {value!r}")
+        return v
+
+
+class SweepSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    data: DataSpec = DataSpec()
+    train: dict[str, Any] = Field(default_factory=dict)
+    num_samples: int = Field(1, ge=1)
+    resources: Resources = Resources()
+    scheduler: Scheduler = Scheduler()
+    evaluate: EvaluateSpec = EvaluateSpec()
+
+    def grid_axes(self) -> dict[str, list]:
+        return {k: v["grid_search"] for k, v in self.train.items() if isinstance(v, dict)}
+
+    def base_train(self) -> dict[str, Any]:
+        return {k: v for k, v in self.train.items() if not isinstance(v, dict)}
+
+    def trial_configs(self) -> list[dict[str, Any]]:
+        """Every trial's flat config: the grid, times num_samples seeds."""
+        axes = self.grid_axes()
+        configs = []
+        for values in itertools.product(*axes.values()) if axes else [()]:
+            for sample in range(self.num_samples):
+                cfg = {**self.base_train(), **dict(zip(axes, values))}
+                cfg["seed"] = cfg.get("seed", 0) + sample
+                configs.append(self.trial_config(cfg))
+        return configs
+
+    def trial_config(self, train: dict[str, Any]) -> dict[str, Any]:
+        d = self.data
+        cfg = {**train, "dataset": d.dataset, "data_root": d.root, "data_path": d.path,
+               "val_size": d.val_size, "split_seed": d.split_seed, "train_subset": d.train_subset,
+               "synthetic_train": d.synthetic_train, "synthetic_test": d.synthetic_test}
+        return TrainConfig.model_validate(cfg).model_dump()
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _format(e: ValidationError, prefix: str = "") -> str:
+    err = e.errors()[0]
+    path = _loc(tuple(prefix.split(".")) + tuple(err["loc"]) if prefix else tuple(err["loc"]))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    msg = msg.removeprefix("Value error, ")
+    if msg.startswith("[") or msg.startswith("."):   # a validator that names a sub-path
+        sub, _, msg = msg.partition(": ")
+        path = path + sub
+    return f"{path}: {msg}"
+
+
+def _validate_train(spec: SweepSpec) -> None:
+    """Each grid value, and the base, must make a valid TrainConfig."""
+    for key, value in spec.train.items():
+        if key not in SWEEP_TRAIN_KEYS:
+            raise SpecError(f"train.{key}: unknown key; known: {', '.join(SWEEP_TRAIN_KEYS)}")
+        if isinstance(value, dict):
+            if set(value) != {"grid_search"} or not isinstance(value["grid_search"], list) or not value["grid_search"]:
+                raise SpecError(f"train.{key}: a dict value must be {{grid_search: [non-empty list]}}")
+            for i, v in enumerate(value["grid_search"]):
+                try:
+                    TrainConfig.model_validate({**spec.base_train(), key: v})
+                except ValidationError as e:
+                    raise SpecError(_format(e).replace(f"{key}:", f"train.{key}.grid_search[{i}]:", 1)) from None
+    try:
+        TrainConfig.model_validate(spec.base_train())
+    except ValidationError as e:
+        raise SpecError(_format(e, "train")) from None
+
+
+def _check_paths(spec: SweepSpec) -> None:
+    if spec.data.dataset == "imagefolder":
+        if not spec.data.path:
+            raise SpecError("data.path: imagefolder needs a folder with train/ and test/")
+        p = Path(spec.data.path).expanduser()
+        for split in ("train", "test"):
+            if not (p / split).is_dir():
+                raise SpecError(f"data.path: {p / split} not found (imagefolder needs train/ and test/, one folder per class)")
+
+
+def set_override(raw: dict, assignment: str) -> None:
+    """--set evaluate.eps=[0,0.03] : a dotted key path and a YAML value."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key:
+        raise SpecError(f"--set {assignment}: expected key.path=value")
+    parts = key.split(".")
+    node = raw
+    for p in parts[:-1]:
+        if not isinstance(node.setdefault(p, {}), dict):
+            raise SpecError(f"{key}: {p} is not a section")
+        node = node[p]
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def validate(raw: Any, source: str = "sweep") -> SweepSpec:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: the sweep file must be a mapping at the top level")
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(_format(e)) from None
+    _validate_train(spec)
+    _check_paths(spec)
+    return spec
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> tuple[SweepSpec, dict]:
+    """Read, override and validate a sweep file; returns the spec and the resolved raw dict."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: sweep file not found") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    raw = copy.deepcopy(raw) if isinstance(raw, dict) else raw
+    for assignment in overrides:
+        if not isinstance(raw, dict):
+            break
+        set_override(raw, assignment)
+    return validate(raw, str(path)), raw

@@ -1,0 +1,132 @@
+"""Results on disk: Parquet tables with explicit schemas, written atomically.
+
+    results/<sweep>/trials.parquet, epochs.parquet, eval/part-*.parquet
+
+`eval` is a dataset of part files: each finished unit of work adds one part (a crash
+loses no finished cell), and a cell already present is never computed or written again.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+EVAL_SCHEMA = pa.schema([
+    ("sweep", pa.string()), ("run_id", pa.string()), ("trial_id", pa.string()), ("model", pa.string()),
+    ("dataset", pa.string()), ("quant", pa.string()), ("model_bytes", pa.int64()), ("attack", pa.string()),
+    ("attack_source", pa.string()), ("eps", pa.float64()), ("defense", pa.string()),
+    ("defense_params", pa.string()), ("n", pa.int64()), ("correct", pa.int64()), ("accuracy", pa.float64()),
+    ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("attack_success_rate", pa.float64()),
+    ("seconds", pa.float64()), ("device", pa.string()), ("seed", pa.int64()),
+    ("created_at", pa.timestamp("us", tz="UTC")), ("code_version", pa.string()), ("torch_version", pa.string()),
+])
+
+EPOCH_SCHEMA = pa.schema([
+    ("sweep", pa.string()), ("run_id", pa.string()), ("trial_id", pa.string()), ("epoch", pa.int64()),
+    ("train_loss", pa.float64()), ("train_accuracy", pa.float64()), ("val_loss", pa.float64()),
+    ("val_accuracy", pa.float64()), ("lr", pa.float64()), ("seconds", pa.float64()),
+])
+
+_TRIAL_RESULT_FIELDS = [
+    ("sweep", pa.string()), ("run_id", pa.string()), ("trial_id", pa.string()), ("status", pa.string()),
+    ("error", pa.string()), ("best_val_accuracy", pa.float64()), ("best_epoch", pa.int64()),
+    ("test_accuracy", pa.float64()), ("epochs_run", pa.int64()), ("seconds", pa.float64()),
+    ("world_size", pa.int64()), ("device", pa.string()), ("node", pa.string()), ("node_ip", pa.string()),
+    ("gpu_ids", pa.string()), ("checkpoint", pa.string()), ("fp32_bytes", pa.int64()), ("int8_bytes", pa.int64()),
+]
+
+
+def trials_schema() -> pa.Schema:
+    """Result columns plus the trial's configuration, one flat column per TrainConfig key."""
+    from .spec import TrainConfig
+    types = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
+    config_fields = []
+    for name, field in TrainConfig.model_fields.items():
+        ann = field.annotation
+        base = next((t for t in (bool, int, float) if ann is t or ann == (t | None)), str)
+        config_fields.append((f"config_{name}" if name in dict(_TRIAL_RESULT_FIELDS) else name, types[base]))
+    return pa.schema(_TRIAL_RESULT_FIELDS + config_fields)
+
+
+EVAL_KEY = ["trial_id", "quant", "attack", "attack_source", "eps", "defense", "defense_params", "n", "seed"]
+TRIAL_KEY = ["trial_id"]
+
+
+def atomic_write_table(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    return pa.Table.from_pydict(cols, schema=schema)
+
+
+class ResultStore:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+
+    # --- paths ---
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    def path(self, table: str) -> Path:
+        return self.root / f"{table}.parquet"
+
+    # --- eval: append-only part files ---
+    def eval_keys(self) -> set[tuple]:
+        df = self.read_eval(columns=EVAL_KEY)
+        return {tuple(r) for r in df.assign(eps=df["eps"].round(10)).itertuples(index=False)} if len(df) else set()
+
+    def append_eval(self, rows: list[dict]) -> Path | None:
+        if not rows:
+            return None
+        part = self.eval_dir / f"part-{uuid.uuid4().hex}.parquet"
+        atomic_write_table(_table(rows, EVAL_SCHEMA), part)
+        return part
+
+    def read_eval(self, columns: list[str] | None = None) -> pd.DataFrame:
+        parts = sorted(self.eval_dir.glob("part-*.parquet")) if self.eval_dir.is_dir() else []
+        if not parts:
+            return EVAL_SCHEMA.empty_table().select(columns or EVAL_SCHEMA.names).to_pandas()
+        df = pq.ParquetDataset(parts, schema=EVAL_SCHEMA).read(columns=columns).to_pandas()
+        if columns is None or set(EVAL_KEY) <= set(columns):
+            # Two writers racing on the same cell is prevented upstream; keep reads exact anyway.
+            df = df.assign(_k=df["eps"].round(10)).drop_duplicates(subset=[c if c != "eps" else "_k" for c in EVAL_KEY])
+            df = df.drop(columns="_k").reset_index(drop=True)
+        return df
+
+    # --- trials / epochs: small tables, upserted by key ---
+    def upsert(self, table: str, rows: Iterable[dict], key: list[str]) -> None:
+        rows = list(rows)
+        schema = trials_schema() if table == "trials" else EPOCH_SCHEMA
+        new = _table(rows, schema).to_pandas()
+        old = self.read(table)
+        if len(old):
+            keys = set(map(tuple, new[key].itertuples(index=False)))
+            old = old[[tuple(k) not in keys for k in old[key].itertuples(index=False)]]
+            new = pd.concat([old, new], ignore_index=True) if len(old) else new
+        atomic_write_table(pa.Table.from_pandas(new, schema=schema, preserve_index=False), self.path(table))
+
+    def read(self, table: str) -> pd.DataFrame:
+        if table == "eval":
+            return self.read_eval()
+        p = self.path(table)
+        if not p.exists():
+            schema = trials_schema() if table == "trials" else EPOCH_SCHEMA
+            return schema.empty_table().to_pandas()
+        return pq.read_table(p).to_pandas()

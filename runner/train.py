@@ -1,0 +1,251 @@
+"""One training trial: `train(config) -> result`, a plain function of a flat config.
+
+DDP-ready in the nanoGPT way: launched by torchrun (WORLD_SIZE > 1) it joins the process
+group from the environment (gloo on CPU, nccl on CUDA), each rank takes its shard of
+every epoch's permutation (DistributedSampler) and rank 0 alone writes. Run as one
+process it is plain single-device training. Ray Tune / Ray Train call it unchanged.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DistributedSampler
+
+from models import create_model, quantize, save_checkpoint, state_dict_bytes
+from models.checkpoint import read_checkpoint
+
+from .data import Splits, augment_params, crop_flip, load_splits, to_float
+from .spec import TrainConfig
+
+Reporter = Callable[[dict[str, Any], Path | None], None]
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_kind: str) -> DistInfo:
+    """Join the process group torchrun (or Ray Train) describes; a no-op for one process."""
+    if dist.is_available() and dist.is_initialized():  # Ray Train sets it up for us
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world <= 1:
+        return DistInfo()
+    dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def pick_device(setting: str, local_rank: int = 0) -> torch.device:
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device: cuda asked for, but no CUDA device is visible")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, device: torch.device,
+             batch_size: int = 1000, autocast=contextlib.nullcontext) -> tuple[float, float]:
+    """(mean loss, accuracy) over a whole uint8 split."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(x_uint8), batch_size):
+        xb = to_float(x_uint8[i:i + batch_size].to(device, non_blocking=True))
+        yb = y[i:i + batch_size].to(device, non_blocking=True)
+        with autocast():
+            logits = model(xb).float()
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+    n = max(len(x_uint8), 1)
+    return loss_sum / n, correct / n
+
+
+class TensorBatches:
+    """airbench-style loader: the whole split lives on the device as uint8; crop/flip there."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, dist_info: DistInfo,
+                 device: torch.device, seed: int, augment: bool):
+        self.x, self.y = x.to(device), y.to(device)
+        self.batch_size, self.device, self.seed, self.augment = batch_size, device, seed, augment
+        # Each rank takes 1/world of the global batch, so gradients average to the global one.
+        self.local_batch = max(1, batch_size // dist_info.world_size)
+        self.sampler = DistributedSampler(range(len(x)), num_replicas=dist_info.world_size,
+                                          rank=dist_info.rank, shuffle=True, seed=seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.local_batch)
+
+    def epoch(self, epoch: int):
+        self.sampler.set_epoch(epoch)
+        order = torch.tensor(list(self.sampler))
+        params = augment_params(len(self.x), self.seed, epoch) if self.augment else None
+        for i in range(0, len(order), self.local_batch):
+            idx = order[i:i + self.local_batch]
+            xb = self.x[idx.to(self.device)]
+            if params is not None:
+                xb = crop_flip(xb, *(p[idx] for p in params))
+            yield to_float(xb), self.y[idx.to(self.device)]
+
+
+def build_model(cfg: TrainConfig, splits: Splits) -> tuple[nn.Module, dict[str, Any]]:
+    kwargs: dict[str, Any] = {"num_classes": len(splits.classes), "mean": list(splits.mean), "std": list(splits.std)}
+    if cfg.dropout is not None:
+        kwargs["dropout"] = cfg.dropout
+    return create_model(cfg.model, **kwargs), kwargs
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def train(config: dict[str, Any], report: Reporter | None = None, resume_from: str | Path | None = None,
+          progress: Callable[[int, int, dict], None] | None = None) -> dict[str, Any]:
+    """Train one configuration; returns the trial's results (test accuracy of the best epoch...).
+
+    `report(metrics, checkpoint_dir)` is called by every rank after each epoch (Ray Tune
+    wants it from every worker); `checkpoint_dir` holds last.pt on rank 0 and is None elsewhere.
+    """
+    cfg = TrainConfig.model_validate(config)
+    t_start = time.time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device_kind = pick_device(cfg.device).type
+    di = setup_distributed(device_kind)
+    device = pick_device(cfg.device, di.local_rank)
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(cfg.out_dir or ".").resolve()
+    if di.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    splits = load_splits(cfg.dataset, cfg.data_root, cfg.data_path, cfg.val_size, cfg.split_seed,
+                         cfg.train_subset, (cfg.synthetic_train, cfg.synthetic_test))
+    model, model_kwargs = build_model(cfg, splits)
+    model.to(device)
+    on_cuda = device.type == "cuda"
+    if on_cuda and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if di.world_size > 1 and on_cuda:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN over the global batch, as one process would
+    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if on_cuda else None) if di.world_size > 1 else model
+    step_net = torch.compile(net) if cfg.compile else net
+    optimizer = make_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (on_cuda and cfg.amp) else contextlib.nullcontext
+    batches = make_batches(cfg, splits, di, device)
+
+    state = {"epoch": 0, "best_val": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    if resume_from is not None:
+        state = _restore(Path(resume_from), model, optimizer, scheduler)
+
+    for epoch in range(state["epoch"], cfg.epochs):
+        t0 = time.time()
+        train_loss, train_acc = train_one_epoch(step_net, batches, epoch, optimizer, autocast)
+        val_loss, val_acc = accuracy(model, splits.val_x, splits.val_y, device, autocast=autocast)
+        scheduler.step(val_acc)
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
+               "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - t0}
+        state["history"].append(row)
+        state["epoch"] = epoch + 1
+        improved = val_acc > state["best_val"]
+        if improved:
+            state.update(best_val=val_acc, best_epoch=epoch + 1, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        stop = cfg.early_stopping_patience is not None and state["bad_epochs"] >= cfg.early_stopping_patience
+        ckpt_dir = _save_epoch(out_dir, cfg, model, model_kwargs, optimizer, scheduler, state, improved, splits) if di.is_main else None
+        if progress:
+            progress(epoch + 1, cfg.epochs, row)
+        if report:
+            report({**row, "best_val_accuracy": state["best_val"], "done": stop or epoch + 1 == cfg.epochs}, ckpt_dir)
+        if stop:
+            break
+
+    result = _finish(cfg, out_dir, model, splits, device, di, state, time.time() - t_start)
+    if di.world_size > 1 and not (dist.is_initialized() and os.environ.get("RAY_TRAIN_WORKER")):
+        dist.barrier()
+    return result
+
+
+def make_batches(cfg: TrainConfig, splits: Splits, di: DistInfo, device: torch.device):
+    if cfg.loader == "dataloader":
+        from .loaders import DataLoaderBatches
+        return DataLoaderBatches(splits.train_x, splits.train_y, cfg.batch_size, di, device, cfg.seed, cfg.augment)
+    return TensorBatches(splits.train_x, splits.train_y, cfg.batch_size, di, device, cfg.seed, cfg.augment)
+
+
+def train_one_epoch(net: nn.Module, batches, epoch: int, optimizer, autocast) -> tuple[float, float]:
+    net.train()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.int64)
+    seen = 0
+    for xb, yb in batches.epoch(epoch):
+        with autocast():
+            logits = net(xb)
+            loss = F.cross_entropy(logits.float(), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # .item() each step would sync the GPU; accumulate on device, read once per epoch.
+        loss_sum = loss_sum.to(loss.device) + loss.detach().double() * len(yb)
+        correct = correct.to(loss.device) + (logits.argmax(1) == yb).sum()
+        seen += len(yb)
+    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+
+
+def _save_epoch(out_dir: Path, cfg: TrainConfig, model, model_kwargs, optimizer, scheduler, state, improved, splits) -> Path:
+    meta = {"config": cfg.model_dump(), "classes": splits.classes, "epoch": state["epoch"]}
+    if improved:
+        save_checkpoint(out_dir / "best.pt", cfg.model, model_kwargs, model.state_dict(), meta)
+    # last.pt carries everything needed to continue the trial after a crash.
+    save_checkpoint(out_dir / "last.pt", cfg.model, model_kwargs, model.state_dict(),
+                    {**meta, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "state": {k: v for k, v in state.items()}})
+    return out_dir
+
+
+def _restore(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
+    path = path / "last.pt" if path.is_dir() else path
+    payload = read_checkpoint(path)
+    model.load_state_dict(payload["state_dict"])
+    optimizer.load_state_dict(payload["meta"]["optimizer"])
+    scheduler.load_state_dict(payload["meta"]["scheduler"])
+    return dict(payload["meta"]["state"])
+
+
+def _finish(cfg, out_dir, model, splits, device, di, state, seconds) -> dict[str, Any]:
+    """Reload the best epoch's weights and measure it on the test split."""
+    best = out_dir / "best.pt"
+    if di.world_size > 1:
+        dist.barrier()  # rank 0 has finished writing best.pt
+    if best.exists():
+        model.load_state_dict(read_checkpoint(best)["state_dict"])
+    _, test_acc = accuracy(model, splits.test_x, splits.test_y, device)
+    cpu_model = model.to("cpu").to(memory_format=torch.contiguous_format)
+    return {
+        "best_val_accuracy": state["best_val"], "best_epoch": state["best_epoch"],
+        "test_accuracy": test_acc, "epochs_run": state["epoch"], "seconds": seconds,
+        "world_size": di.world_size, "device": str(device), "node": socket.gethostname(),
+        "checkpoint": str(best), "fp32_bytes": state_dict_bytes(cpu_model),
+        "int8_bytes": state_dict_bytes(quantize(cpu_model, "dynamic_int8")),
+        "history": state["history"],
+    }
