@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from rich.markup import escape
+
 from .console import console
 
 EXIT_BAD_INPUT = 2
@@ -67,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args) or 0
     except SpecError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except (CheckpointError, DataError, DownloadError) as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         console.print("[yellow]interrupted.[/yellow] Finished trials and eval cells are saved; "

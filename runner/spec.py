@@ -235,22 +235,25 @@ def _format(e: ValidationError, prefix: str = "") -> str:
 
 
 def _validate_train(spec: SweepSpec) -> None:
-    """Each grid value, and the base, must make a valid TrainConfig."""
-    for key, value in spec.train.items():
+    """Every key known; the base and each grid value must make a valid TrainConfig."""
+    for key in spec.train:
         if key not in SWEEP_TRAIN_KEYS:
             raise SpecError(f"train.{key}: unknown key; known: {', '.join(SWEEP_TRAIN_KEYS)}")
-        if isinstance(value, dict):
-            if set(value) != {"grid_search"} or not isinstance(value["grid_search"], list) or not value["grid_search"]:
-                raise SpecError(f"train.{key}: a dict value must be {{grid_search: [non-empty list]}}")
-            for i, v in enumerate(value["grid_search"]):
-                try:
-                    TrainConfig.model_validate({**spec.base_train(), key: v})
-                except ValidationError as e:
-                    raise SpecError(_format(e).replace(f"{key}:", f"train.{key}.grid_search[{i}]:", 1)) from None
     try:
         TrainConfig.model_validate(spec.base_train())
     except ValidationError as e:
         raise SpecError(_format(e, "train")) from None
+    for key, value in spec.train.items():
+        if not isinstance(value, dict):
+            continue
+        if set(value) != {"grid_search"} or not isinstance(value["grid_search"], list) or not value["grid_search"]:
+            raise SpecError(f"train.{key}: a dict value must be {{grid_search: [non-empty list]}}")
+        for i, v in enumerate(value["grid_search"]):
+            try:
+                TrainConfig.model_validate({**spec.base_train(), key: v})
+            except ValidationError as e:
+                msg = _format(e).partition(": ")[2]
+                raise SpecError(f"train.{key}.grid_search[{i}]: {msg}") from None
 
 
 def _check_paths(spec: SweepSpec) -> None:

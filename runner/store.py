@@ -70,8 +70,17 @@ def atomic_write_table(table: pa.Table, path: Path) -> None:
         raise
 
 
+def _clean(value, field: pa.Field):
+    """Rows read back through pandas carry NaN for missing strings and ints: make them nulls."""
+    if isinstance(value, float) and value != value and not pa.types.is_floating(field.type):
+        return None
+    if value is pd.NaT:
+        return None
+    return value
+
+
 def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    cols = {f.name: [_clean(r.get(f.name), f) for r in rows] for f in schema}
     return pa.Table.from_pydict(cols, schema=schema)
 
 

@@ -36,6 +36,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False   # we called init_process_group, so we tear it down
 
     @property
     def is_main(self) -> bool:
@@ -50,7 +51,7 @@ def setup_distributed(device_kind: str) -> DistInfo:
     if world <= 1:
         return DistInfo()
     dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", 0)))
+    return DistInfo(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", 0)), owns_group=True)
 
 
 def pick_device(setting: str, local_rank: int = 0) -> torch.device:
@@ -181,8 +182,8 @@ def train(config: dict[str, Any], report: Reporter | None = None, resume_from: s
             break
 
     result = _finish(cfg, out_dir, model, splits, device, di, state, time.time() - t_start)
-    if di.world_size > 1 and not (dist.is_initialized() and os.environ.get("RAY_TRAIN_WORKER")):
-        dist.barrier()
+    if di.owns_group:
+        dist.destroy_process_group()
     return result
 
 
@@ -249,3 +250,21 @@ def _finish(cfg, out_dir, model, splits, device, di, state, seconds) -> dict[str
         "int8_bytes": state_dict_bytes(quantize(cpu_model, "dynamic_int8")),
         "history": state["history"],
     }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """torchrun --nproc_per_node=N -m runner.train key=value ... (TrainConfig keys)."""
+    import sys
+
+    import yaml
+    config = {}
+    for arg in (argv if argv is not None else sys.argv[1:]):
+        key, _, value = arg.partition("=")
+        config[key] = yaml.safe_load(value)
+    result = train(config)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print({k: v for k, v in result.items() if k != "history"})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+import os
+
+import pytest
+import torch
+
+# Hermetic: no test may touch the user's data cache or the network.
+os.environ.setdefault("ROBUSTGRID_DATA", "/nonexistent-robustgrid-data")
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tiny_model():
+    from models import create_model
+    torch.manual_seed(0)
+    return create_model("simple_cnn").eval()
+
+
+@pytest.fixture
+def images():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(24, 3, 32, 32, generator=g)
+    x[12:] = torch.nn.functional.avg_pool2d(x[12:], 3, 1, 1)  # smooth half: natural-ish statistics
+    return torch.round(x * 255) / 255

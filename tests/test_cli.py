@@ -1,0 +1,134 @@
+"""The CLI end to end on synthetic data, and every kind of bad input (exit 2, nothing written)."""
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from runner.cli import main
+from runner.store import EVAL_SCHEMA, ResultStore
+
+SWEEP = {
+    "name": "tiny",
+    "data": {"dataset": "synthetic", "synthetic_train": 400, "synthetic_test": 64},
+    "train": {"model": "simple_cnn", "lr": {"grid_search": [0.003, 0.01]}, "epochs": 2, "batch_size": 64},
+    "evaluate": {"n_images": 48, "eps": [0, "8/255"], "batch_size": 32, "examples": 2},
+}
+
+
+def write(tmp_path, sweep, name="sweep.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(sweep))
+    return p
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    out = tmp / "results"
+    assert main(["run", str(write(tmp, SWEEP)), "--out", str(out), "--executor", "inline"]) == 0
+    return tmp, out
+
+
+def test_run_writes_tables_with_the_design_schema(tiny_run):
+    _, out = tiny_run
+    store = ResultStore(out)
+    ev, trials, epochs = store.read_eval(), store.read("trials"), store.read("epochs")
+    assert list(ev.columns) == EVAL_SCHEMA.names
+    assert len(trials) == 2 and set(trials["status"]) == {"ok"} and set(trials["lr"]) == {0.003, 0.01}
+    assert len(epochs) == 4 and set(epochs["epoch"]) == {1, 2}
+    # cells per trial: eps 0 -> fp32/self, int8/self, int8/fp32; eps>0 -> fp32/self, int8/fp32 (no faked int8 white-box)
+    assert len(ev) == 2 * 5 * 5
+    assert not ((ev["quant"] == "dynamic_int8") & (ev["attack_source"] == "self") & (ev["eps"] > 0)).any()
+    assert not ((ev["quant"] == "fp32") & (ev["attack_source"] == "fp32")).any()
+    assert ((ev["ci_low"] <= ev["accuracy"]) & (ev["accuracy"] <= ev["ci_high"])).all()
+    assert (ev["n"] == 48).all() and (ev["correct"] == (ev["accuracy"] * 48).round()).all()
+    assert (out / "sweep.yaml").exists() and (out / "plots").is_dir()
+    assert len(list((out / "plots").glob("*.png"))) == 4
+    clean = ev[(ev.eps == 0) & (ev.defense == "none") & (ev.quant == "fp32")]["accuracy"]
+    attacked = ev[(ev.eps > 0) & (ev.defense == "none") & (ev.quant == "fp32")]["accuracy"]
+    assert clean.mean() > attacked.mean()
+
+
+def test_readme_pivot_query(tiny_run):
+    _, out = tiny_run
+    df = pd.read_parquet(out / "eval")
+    piv = df[(df.quant == "dynamic_int8") & (df.attack_source == "fp32")].pivot_table(
+        index="eps", columns="defense", values="accuracy")
+    assert piv.shape == (2, 5)
+
+
+def test_rerun_skips_done_cells_and_never_duplicates(tiny_run, capsys):
+    tmp, out = tiny_run
+    before = ResultStore(out).read_eval()
+    parts = sorted((out / "eval").glob("part-*"))
+    assert main(["run", str(write(tmp, SWEEP)), "--out", str(out), "--executor", "inline"]) == 0
+    assert sorted((out / "eval").glob("part-*")) == parts          # nothing recomputed
+    after = ResultStore(out).read_eval()
+    assert len(after) == len(before) == len(after.drop_duplicates(["trial_id", "quant", "attack_source", "eps", "defense"]))
+
+
+def test_eval_adds_new_cells_without_retraining(tiny_run):
+    _, out = tiny_run
+    mtimes = {p: p.stat().st_mtime for p in (out / "checkpoints").rglob("best.pt")}
+    assert main(["eval", str(out), "--executor", "inline", "--set", "evaluate.eps=[0, 0.03]",
+                 "--set", "evaluate.defenses=[none, jpeg]"]) == 0
+    ev = ResultStore(out).read_eval()
+    assert set(ev["eps"].round(4)) == {0.0, round(8 / 255, 4), 0.03}
+    assert {p: p.stat().st_mtime for p in (out / "checkpoints").rglob("best.pt")} == mtimes
+
+
+def test_show_and_models(tiny_run, capsys):
+    _, out = tiny_run
+    assert main(["show", str(out), "--quant", "fp32"]) == 0
+    assert main(["models"]) == 0
+    assert "improved_cnn" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mutate,expect", [
+    (lambda s: s.update(bogus=1), "bogus: unknown key"),
+    (lambda s: s["train"].update(lrr=0.1), "train.lrr: unknown key"),
+    (lambda s: s["train"].update(model="resnet9000"), "train.model: unknown model"),
+    (lambda s: s["evaluate"].update(eps=[0, 0.1, -0.5]), "evaluate.eps[2]: must be >= 0"),
+    (lambda s: s["evaluate"].update(defenses=["none", "blur"]), "evaluate.defenses.blur: unknown defense"),
+    (lambda s: s["evaluate"].update(defenses={"jpeg": {"q": 3}}), "evaluate.defenses.jpeg.q: unknown parameter"),
+    (lambda s: s["evaluate"].update(attacks=["pgd9"]), "evaluate.attacks[0]: unknown attack"),
+    (lambda s: s["evaluate"].update(quant=["fp32", "int3"]), "evaluate.quant[1]: unknown quant mode"),
+    (lambda s: s["train"].update(lr={"grid_search": [0.1, -1]}), "train.lr.grid_search[1]"),
+    (lambda s: s.update(data={"dataset": "imagefolder", "path": "/no/such/folder"}), "data.path"),
+])
+def test_bad_sweep_exits_2_names_the_key_and_writes_nothing(tmp_path, capsys, mutate, expect):
+    sweep = yaml.safe_load(yaml.safe_dump(SWEEP))
+    mutate(sweep)
+    out = tmp_path / "out"
+    assert main(["run", str(write(tmp_path, sweep)), "--out", str(out), "--executor", "inline"]) == 2
+    err = capsys.readouterr().err
+    assert expect in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_bad_override_and_missing_file(tmp_path, capsys):
+    p = write(tmp_path, SWEEP)
+    assert main(["run", str(p), "--out", str(tmp_path / "o"), "--set", "evaluate.eps=[-1]"]) == 2
+    assert "evaluate.eps[0]" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    (tmp_path / "broken.yaml").write_text("name: [unclosed")
+    assert main(["run", str(tmp_path / "broken.yaml")]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_truncated_checkpoint_in_results_exits_2(tiny_run, tmp_path, capsys):
+    import shutil
+    _, out = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    trials = ResultStore(copy).read("trials")
+    # point the copied trials at the copied checkpoints, then truncate one
+    trials["checkpoint"] = trials["checkpoint"].str.replace(str(out), str(copy))
+    ResultStore(copy).upsert("trials", trials.to_dict("records"), ["trial_id"])
+    ckpt = copy / "checkpoints" / trials["trial_id"].iloc[0] / "best.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    n_parts = len(list((copy / "eval").glob("part-*")))
+    assert main(["eval", str(copy), "--executor", "inline", "--set", "evaluate.eps=[0.05]"]) == 2
+    err = capsys.readouterr().err
+    assert "unreadable checkpoint" in err and str(ckpt) in err
+    assert len(list((copy / "eval").glob("part-*"))) == n_parts

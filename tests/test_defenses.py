@@ -1,0 +1,82 @@
+"""Every batched defense equals its reference library, on random and on adversarial images."""
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage.restoration import denoise_tv_chambolle
+
+from attacks import get_attack, to_8bit_grid
+from defenses import apply_defense, defense_names, to_uint8
+
+
+def _oracle(name, img, **p):
+    """The libraries called directly, as the notebooks did (RGB uint8 HWC in)."""
+    if name == "none":
+        return img / 255.0
+    if name == "gaussian_blur":
+        return cv2.GaussianBlur(img, (p.get("ksize", 3),) * 2, 0) / 255.0
+    if name == "median":
+        return cv2.medianBlur(img, p.get("ksize", 3)) / 255.0
+    if name == "jpeg":
+        _, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, p.get("quality", 30)])
+        return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) / 255.0
+    if name == "tv_denoise":
+        return denoise_tv_chambolle(img, weight=p.get("weight", 0.1), channel_axis=-1)
+    raise KeyError(name)
+
+
+def _oracle_batch(name, images, **p):
+    hwc = to_uint8(images).permute(0, 2, 3, 1).numpy()
+    return torch.from_numpy(np.stack([_oracle(name, np.ascontiguousarray(i), **p) for i in hwc])).permute(0, 3, 1, 2)
+
+
+def assert_equal_images(name, got, expected):
+    if name == "tv_denoise":        # float output: within 1e-5 of skimage (DESIGN.md)
+        assert (got.double() - expected.double()).abs().max().item() <= 1e-5
+    else:                           # 8-bit defenses: the same uint8 pixels, bit for bit
+        assert torch.equal(torch.round(got.double() * 255), torch.round(expected.double() * 255))
+        assert (got.double() - expected.double()).abs().max().item() < 1e-6  # and truly on the grid
+
+
+PARAMS = [("none", {}), ("gaussian_blur", {}), ("median", {}), ("median", {"ksize": 5}), ("jpeg", {}),
+          ("jpeg", {"quality": 75}), ("tv_denoise", {}), ("tv_denoise", {"weight": 0.3})]
+
+
+@pytest.mark.parametrize("name,params", PARAMS)
+@pytest.mark.parametrize("backend", ["reference", "batched"])
+def test_defense_equals_library(name, params, backend, images):
+    expected = _oracle_batch(name, images, **params)
+    assert_equal_images(name, apply_defense(name, images, params, backend), expected)
+
+
+@pytest.mark.parametrize("name", ["gaussian_blur", "median", "jpeg", "tv_denoise"])
+def test_batched_equals_reference_on_adversarial_images(name, tiny_model, images):
+    labels = torch.arange(len(images)) % 10
+    adv = to_8bit_grid(get_attack("fgsm")(tiny_model, images, labels, 8 / 255))
+    ref = apply_defense(name, adv, backend="reference")
+    fast = apply_defense(name, adv, backend="batched")
+    assert_equal_images(name, fast, ref)
+
+
+def test_defenses_keep_shape_range_and_odd_sizes():
+    x = torch.rand(3, 3, 17, 23)
+    for name in defense_names():
+        out = apply_defense(name, x)
+        assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+        assert_equal_images(name, out, apply_defense(name, x, backend="reference"))
+
+
+def test_tv_per_plane_stopping_matters():
+    """A flat plane converges at once, a noisy one late: a shared stop would differ from skimage."""
+    x = torch.zeros(1, 3, 32, 32)
+    x[0, 1] = torch.rand(32, 32)
+    x[0, 2] = 0.5
+    ref = apply_defense("tv_denoise", x, backend="reference")
+    assert_equal_images("tv_denoise", apply_defense("tv_denoise", x), ref)
+
+
+def test_unknown_backend_and_defense():
+    with pytest.raises(ValueError):
+        apply_defense("none", torch.rand(1, 3, 4, 4), backend="nope")
+    with pytest.raises(KeyError):
+        apply_defense("blur", torch.rand(1, 3, 4, 4))

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from models import (CheckpointError, create_model, load_checkpoint, model_names, quantize,
+                    save_checkpoint, state_dict_bytes)
+
+
+def test_improved_cnn_sizes_match_the_notebook():
+    m = create_model("improved_cnn")
+    assert state_dict_bytes(m) == pytest.approx(13.02e6, rel=0.005)
+    assert state_dict_bytes(quantize(m, "dynamic_int8")) == pytest.approx(6.72e6, rel=0.005)
+
+
+def test_registry_and_forward_on_unit_images():
+    assert {"simple_cnn", "improved_cnn"} <= set(model_names())
+    for name in model_names():
+        out = create_model(name, num_classes=5).eval()(torch.rand(2, 3, 32, 32))
+        assert out.shape == (2, 5)
+    with pytest.raises(KeyError):
+        create_model("resnet9000")
+
+
+def test_dynamic_int8_is_close_to_fp32_and_leaves_fp32_alone(tiny_model):
+    x = torch.rand(8, 3, 32, 32)
+    q = quantize(tiny_model, "dynamic_int8")
+    assert isinstance(tiny_model[-1], torch.nn.Linear)   # the original is untouched
+    assert (q(x) - tiny_model(x)).abs().max() < 0.1
+
+
+def test_checkpoint_roundtrip(tmp_path, tiny_model):
+    p = tmp_path / "c.pt"
+    save_checkpoint(p, "simple_cnn", {"num_classes": 10}, tiny_model.state_dict(), {"note": "x"})
+    m = load_checkpoint(p)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(m(x), tiny_model(x))
+
+
+def test_truncated_or_bad_checkpoint_is_a_clear_error(tmp_path, tiny_model):
+    p = tmp_path / "c.pt"
+    save_checkpoint(p, "simple_cnn", {}, tiny_model.state_dict())
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="unreadable checkpoint"):
+        load_checkpoint(p)
+    (tmp_path / "junk.pt").write_text("hello")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a robustgrid checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
