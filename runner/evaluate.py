@@ -107,7 +107,7 @@ class Engine:
             if mode.needs_cuda and device.type != "cuda":
                 raise RuntimeError(f"evaluate.quant: {q} needs a CUDA device (running on {device})")
             qdev = torch.device("cpu") if mode.cpu_only else device
-            self.models[q] = quantize(fp32.to(qdev), q).to(qdev) if mode.cpu_only else quantize(fp32, q)
+            self.models[q] = quantize(fp32, q)   # a converted copy; int8 lands on the CPU
             self.devices[q] = qdev
         self.models.setdefault("fp32", fp32.to(device))
         self.devices.setdefault("fp32", device)
@@ -125,8 +125,24 @@ class Engine:
             else:
                 model = self.models[source_quant]
                 adv = _attack(model, attack, self.images, self.labels, eps, self.devices[source_quant], self.ev.batch_size)
-            self._adv = {k: v for k, v in self._adv.items() if k == ("clean",)} | {key: (adv, time.perf_counter() - t0)}
+            # Keep the clean and the FP32-made images (shared by every model they transfer to);
+            # a quant mode's own white-box images serve only its own cells.
+            self._adv = {k: v for k, v in self._adv.items() if k[0] in ("clean", "fp32")} | {key: (adv, time.perf_counter() - t0)}
         return self._adv[key]
+
+    def import_adversarials(self, adversarials: dict[tuple[str, float], torch.Tensor]) -> None:
+        """FP32-made images from another task (a GPU task hands them to the int8 CPU task)."""
+        for (attack, eps), images in adversarials.items():
+            self._adv[("fp32", attack, eps)] = (images.to(torch.float32) / 255, 0.0)
+
+    def export_adversarials(self) -> dict[tuple[str, float], torch.Tensor]:
+        out = {}
+        for attack in self.ev.attacks:
+            for eps in self.ev.eps:
+                if eps > 0:
+                    adv, _ = self.adversarial("fp32", attack, eps)
+                    out[(attack, eps)] = torch.round(adv * 255).to(torch.uint8)  # exact: adv is on the 8-bit grid
+        return out
 
     def correct(self, quant: str, images: torch.Tensor, defense: str, params: dict) -> tuple[torch.Tensor, torch.Tensor]:
         defended = _defend(defense, params, images, self.ev.defense_backend, self.ev.batch_size)
@@ -194,11 +210,14 @@ def test_images(task: dict[str, Any], n_images: int | None) -> tuple[torch.Tenso
 
 def evaluate_checkpoint(task: dict[str, Any], done: Iterable[tuple] = (),
                         on_rows: Callable[[list[dict]], None] | None = None,
-                        progress: Callable[[int], None] | None = None) -> list[dict]:
+                        progress: Callable[[int], None] | None = None,
+                        adversarials: dict | None = None, export_adversarials: dict | None = None) -> list[dict]:
     """Evaluate one checkpoint over the grid in task['evaluate'], skipping cells in `done`.
 
     task: {checkpoint, trial_id, sweep, run_id, model, dataset, data: {...}, evaluate: {...},
            threads?, examples_path?}
+    adversarials: FP32-made images {(attack, eps): uint8} made elsewhere, used instead of making them;
+    export_adversarials: a dict to fill with this task's FP32-made images for another task.
     """
     ev = EvaluateSpec.model_validate(task["evaluate"])
     if task.get("threads"):
@@ -207,12 +226,16 @@ def evaluate_checkpoint(task: dict[str, Any], done: Iterable[tuple] = (),
     images, labels, classes = test_images(task, ev.n_images)
     done = set(done)
     cells = [c for c in plan_cells(ev) if c.key(task["trial_id"], len(images), ev.seed) not in done]
-    if not cells:
+    if not cells and export_adversarials is None:
         return []
     device = pick_device(ev.device)
     engine = Engine(load_checkpoint(task["checkpoint"]), ev, images, labels, device)
+    if adversarials:
+        engine.import_adversarials(adversarials)
     rows = run_cells(engine, cells, task, on_rows, progress)
-    if task.get("examples_path") and ev.examples:
+    if export_adversarials is not None:
+        export_adversarials.update(engine.export_adversarials())
+    if task.get("examples_path") and ev.examples and "fp32" in engine.models:
         save_examples(engine, ev, classes, Path(task["examples_path"]))
     return rows
 

@@ -37,7 +37,7 @@ _TRIAL_RESULT_FIELDS = [
     ("sweep", pa.string()), ("run_id", pa.string()), ("trial_id", pa.string()), ("status", pa.string()),
     ("error", pa.string()), ("best_val_accuracy", pa.float64()), ("best_epoch", pa.int64()),
     ("test_accuracy", pa.float64()), ("epochs_run", pa.int64()), ("seconds", pa.float64()),
-    ("world_size", pa.int64()), ("device", pa.string()), ("node", pa.string()), ("node_ip", pa.string()),
+    ("world_size", pa.int64()), ("device", pa.string()), ("node", pa.string()), ("node_ip", pa.string()), ("node_id", pa.string()),
     ("gpu_ids", pa.string()), ("checkpoint", pa.string()), ("fp32_bytes", pa.int64()), ("int8_bytes", pa.int64()),
 ]
 

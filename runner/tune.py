@@ -1,0 +1,295 @@
+"""Ray as the engine of `robustgrid run`: Tune trials for training, Ray tasks for evaluation.
+
+Laptop: Ray starts in this process (the default). Cluster: `--address auto|HOST:PORT` or
+RAY_ADDRESS; then the results folder must be on storage every node shares (NFS, ...).
+Trials run in working directories of Ray's own, so every path handed to them is absolute.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from .console import console
+from .spec import SpecError
+from .sweep import Sweep
+
+EXPERIMENT_PREFIX = "train-"
+
+
+# --- inside a trial ---------------------------------------------------------------------------
+
+def _where() -> dict[str, str]:
+    import ray
+    ctx = ray.get_runtime_context()
+    return {"node": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
+            "node_id": ctx.get_node_id(), "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())}
+
+
+def _resume_path(out_dir: Path) -> Path | None:
+    """Tune's checkpoint when Tune restores the trial; else last.pt left by an earlier attempt."""
+    from ray import tune
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            if (Path(d) / "last.pt").exists():
+                local = out_dir / "last.pt"
+                if not local.exists():
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    local.write_bytes((Path(d) / "last.pt").read_bytes())
+                return local
+    return out_dir / "last.pt" if (out_dir / "last.pt").exists() else None
+
+
+def final_metrics(result: dict[str, Any], where: dict[str, str]) -> dict[str, Any]:
+    return {**{k: v for k, v in result.items() if k != "history"}, **where, "final": True,
+            "history_json": json.dumps(result["history"])}
+
+
+def tune_trainable(trial: dict[str, Any]) -> None:
+    """The Tune function trainable: one trial of `train(config)`, one worker."""
+    from ray import tune
+    from .train import train
+    cfg = dict(trial["config"])
+    cfg["threads"] = cfg.get("threads") or max(1, int(trial.get("cpus", 1)))
+    out_dir = Path(cfg["out_dir"])
+
+    def report(metrics, ckpt_dir):
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None)
+
+    result = train(cfg, report=report, resume_from=_resume_path(out_dir))
+    tune.report(final_metrics(result, _where()))
+
+
+def ddp_trainable(trial: dict[str, Any]) -> None:
+    """A Tune trial that trains data-parallel on N Ray Train workers (TorchTrainer)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+    scaling = ray.train.ScalingConfig(num_workers=trial["workers"], use_gpu=trial["gpus"] > 0,
+                                      resources_per_worker={"CPU": trial["cpus"], **({"GPU": trial["gpus"]} if trial["gpus"] else {})})
+    storage = str(Path(trial["config"]["out_dir"]) / "ray_train")
+    trainer = TorchTrainer(_ddp_worker, train_loop_config=trial, scaling_config=scaling,
+                           run_config=ray.train.RunConfig(name=trial["trial_id"], storage_path=storage,
+                                                          callbacks=[TuneReportCallback()]))
+    trainer.fit()
+
+
+def _ddp_worker(trial: dict[str, Any]) -> None:
+    import ray.train
+    from .train import train
+    cfg = {**trial["config"], "threads": max(1, int(trial["cpus"]))}
+    out_dir = Path(cfg["out_dir"])
+
+    def report(metrics, ckpt_dir):
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None)
+
+    resume = out_dir / "last.pt"
+    result = train(cfg, report=report, resume_from=resume if resume.exists() else None)
+    ray.train.report(final_metrics(result, {**_where(), "gpu_ids": _all_gpu_ids()}))
+
+
+def _all_gpu_ids() -> str:
+    import ray
+    return ",".join(str(g) for g in ray.get_gpu_ids())
+
+
+# --- in the driver ----------------------------------------------------------------------------
+
+def init_ray(address: str | None) -> None:
+    import logging
+
+    import ray
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # trials without GPUs: leave CUDA_VISIBLE_DEVICES alone
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(**kwargs)
+
+
+def check_cluster(sweep: Sweep, address: str | None) -> None:
+    """Fail early, with the reason, where Ray would otherwise wait forever."""
+    import ray
+    r = sweep.spec.resources
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    need_cpu = r.cpus_per_trial * r.workers_per_trial
+    if need_cpu > cpus:
+        raise SpecError(f"resources.cpus_per_trial: a trial needs {need_cpu:g} CPUs "
+                        f"({r.workers_per_trial} worker(s) x {r.cpus_per_trial:g}) but the cluster has {cpus:g}; "
+                        "Ray would wait for them forever. Lower cpus_per_trial or workers_per_trial.")
+    if r.gpus_per_trial > 0 and gpus == 0:
+        console.print("[yellow]no GPU in the cluster: trials run on the CPU (resources.gpus_per_trial ignored)[/yellow]")
+    elif r.gpus_per_trial * r.workers_per_trial > gpus:
+        raise SpecError(f"resources.gpus_per_trial: a trial needs {r.gpus_per_trial * r.workers_per_trial:g} GPUs, "
+                        f"the cluster has {gpus:g}")
+    if address and len(ray.nodes()) > 1 and not _looks_shared(sweep.out):
+        console.print(f"[yellow]warning: {sweep.out} does not look like shared storage; on a multi-node cluster "
+                      "every node must see the results folder (NFS or similar)[/yellow]")
+
+
+def _looks_shared(path: Path) -> bool:
+    try:
+        import subprocess
+        fs = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True).stdout.strip()
+        return fs in {"nfs", "nfs4", "cifs", "smb2", "fuseblk", "fuse", "lustre", "gpfs", "ceph", "beegfs"}
+    except OSError:
+        return True
+
+
+def trial_resources(sweep: Sweep) -> dict[str, float]:
+    import ray
+    r = sweep.spec.resources
+    gpus = r.gpus_per_trial if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    return {"cpu": r.cpus_per_trial, "gpu": gpus}
+
+
+def run_ray(sweep: Sweep, address: str | None = None, resume: bool = False) -> None:
+    init_ray(address)
+    check_cluster(sweep, address)
+    train_ray(sweep, resume)
+    evaluate_ray(sweep, address)
+
+
+def train_ray(sweep: Sweep, resume: bool) -> None:
+    from ray import tune
+    from .live import LiveTrials
+    res = trial_resources(sweep)
+    r = sweep.spec.resources
+    done = sweep.finished_trials()
+    todo = [dict(t, cpus=res["cpu"], gpus=res["gpu"], workers=r.workers_per_trial)
+            for t in sweep.trials() if t["trial_id"] not in done]
+    for t in sweep.trials():
+        if t["trial_id"] in done:
+            console.print(f"[dim]{t['trial_id']}: already trained, skipped[/dim]")
+    storage = sweep.out / "ray"
+    restore = _restorable(storage) if resume else None
+    if not todo and restore is None:
+        return
+    if r.workers_per_trial > 1:
+        trainable = tune.with_resources(ddp_trainable, {"cpu": 0})  # the workers hold the resources
+    else:
+        trainable = tune.with_resources(tune_trainable, res)
+    live = LiveTrials(sweep)
+    if restore is not None:
+        console.print(f"resuming Tune experiment {restore.name}")
+        tuner = tune.Tuner.restore(str(restore), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(todo)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent_trials, scheduler=_scheduler(sweep),
+                                        metric="val_accuracy", mode="max", trial_dirname_creator=_dirname),
+            run_config=tune.RunConfig(
+                name=EXPERIMENT_PREFIX + sweep.run_id, storage_path=str(storage), verbose=0,
+                failure_config=tune.FailureConfig(max_failures=r.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=[live]),
+        )
+    with live:
+        grid = tuner.fit()
+    _record(sweep, grid)
+
+
+def _dirname(trial) -> str:
+    return trial.config["trial"]["trial_id"] if isinstance(trial.config.get("trial"), dict) else trial.trial_id
+
+
+def _scheduler(sweep: Sweep):
+    s = sweep.spec.scheduler
+    if s.type != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+    return ASHAScheduler(time_attr="training_iteration", max_t=max(c["epochs"] for c in sweep.spec.trial_configs()),
+                         grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+
+
+def _restorable(storage: Path) -> Path | None:
+    from ray import tune
+    candidates = sorted(storage.glob(EXPERIMENT_PREFIX + "*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return next((p for p in candidates if tune.Tuner.can_restore(str(p))), None)
+
+
+def record_result(sweep: Sweep, trial: dict, metrics: dict | None, error: str | None) -> None:
+    """One finished (or failed) trial into trials/epochs: called as soon as it ends."""
+    if metrics and metrics.get("final"):
+        result = {k: v for k, v in metrics.items() if k in _RESULT_KEYS}
+        result["history"] = json.loads(metrics["history_json"])
+        where = {k: metrics.get(k, "") for k in ("node", "node_ip", "node_id", "gpu_ids")}
+        sweep.record_trial(trial, result, where=where)
+    else:
+        sweep.record_trial(trial, None, error=error or "stopped before it finished (scheduler or interrupt)")
+
+
+_RESULT_KEYS = {"best_val_accuracy", "best_epoch", "test_accuracy", "epochs_run", "seconds", "world_size",
+                "device", "checkpoint", "fp32_bytes", "int8_bytes"}
+
+
+def _record(sweep: Sweep, grid) -> None:
+    """After fit: make sure every trial of the grid has its row (the live callback writes most)."""
+    recorded = set(sweep.store.read("trials")["trial_id"])
+    for res in grid:
+        trial = (res.config or {}).get("trial")
+        if trial is None or trial["trial_id"] in recorded:
+            continue
+        record_result(sweep, trial, res.metrics, str(res.error).splitlines()[0] if res.error else None)
+
+
+# --- evaluation as Ray tasks ----------------------------------------------------------------------
+
+def evaluate_ray(sweep: Sweep, address: str | None = None) -> None:
+    """Per checkpoint: one task for the CUDA/fp32 modes (GPU where there is one) that makes the
+    FP32 adversarial images once and hands them on, one CPU task for dynamic_int8."""
+    import ray
+
+    from models import QUANT_MODES
+    from .console import progress_bar
+    from .evaluate import count_cells
+    init_ray(address)
+    store = sweep.store
+    done = store.eval_keys()
+    ev = sweep.spec.evaluate
+    r = sweep.spec.resources
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    cpu_quants = [q for q in ev.quant if QUANT_MODES[q].cpu_only]
+    dev_quants = [q for q in ev.quant if not QUANT_MODES[q].cpu_only]
+    dev_task = ray.remote(_eval_device).options(num_cpus=r.eval_cpus, num_gpus=r.eval_gpus if has_gpu else 0, num_returns=2)
+    cpu_task = ray.remote(_eval_cpu).options(num_cpus=r.eval_cpus)
+    pending = {}
+    checkpoints = sweep.selected_checkpoints()
+    for trial in checkpoints:
+        task = {**sweep.eval_task(trial), "threads": max(1, int(r.eval_cpus))}
+        mine = [k for k in done if k[0] == trial["trial_id"]]
+        rows_ref, adv_ref = dev_task.remote({**task, "evaluate": {**task["evaluate"], "quant": dev_quants}},
+                                            mine, bool(cpu_quants) and "fp32" in ev.sources)
+        pending[rows_ref] = trial["trial_id"]
+        if cpu_quants:
+            t = {**task, "evaluate": {**task["evaluate"], "quant": cpu_quants}, "examples_path": None}
+            pending[cpu_task.remote(t, mine, adv_ref)] = trial["trial_id"]
+    with progress_bar() as bar:
+        total = count_cells(ev) * len(checkpoints)
+        job = bar.add_task("evaluate cells (Ray tasks)", total=total,
+                           completed=sum(1 for k in done if k[0] in {t['trial_id'] for t in checkpoints}))
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            pending.pop(ready[0])
+            rows = ray.get(ready[0])
+            store.append_eval(rows)      # each finished task's rows are on disk at once
+            bar.advance(job, len(rows))
+
+
+def _eval_device(task: dict, done: list, keep_adversarials: bool):
+    from .evaluate import evaluate_checkpoint
+    adv: dict = {}
+    rows = evaluate_checkpoint(task, done, export_adversarials=adv if keep_adversarials else None)
+    return rows, adv
+
+
+def _eval_cpu(task: dict, done: list, adversarials: dict):
+    from .evaluate import evaluate_checkpoint
+    return evaluate_checkpoint(task, done, adversarials=adversarials)
