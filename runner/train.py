@@ -177,7 +177,7 @@ def train(config: dict[str, Any], report: Reporter | None = None, resume_from: s
         if progress:
             progress(epoch + 1, cfg.epochs, row)
         if report:
-            report({**row, "best_val_accuracy": state["best_val"], "done": stop or epoch + 1 == cfg.epochs}, ckpt_dir)
+            report({**row, "best_val_accuracy": state["best_val"]}, ckpt_dir)
         if stop:
             break
 

@@ -49,9 +49,10 @@ def final_metrics(result: dict[str, Any], where: dict[str, str]) -> dict[str, An
             "history_json": json.dumps(result["history"])}
 
 
-def tune_trainable(trial: dict[str, Any]) -> None:
+def tune_trainable(config: dict[str, Any]) -> None:
     """The Tune function trainable: one trial of `train(config)`, one worker."""
     from ray import tune
+    trial = config["trial"]
     from .train import train
     cfg = dict(trial["config"])
     cfg["threads"] = cfg.get("threads") or max(1, int(trial.get("cpus", 1)))
@@ -64,8 +65,9 @@ def tune_trainable(trial: dict[str, Any]) -> None:
     tune.report(final_metrics(result, _where()))
 
 
-def ddp_trainable(trial: dict[str, Any]) -> None:
+def ddp_trainable(config: dict[str, Any]) -> None:
     """A Tune trial that trains data-parallel on N Ray Train workers (TorchTrainer)."""
+    trial = config["trial"]
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -106,7 +108,8 @@ def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # trials without GPUs: leave CUDA_VISIBLE_DEVICES alone
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # one small checkpoint an epoch is intended  # trials without GPUs: leave CUDA_VISIBLE_DEVICES alone
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -185,7 +188,7 @@ def train_ray(sweep: Sweep, resume: bool) -> None:
             trainable,
             param_space={"trial": tune.grid_search(todo)},
             tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent_trials, scheduler=_scheduler(sweep),
-                                        metric="val_accuracy", mode="max", trial_dirname_creator=_dirname),
+                                        metric="best_val_accuracy", mode="max", trial_dirname_creator=_dirname),
             run_config=tune.RunConfig(
                 name=EXPERIMENT_PREFIX + sweep.run_id, storage_path=str(storage), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=r.max_failures),

@@ -105,3 +105,27 @@ def test_augment_params_cover_torchvision_ranges():
     dx, dy, flip = augment_params(20000, seed=0, epoch=3)
     assert set(dx.tolist()) == set(range(9)) and set(dy.tolist()) == set(range(9))
     assert abs(flip.float().mean().item() - 0.5) < 0.02
+
+
+def test_tensor_path_and_dataloader_path_have_the_same_augmentation_distribution():
+    """Offsets and flips of the GPU-style tensor path vs torchvision's RandomCrop+Flip on CPU tensors."""
+    from runner.loaders import UInt8Images
+    n = 4000
+    # each image: a single bright pixel at (0,0), so the crop offset is readable from the output
+    x = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
+    x[:, :, 0, 0] = 255
+    torch.manual_seed(0)
+    ds = UInt8Images(x, torch.zeros(n, dtype=torch.long), augment=True)
+    tv = torch.stack([ds[i][0] for i in range(n)])
+    ours = crop_flip(x, *augment_params(n, seed=0, epoch=0))
+
+    def histogram(batch):
+        pos = (batch[:, 0] == 255).flatten(1).float().argmax(1)   # where the pixel went (or 0 if cropped away)
+        present = (batch[:, 0] == 255).flatten(1).any(1)
+        return torch.bincount(pos[present], minlength=1024).float() / n, present.float().mean()
+
+    h_tv, p_tv = histogram(tv)
+    h_ours, p_ours = histogram(ours)
+    assert abs(p_tv - p_ours) < 0.03                       # P(pixel kept) = P(dx<=4 and dy<=4) ~ 25/81
+    assert abs(p_ours - 25 / 81) < 0.03
+    assert (h_tv - h_ours).abs().sum() < 0.12               # same spread over positions (total variation)

@@ -1,0 +1,38 @@
+"""The shipped sweep files are valid and say what they promise."""
+from pathlib import Path
+
+import pytest
+
+from runner.spec import load_spec
+
+SWEEPS = Path(__file__).parent.parent / "sweeps"
+
+
+@pytest.mark.parametrize("name", ["quickstart", "cifar10_notebook", "cifar10_cluster"])
+def test_sweep_files_validate(name):
+    spec, _ = load_spec(SWEEPS / f"{name}.yaml")
+    assert spec.name == name
+
+
+def test_notebook_sweep_matches_the_notebook():
+    spec, _ = load_spec(SWEEPS / "cifar10_notebook.yaml")
+    (cfg,) = spec.trial_configs()
+    assert cfg["model"] == "improved_cnn" and cfg["epochs"] == 25 and cfg["optimizer"] == "adamw"
+    assert 0.03 in spec.evaluate.eps and spec.evaluate.n_images is None
+
+
+def test_quickstart_is_the_promised_grid():
+    spec, _ = load_spec(SWEEPS / "quickstart.yaml")
+    assert len(spec.trial_configs()) == 2 and spec.evaluate.n_images == 1000
+    assert spec.evaluate.eps == pytest.approx([0, 2 / 255, 4 / 255, 8 / 255])
+    assert set(spec.evaluate.defenses) == {"none", "gaussian_blur", "jpeg", "median", "tv_denoise"}
+
+
+def test_linnaeus_sweep_needs_its_folder(tmp_path):
+    from runner.spec import SpecError
+    with pytest.raises(SpecError, match="data.path"):
+        load_spec(SWEEPS / "linnaeus5.yaml", [f"data.path={tmp_path / 'missing'}"])
+    for split in ("train", "test"):
+        (tmp_path / split / "berry").mkdir(parents=True)
+    spec, _ = load_spec(SWEEPS / "linnaeus5.yaml", [f"data.path={tmp_path}"])
+    assert spec.trial_configs()[0]["optimizer"] == "sgd" and max(spec.evaluate.eps) == 0.1
