@@ -176,7 +176,9 @@ def train_ray(sweep: Sweep, resume: bool) -> None:
     if not todo and restore is None:
         return
     if r.workers_per_trial > 1:
-        trainable = tune.with_resources(ddp_trainable, {"cpu": 0})  # the workers hold the resources
+        # The workers hold the CPUs/GPUs; the trial itself asks for one byte of memory, because Tune
+        # refuses an empty request and any CPU share would deadlock a 2-core machine.
+        trainable = tune.with_resources(ddp_trainable, {"cpu": 0, "memory": 1})
     else:
         trainable = tune.with_resources(tune_trainable, res)
     live = LiveTrials(sweep)

@@ -1,0 +1,129 @@
+"""Ray as the engine: a simulated 2-node cluster with GPUs declared, DDP trials on CPU, kill and resume.
+
+One Ray instance (a `ray.cluster_utils.Cluster`) is shared by every test here: Ray's start-up
+is the expensive part.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+ray = pytest.importorskip("ray")
+
+from runner.cli import main  # noqa: E402
+from runner.store import ResultStore  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+    os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "0"
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 2})
+    c.add_node(num_cpus=2, num_gpus=2)
+    c.wait_for_nodes()
+    ray.init(address=c.address, include_dashboard=False, log_to_driver=False)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def sweep_file(tmp_path, name, **overrides):
+    sweep = {
+        "name": name,
+        "data": {"dataset": "synthetic", "synthetic_train": 300, "synthetic_test": 40},
+        "train": {"model": "simple_cnn", "lr": {"grid_search": [0.001, 0.002, 0.003, 0.004]}, "epochs": 1,
+                  "batch_size": 64},
+        "resources": {"cpus_per_trial": 0.5, "gpus_per_trial": 1},
+        "evaluate": {"n_images": 32, "eps": [0, "8/255"], "defenses": ["none", "median"], "batch_size": 32,
+                     "examples": 0},
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        sweep[section][field] = value
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(sweep))
+    return p
+
+
+def test_simulated_cluster_runs_trials_on_distinct_gpus(cluster, tmp_path):
+    out = tmp_path / "out"
+    assert main(["run", str(sweep_file(tmp_path, "cluster")), "--out", str(out)]) == 0
+    trials = ResultStore(out).read("trials")
+    assert len(trials) == 4 and set(trials["status"]) == {"ok"}
+    pairs = set(zip(trials["node_id"], trials["gpu_ids"]))
+    assert len(pairs) == 4 and all(g != "" for _, g in pairs)          # one (node, GPU id) each
+    assert trials["node_id"].nunique() == 2                              # both nodes used
+    assert set(trials["device"]) == {"cpu"}                               # declared GPUs, no CUDA: CPU compute
+    assert (out / "ray").is_dir() and any((out / "ray").iterdir())       # Ray's experiment folder
+    ev = ResultStore(out).read_eval()
+    # per trial: eps0 fp32/self, int8/self, int8/fp32 + eps>0 fp32/self, int8/fp32 -> 5 x 2 defenses
+    assert len(ev) == 4 * 5 * 2
+
+
+def test_inline_executor_gives_the_same_tables(cluster, tmp_path):
+    ray_out, inline_out = tmp_path / "ray", tmp_path / "inline"
+    p = sweep_file(tmp_path, "same", train__lr={"grid_search": [0.002]}, resources__gpus_per_trial=0)
+    assert main(["run", str(p), "--out", str(ray_out)]) == 0
+    assert main(["run", str(p), "--out", str(inline_out), "--executor", "inline"]) == 0
+    a, b = ResultStore(ray_out), ResultStore(inline_out)
+    for table in ("trials", "epochs"):
+        assert list(a.read(table).columns) == list(b.read(table).columns)
+    key = ["trial_id", "quant", "attack_source", "eps", "defense"]
+    ea, eb = a.read_eval().sort_values(key), b.read_eval().sort_values(key)
+    assert list(ea.columns) == list(eb.columns)
+    # same trial ids (a trial is its config), same cells, same counts: training is deterministic on CPU
+    assert ea[key].values.tolist() == eb[key].values.tolist()
+    assert ea["correct"].tolist() == eb["correct"].tolist()
+
+
+def test_ddp_trial_with_two_workers_on_cpu(cluster, tmp_path):
+    out = tmp_path / "out"
+    p = sweep_file(tmp_path, "ddp", train__lr={"grid_search": [0.002]}, resources__gpus_per_trial=0,
+                   resources__workers_per_trial=2, resources__cpus_per_trial=1)
+    assert main(["run", str(p), "--out", str(out)]) == 0
+    trials = ResultStore(out).read("trials")
+    assert trials["status"].tolist() == ["ok"] and trials["world_size"].tolist() == [2]
+    assert len(ResultStore(out).read("epochs")) == 1
+
+
+def test_too_small_cluster_is_refused_with_the_reason(cluster, tmp_path, capsys):
+    p = sweep_file(tmp_path, "big", resources__cpus_per_trial=3, resources__workers_per_trial=2,
+                   resources__gpus_per_trial=0)
+    assert main(["run", str(p), "--out", str(tmp_path / "o")]) == 2
+    assert "resources.cpus_per_trial" in capsys.readouterr().err
+
+
+def test_kill_and_resume_loses_and_duplicates_nothing(cluster, tmp_path):
+    out = tmp_path / "out"
+    p = sweep_file(tmp_path, "resume", train__lr={"grid_search": [0.001, 0.002, 0.003]}, train__epochs=3,
+                   data__synthetic_train=1500, resources__gpus_per_trial=0, resources__max_concurrent_trials=1)
+    cmd = [sys.executable, "-m", "runner.cli", "run", str(p), "--out", str(out), "--address", cluster.address]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:       # kill once the first trial is recorded, mid-sweep
+            if (out / "trials.parquet").exists() and len(pd.read_parquet(out / "trials.parquet")) >= 1:
+                break
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    first = ResultStore(out).read("trials")
+    assert 1 <= len(first) < 3
+    done_id = first["trial_id"].iloc[0]
+    done_ckpt = out / "checkpoints" / done_id / "best.pt"
+    mtime = done_ckpt.stat().st_mtime
+    assert main(["run", str(p), "--out", str(out), "--resume", "--address", cluster.address]) == 0
+    trials = ResultStore(out).read("trials")
+    assert sorted(trials["trial_id"]) == sorted(set(trials["trial_id"])) and len(trials) == 3
+    assert set(trials["status"]) == {"ok"}
+    assert done_ckpt.stat().st_mtime == mtime                    # the finished trial was not retrained
+    epochs = ResultStore(out).read("epochs")
+    assert len(epochs) == 9 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    ev = ResultStore(out).read_eval()
+    assert len(ev) == 3 * 5 * 2 and not ev.duplicated(["trial_id", "quant", "attack_source", "eps", "defense"]).any()
