@@ -14,7 +14,9 @@ def reference(img: np.ndarray, ksize: int = 3) -> np.ndarray:
 
 
 def batched(images: torch.Tensor, ksize: int = 3) -> torch.Tensor:
-    if ksize not in (3, 5):
+    if ksize == 3:
+        return _median3(images)
+    if ksize != 5:
         # OpenCV only accepts ksize > 5 for uint8 through another algorithm; use the reference.
         from .base import apply_reference
         return apply_reference(DEFENSE, images, ksize=ksize)
@@ -25,6 +27,23 @@ def batched(images: torch.Tensor, ksize: int = 3) -> torch.Tensor:
     windows = F.unfold(x, ksize)                                            # (nc, k*k, h*w)
     out = windows.median(dim=1).values                                      # k*k odd: the true median
     return (out / 255).reshape(n, c, h, w)
+
+
+def _sort2(a: torch.Tensor, b: torch.Tensor):
+    return torch.minimum(a, b), torch.maximum(a, b)
+
+
+def _median3(images: torch.Tensor) -> torch.Tensor:
+    """3x3 median as a 19-exchange selection network over the 9 shifted planes (Paeth / Devillard's
+    opt_med9): exact, and far cheaper than sorting unfolded windows."""
+    x = to_uint8(images).to(torch.float32)
+    n, c, h, w = x.shape
+    p = F.pad(x.reshape(n * c, 1, h, w), (1, 1, 1, 1), mode="replicate")
+    v = [p[:, 0, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
+    for i, j in [(1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3), (5, 8),
+                 (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2)]:
+        v[i], v[j] = _sort2(v[i], v[j])
+    return (v[4] / 255).reshape(n, c, h, w)
 
 
 DEFENSE = register_defense(Defense("median", {"ksize": 3}, reference, batched, {"ksize": int}))
