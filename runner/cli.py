@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small sizes: about a minute on 2 CPU cores")
     bench.add_argument("--json", help="write the measurements as JSON here")
     bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    bench.add_argument("--ray-overhead", action="store_true",
+                       help="instead: a 4-trial sweep through Ray, wall time outside trials and evaluation")
     return p
 
 
@@ -174,7 +176,9 @@ def cmd_data(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from .bench import bench_ray_overhead, run_bench
+    if args.ray_overhead:
+        return bench_ray_overhead(json_path=args.json)
     return run_bench(quick=args.quick, json_path=args.json, device=args.device)
 
 

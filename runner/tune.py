@@ -190,7 +190,8 @@ def train_ray(sweep: Sweep, resume: bool) -> None:
             trainable,
             param_space={"trial": tune.grid_search(todo)},
             tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent_trials, scheduler=_scheduler(sweep),
-                                        metric="best_val_accuracy", mode="max", trial_dirname_creator=_dirname),
+                                        metric="best_val_accuracy", mode="max", trial_dirname_creator=_dirname,
+                                        reuse_actors=True),  # a new trial skips process start + torch import
             run_config=tune.RunConfig(
                 name=EXPERIMENT_PREFIX + sweep.run_id, storage_path=str(storage), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=r.max_failures),
