@@ -91,12 +91,7 @@ def _ddp_worker(trial: dict[str, Any]) -> None:
 
     resume = out_dir / "last.pt"
     result = train(cfg, report=report, resume_from=resume if resume.exists() else None)
-    ray.train.report(final_metrics(result, {**_where(), "gpu_ids": _all_gpu_ids()}))
-
-
-def _all_gpu_ids() -> str:
-    import ray
-    return ",".join(str(g) for g in ray.get_gpu_ids())
+    ray.train.report(final_metrics(result, _where()))
 
 
 # --- in the driver ----------------------------------------------------------------------------
