@@ -103,7 +103,7 @@ def cmd_run(args) -> int:
 def _check_checkpoints_readable(sweep) -> None:
     """On a rerun, a trial already marked done must have a readable checkpoint."""
     from models.checkpoint import read_checkpoint
-    for tid, row in sweep.finished_trials().items():
+    for row in sweep.finished_trials().values():
         read_checkpoint(row["checkpoint"])
 
 

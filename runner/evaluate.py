@@ -22,7 +22,6 @@ import torch.nn as nn
 from attacks import get_attack, to_8bit_grid
 from defenses import apply_defense, get_defense
 from models import QUANT_MODES, load_checkpoint, quantize, state_dict_bytes
-from models.checkpoint import read_checkpoint
 
 from .data import load_splits, to_float
 from .spec import EvaluateSpec

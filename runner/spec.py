@@ -39,6 +39,13 @@ def parse_eps(v: Any) -> float:
     return v
 
 
+def _all_known(names: list[str], known: list[str], what: str) -> list[str]:
+    for i, name in enumerate(names):
+        if name not in known:
+            raise ValueError(f"[{i}]: unknown {what} {name!r}; known: {', '.join(known)}")
+    return names
+
+
 class DataSpec(Strict):
     dataset: Literal["cifar10", "imagefolder", "synthetic"] = "cifar10"
     root: str | None = None          # data cache; default $ROBUSTGRID_DATA or ~/.cache/robustgrid
@@ -141,18 +148,12 @@ class EvaluateSpec(Strict):
     @field_validator("attacks")
     @classmethod
     def _known_attacks(cls, v):
-        for i, a in enumerate(v):
-            if a not in attack_names():
-                raise ValueError(f"[{i}]: unknown attack {a!r}; known: {', '.join(attack_names())}")
-        return v
+        return _all_known(v, attack_names(), "attack")
 
     @field_validator("quant")
     @classmethod
     def _known_quant(cls, v):
-        for i, q in enumerate(v):
-            if q not in QUANT_MODES:
-                raise ValueError(f"[{i}]: unknown quant mode {q!r}; known: {', '.join(QUANT_MODES)}")
-        return v
+        return _all_known(v, list(QUANT_MODES), "quant mode")
 
     @field_validator("defenses", mode="before")
     @classmethod

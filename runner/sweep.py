@@ -46,10 +46,11 @@ class Sweep:
 
     def trials(self) -> list[dict[str, Any]]:
         out = []
+        data = self.data()
         for cfg in self.spec.trial_configs():
             tid = trial_id_of(cfg)
             cfg["out_dir"] = str(self.out / "checkpoints" / tid)   # absolute: Ray runs trials elsewhere
-            cfg["data_root"], cfg["data_path"] = self.data()["root"], self.data()["path"]
+            cfg["data_root"], cfg["data_path"] = data["root"], data["path"]
             out.append({"trial_id": tid, "config": cfg})
         return out
 
@@ -124,8 +125,8 @@ def run_inline(sweep: Sweep, resume: bool = True) -> None:
         with progress_bar() as bar:
             task = bar.add_task(f"train {trial['trial_id']} lr={cfg['lr']:g}", total=cfg["epochs"])
 
-            def on_epoch(epoch, total, row, task=task):
-                bar.update(task, completed=epoch, description=f"train {trial['trial_id']} val={row['val_accuracy']:.3f}")
+            def on_epoch(epoch, total, row, task=task, tid=trial["trial_id"]):
+                bar.update(task, completed=epoch, description=f"train {tid} val={row['val_accuracy']:.3f}")
             try:
                 result = train(cfg, progress=on_epoch, resume_from=resume_from if resume and resume_from.exists() else None)
                 sweep.record_trial(trial, result, where={"node_ip": "", "gpu_ids": ""})

@@ -1,7 +1,6 @@
 """The CLI end to end on synthetic data, and every kind of bad input (exit 2, nothing written)."""
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from runner.cli import main
