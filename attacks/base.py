@@ -30,6 +30,11 @@ def get_attack(name: str) -> Attack:
     return _ATTACKS[name]
 
 
+def gradient_step(name: str) -> Callable | None:
+    """For single-step attacks, `step(images, grad, eps)`: one input gradient serves every eps."""
+    return getattr(get_attack(name), "from_gradient", None)
+
+
 def input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Gradient of the mean cross-entropy w.r.t. the input, model in eval mode."""
     was_training = model.training

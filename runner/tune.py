@@ -244,7 +244,8 @@ def _record(sweep: Sweep, grid) -> None:
 
 def evaluate_ray(sweep: Sweep, address: str | None = None) -> None:
     """Per checkpoint: one task for the CUDA/fp32 modes (GPU where there is one) that makes the
-    FP32 adversarial images once and hands them on, one CPU task for dynamic_int8."""
+    FP32 adversarial images once and hands them on to CPU tasks for dynamic_int8, split by
+    defense over the cluster's CPUs."""
     import ray
 
     from models import QUANT_MODES
@@ -262,14 +263,16 @@ def evaluate_ray(sweep: Sweep, address: str | None = None) -> None:
     cpu_task = ray.remote(_eval_cpu).options(num_cpus=r.eval_cpus)
     pending = {}
     checkpoints = sweep.selected_checkpoints()
+    chunks = _defense_chunks(ev.defenses, ray.cluster_resources().get("CPU", 1) / max(r.eval_cpus, 1e-3),
+                             len(checkpoints))
     for trial in checkpoints:
         task = {**sweep.eval_task(trial), "threads": max(1, int(r.eval_cpus))}
         mine = [k for k in done if k[0] == trial["trial_id"]]
         rows_ref, adv_ref = dev_task.remote({**task, "evaluate": {**task["evaluate"], "quant": dev_quants}},
                                             mine, bool(cpu_quants) and "fp32" in ev.sources)
         pending[rows_ref] = trial["trial_id"]
-        if cpu_quants:
-            t = {**task, "evaluate": {**task["evaluate"], "quant": cpu_quants}, "examples_path": None}
+        for defenses in chunks if cpu_quants else []:
+            t = {**task, "evaluate": {**task["evaluate"], "quant": cpu_quants, "defenses": defenses}, "examples_path": None}
             pending[cpu_task.remote(t, mine, adv_ref)] = trial["trial_id"]
     with progress_bar() as bar:
         total = count_cells(ev) * len(checkpoints)
@@ -281,6 +284,15 @@ def evaluate_ray(sweep: Sweep, address: str | None = None) -> None:
             rows = ray.get(ready[0])
             store.append_eval(rows)      # each finished task's rows are on disk at once
             bar.advance(job, len(rows))
+
+
+def _defense_chunks(defenses: dict, cpu_slots: float, n_checkpoints: int) -> list[dict]:
+    """The int8 cells of one checkpoint split by defense into as many CPU tasks as there are free
+    CPU slots per checkpoint (each defense's clean and attacked cells stay in one task, so no
+    defended image is made twice); one task where the CPUs are few."""
+    k = max(1, min(len(defenses), int(cpu_slots // max(n_checkpoints, 1))))
+    names = list(defenses)
+    return [{n: defenses[n] for n in names[i::k]} for i in range(k)]
 
 
 def _eval_device(task: dict, done: list, keep_adversarials: bool):

@@ -127,3 +127,13 @@ def test_kill_and_resume_loses_and_duplicates_nothing(cluster, tmp_path):
     assert len(epochs) == 9 and not epochs.duplicated(["trial_id", "epoch"]).any()
     ev = ResultStore(out).read_eval()
     assert len(ev) == 3 * 5 * 2 and not ev.duplicated(["trial_id", "quant", "attack_source", "eps", "defense"]).any()
+
+
+def test_int8_cells_split_by_defense_over_free_cpus():
+    from runner.tune import _defense_chunks
+    defenses = {n: {} for n in ("none", "gaussian_blur", "jpeg", "median", "tv_denoise")}
+    many = _defense_chunks(defenses, cpu_slots=16, n_checkpoints=1)
+    assert len(many) == 5 and sorted(n for c in many for n in c) == sorted(defenses)   # each defense once
+    assert len(_defense_chunks(defenses, cpu_slots=2, n_checkpoints=2)) == 1          # 2 cores, 2 models: one task
+    three = _defense_chunks(defenses, cpu_slots=6, n_checkpoints=2)
+    assert len(three) == 3 and sum(len(c) for c in three) == 5

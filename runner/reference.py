@@ -1,0 +1,48 @@
+"""The reference pipeline: every cell computed on its own, as the notebooks ran it.
+
+For each cell: make the adversarial images with the cell's source model, defend them one
+image at a time through OpenCV / scikit-image, predict. No image set is shared between
+cells; only the clean predictions behind the attack-success rate are kept per
+(quant, defense), as a plain loop would keep them. It is the oracle the engine is tested
+against (same rows, cell by cell) and the baseline `robustgrid bench` measures it by.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from attacks import to_8bit_grid
+
+from .evaluate import Models, _attack, _defend, _predict, make_row, plan_cells
+from .spec import EvaluateSpec
+
+
+def reference_rows(fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor,
+                   device: torch.device, meta: dict[str, Any]) -> list[dict]:
+    m = Models.build(fp32, ev.quant, device)
+    clean_ok: dict[tuple, torch.Tensor] = {}
+
+    def correct(quant: str, imgs: torch.Tensor, defense: str, params: dict) -> torch.Tensor:
+        defended = _defend(defense, params, imgs, "reference", ev.batch_size)
+        return _predict(m.models[quant], defended, m.devices[quant], ev.batch_size) == labels
+
+    rows = []
+    for c in plan_cells(ev):
+        t0 = time.perf_counter()
+        params = json.loads(c.defense_params)
+        if c.eps == 0:
+            adv = to_8bit_grid(images)
+        else:
+            source = c.quant if c.attack_source == "self" else "fp32"
+            adv = _attack(m.models[source], c.attack, images, labels, c.eps, m.devices[source], ev.batch_size)
+        ok = correct(c.quant, adv, c.defense, params)
+        key = (c.quant, c.defense, c.defense_params)
+        if key not in clean_ok:
+            clean_ok[key] = ok if c.eps == 0 else correct(c.quant, to_8bit_grid(images), c.defense, params)
+        rows.append(make_row(c, ok, clean_ok[key], time.perf_counter() - t0, meta,
+                             m.sizes[c.quant], m.devices[c.quant], ev.seed))
+    return rows
