@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from skimage.restoration import denoise_tv_chambolle
 
 from .base import Defense, register_defense, to_uint8
 
 
 def reference(img: np.ndarray, weight: float = 0.1, eps: float = 2e-4, max_num_iter: int = 200) -> np.ndarray:
+    from skimage.restoration import denoise_tv_chambolle  # imports scipy.stats: 0.8 s a process, so only here
     return denoise_tv_chambolle(img, weight=weight, eps=eps, max_num_iter=max_num_iter, channel_axis=-1)
 
 

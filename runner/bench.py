@@ -4,7 +4,9 @@
     its own, defenses one image at a time through OpenCV / scikit-image, as the notebooks
     did) vs the engine (image sets and defended sets shared across cells, batched defenses),
     cells per second and whether every cell agrees;
-(b) each defense, reference vs batched, on the same images: images per second, max difference.
+(b) each defense, reference vs batched, on the same images: images per second, max difference;
+(c) on CUDA, training: the GPU-resident path (with and without torch.compile) against the
+    torchvision DataLoader path, images per second and time to the notebook's accuracy.
 """
 from __future__ import annotations
 
@@ -98,6 +100,52 @@ def bench_defenses(images: torch.Tensor, device: torch.device) -> list[dict]:
     return rows
 
 
+def bench_training(device: torch.device, quick: bool, dataset: str | None = None, train_subset: int | None = None,
+                   target: float = 0.867, variants: tuple[str, ...] | None = None) -> list[dict]:
+    """(c) Training input paths side by side on the notebook's recipe (ImprovedCNN, AdamW, bf16 on CUDA):
+    the GPU-resident tensor path (the split on the device as uint8, crop/flip there), the same under
+    torch.compile, and the torchvision DataLoader path. Images per second count the epochs after
+    the first (compilation and cuDNN autotuning fall in the first); time to target is the training
+    seconds until validation accuracy first reaches `target`."""
+    import tempfile
+
+    from .data import cifar10_present, default_data_root
+    from .spec import load_spec
+    spec, _ = load_spec(Path(__file__).parent.parent / "sweeps" / "cifar10_notebook.yaml")
+    recipe = spec.trial_configs()[0]
+    dataset = dataset or ("cifar10" if cifar10_present(default_data_root()) else "synthetic")
+    full_epochs = 2 if quick else recipe["epochs"]
+    paths = [("gpu-resident", {"loader": "tensor"}, full_epochs),
+             ("gpu-resident + compile", {"loader": "tensor", "compile": True}, 2 if quick else 3),
+             ("dataloader", {"loader": "dataloader", "loader_workers": min(8, os.cpu_count() or 1)}, 2 if quick else 3)]
+    variants = [v for v in paths if variants is None or v[0] in variants]
+    rows = []
+    for name, overrides, epochs in variants:
+        with tempfile.TemporaryDirectory(prefix="robustgrid-bench-train-") as out:
+            cfg = {**recipe, **overrides, "epochs": epochs, "dataset": dataset, "device": device.type, "out_dir": out,
+                   "early_stopping_patience": None, "train_subset": train_subset}
+            result = train(cfg)
+        hist = result["history"]
+        n_train = train_subset or _train_split_size(dataset, recipe)
+        steady = [h["train_seconds"] for h in hist[1:]] or [hist[0]["train_seconds"]]
+        elapsed, to_target = 0.0, None
+        for h in hist:
+            elapsed += h["train_seconds"]
+            if to_target is None and h["val_accuracy"] >= target:
+                to_target = elapsed
+        rows.append({"path": name, "epochs": len(hist), "train_images": n_train,
+                     "img_per_s": n_train * len(steady) / sum(steady),
+                     "first_epoch_s": hist[0]["train_seconds"], "train_seconds": elapsed,
+                     "best_val_accuracy": result["best_val_accuracy"], "test_accuracy": result["test_accuracy"],
+                     "seconds_to_target": to_target, "target": target})
+    return rows
+
+
+def _train_split_size(dataset: str, recipe: dict) -> int:
+    from .data import load_splits
+    return len(load_splits(dataset, val_size=recipe.get("val_size", 5000)).train_x)
+
+
 def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}"
@@ -109,28 +157,39 @@ def run_bench(quick: bool = False, json_path: str | None = None, device: str = "
     model, images, labels, dataset = _model_and_images(n, quick)
     console.print(f"bench on {machine()}; {dataset}, {n} test images, device {dev}")
     defenses = bench_defenses(images, dev)
-    t = Table(title=f"defenses: reference (per image, OpenCV/skimage) vs batched ({dev})")
-    for c in ("defense", "reference img/s", "batched img/s", "speedup", "max |diff|"):
-        t.add_column(c, justify="right")
-    for r in defenses:
-        t.add_row(r["defense"], f"{r['reference_img_per_s']:.0f}", f"{r['batched_img_per_s']:.0f}",
-                  f"{r['speedup']:.1f}x", f"{r['max_abs_diff']:.1e}")
-    console.print(t)
+    _print_table(f"(b) defenses: reference (per image, OpenCV/skimage) vs batched ({dev})", defenses,
+                 {"defense": "{}", "reference_img_per_s": "{:.0f}", "batched_img_per_s": "{:.0f}",
+                  "speedup": "{:.1f}x", "max_abs_diff": "{:.1e}"})
     pipe = bench_pipeline(model, images, labels, dev)
-    t = Table(title="quickstart grid: reference pipeline vs engine")
-    for c in ("cells", "images", "reference s", "engine s", "reference cells/s", "engine cells/s", "speedup", "cells agree"):
-        t.add_column(c, justify="right")
-    t.add_row(str(pipe["cells"]), str(pipe["images"]), f"{pipe['reference_s']:.1f}", f"{pipe['engine_s']:.1f}",
-              f"{pipe['reference_cells_per_s']:.2f}", f"{pipe['engine_cells_per_s']:.2f}", f"{pipe['speedup']:.1f}x",
-              "all" if pipe["all_cells_agree"] else f"{pipe['cells'] - pipe['cells_differing']}/{pipe['cells']}")
-    console.print(t)
+    _print_table("(a) quickstart grid: reference pipeline vs engine", [pipe],
+                 {"cells": "{}", "images": "{}", "reference_s": "{:.1f}", "engine_s": "{:.1f}",
+                  "reference_cells_per_s": "{:.2f}", "engine_cells_per_s": "{:.2f}", "speedup": "{:.1f}x",
+                  "all_cells_agree": "{}"})
+    training = None
+    if dev.type == "cuda":
+        training = bench_training(dev, quick)
+        _print_table("(c) training input paths (notebook recipe)", training,
+                     {"path": "{}", "epochs": "{}", "img_per_s": "{:.0f}", "first_epoch_s": "{:.1f}",
+                      "train_seconds": "{:.1f}", "test_accuracy": "{:.4f}", "seconds_to_target": "{}"})
+    else:
+        console.print("(c) training input paths: skipped, it compares GPU-resident training with a DataLoader "
+                      "feeding a GPU and needs CUDA")
     if json_path:
         Path(json_path).write_text(json.dumps({"machine": machine(), "device": str(dev), "dataset": dataset,
-                                               "defenses": defenses, "pipeline": pipe}, indent=2))
+                                               "defenses": defenses, "pipeline": pipe, "training": training}, indent=2))
     return 0
 
 
-def bench_ray_overhead(json_path: str | None = None, epochs: int = 3, train_subset: int = 20000) -> int:
+def _print_table(title: str, rows: list[dict], columns: dict[str, str]) -> None:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c.replace("_", " "), justify="right")
+    for r in rows:
+        t.add_row(*("-" if r[c] is None else fmt.format(r[c]) for c, fmt in columns.items()))
+    console.print(t)
+
+
+def bench_ray_overhead(json_path: str | None = None, epochs: int = 3, train_subset: int = 24000) -> int:
     """A 4-trial sweep through Ray on this machine: how much wall time is spent outside trials and
     evaluation? Ideal = busy seconds / concurrent slots; overhead = wall - ideal."""
     import tempfile

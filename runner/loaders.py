@@ -35,7 +35,8 @@ class DataLoaderBatches:
                                           shuffle=True, seed=seed)
         self.local_batch = max(1, batch_size // dist_info.world_size)
         self.loader = DataLoader(UInt8Images(x, y, augment), batch_size=self.local_batch, sampler=self.sampler,
-                                 num_workers=workers, pin_memory=device.type == "cuda")
+                                 num_workers=workers, pin_memory=device.type == "cuda",
+                                 persistent_workers=workers > 0)
 
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.local_batch)

@@ -74,9 +74,10 @@ class TrainConfig(Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True                 # bf16 autocast, on CUDA only
-    channels_last: bool = True       # on CUDA only
+    channels_last: bool = True       # model and batches in NHWC: faster convolutions on CUDA and CPU
     compile: bool = False
     loader: Literal["tensor", "dataloader"] = "tensor"
+    loader_workers: int = Field(4, ge=0)   # DataLoader worker processes (loader: dataloader only)
     # filled in by the runner, not the sweep file:
     dataset: str = "synthetic"
     data_root: str | None = None

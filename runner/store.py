@@ -31,6 +31,7 @@ EPOCH_SCHEMA = pa.schema([
     ("sweep", pa.string()), ("run_id", pa.string()), ("trial_id", pa.string()), ("epoch", pa.int64()),
     ("train_loss", pa.float64()), ("train_accuracy", pa.float64()), ("val_loss", pa.float64()),
     ("val_accuracy", pa.float64()), ("lr", pa.float64()), ("seconds", pa.float64()),
+    ("train_seconds", pa.float64()),   # the training steps alone (seconds adds the validation pass)
 ])
 
 _TRIAL_RESULT_FIELDS = [

@@ -64,9 +64,10 @@ def pick_device(setting: str, local_rank: int = 0) -> torch.device:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, device: torch.device,
-             batch_size: int = 1000, autocast=contextlib.nullcontext) -> tuple[float, float]:
+             batch_size: int | None = None, autocast=contextlib.nullcontext) -> tuple[float, float]:
     """(mean loss, accuracy) over a whole uint8 split."""
     model.eval()
+    batch_size = batch_size or (1000 if device.type == "cuda" else 200)   # CPU: 200 stays in cache
     loss_sum, correct = 0.0, 0
     for i in range(0, len(x_uint8), batch_size):
         xb = to_float(x_uint8[i:i + batch_size].to(device, non_blocking=True))
@@ -143,7 +144,7 @@ def train(config: dict[str, Any], report: Reporter | None = None, resume_from: s
     model, model_kwargs = build_model(cfg, splits)
     model.to(device)
     on_cuda = device.type == "cuda"
-    if on_cuda and cfg.channels_last:
+    if cfg.channels_last:  # faster convolutions on CUDA and CPU alike (1.6x a step on one CPU core)
         model = model.to(memory_format=torch.channels_last)
     if di.world_size > 1 and on_cuda:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN over the global batch, as one process would
@@ -161,10 +162,12 @@ def train(config: dict[str, Any], report: Reporter | None = None, resume_from: s
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.time()
         train_loss, train_acc = train_one_epoch(step_net, batches, epoch, optimizer, autocast)
+        train_seconds = time.time() - t0    # train_one_epoch ends in .item(): the device has finished
         val_loss, val_acc = accuracy(model, splits.val_x, splits.val_y, device, autocast=autocast)
         scheduler.step(val_acc)
         row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
-               "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - t0}
+               "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - t0,
+               "train_seconds": train_seconds}
         state["history"].append(row)
         state["epoch"] = epoch + 1
         improved = val_acc > state["best_val"]
@@ -181,7 +184,8 @@ def train(config: dict[str, Any], report: Reporter | None = None, resume_from: s
         if stop:
             break
 
-    result = _finish(cfg, out_dir, model, splits, device, di, state, time.time() - t_start)
+    result = _finish(cfg, out_dir, model, splits, device, di, state)
+    result["seconds"] = time.time() - t_start   # the whole trial: data, epochs, test accuracy, sizes
     if di.owns_group:
         dist.destroy_process_group()
     return result
@@ -190,7 +194,8 @@ def train(config: dict[str, Any], report: Reporter | None = None, resume_from: s
 def make_batches(cfg: TrainConfig, splits: Splits, di: DistInfo, device: torch.device):
     if cfg.loader == "dataloader":
         from .loaders import DataLoaderBatches
-        return DataLoaderBatches(splits.train_x, splits.train_y, cfg.batch_size, di, device, cfg.seed, cfg.augment)
+        return DataLoaderBatches(splits.train_x, splits.train_y, cfg.batch_size, di, device, cfg.seed, cfg.augment,
+                                 cfg.loader_workers)
     return TensorBatches(splits.train_x, splits.train_y, cfg.batch_size, di, device, cfg.seed, cfg.augment)
 
 
@@ -233,7 +238,7 @@ def _restore(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
     return dict(payload["meta"]["state"])
 
 
-def _finish(cfg, out_dir, model, splits, device, di, state, seconds) -> dict[str, Any]:
+def _finish(cfg, out_dir, model, splits, device, di, state) -> dict[str, Any]:
     """Reload the best epoch's weights and measure it on the test split."""
     best = out_dir / "best.pt"
     if di.world_size > 1:
@@ -244,7 +249,7 @@ def _finish(cfg, out_dir, model, splits, device, di, state, seconds) -> dict[str
     cpu_model = model.to("cpu").to(memory_format=torch.contiguous_format)
     return {
         "best_val_accuracy": state["best_val"], "best_epoch": state["best_epoch"],
-        "test_accuracy": test_acc, "epochs_run": state["epoch"], "seconds": seconds,
+        "test_accuracy": test_acc, "epochs_run": state["epoch"],
         "world_size": di.world_size, "device": str(device), "node": socket.gethostname(),
         "checkpoint": str(best), "fp32_bytes": state_dict_bytes(cpu_model),
         "int8_bytes": state_dict_bytes(quantize(cpu_model, "dynamic_int8")),

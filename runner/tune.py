@@ -263,15 +263,16 @@ def evaluate_ray(sweep: Sweep, address: str | None = None) -> None:
     cpu_task = ray.remote(_eval_cpu).options(num_cpus=r.eval_cpus)
     pending = {}
     checkpoints = sweep.selected_checkpoints()
-    chunks = _defense_chunks(ev.defenses, ray.cluster_resources().get("CPU", 1) / max(r.eval_cpus, 1e-3),
-                             len(checkpoints))
+    slots = int(ray.cluster_resources().get("CPU", 1) / max(r.eval_cpus, 1e-3))
+    k = _int8_tasks_per_checkpoint(slots, len(checkpoints), len(ev.defenses), has_gpu) if cpu_quants else 0
     for trial in checkpoints:
         task = {**sweep.eval_task(trial), "threads": max(1, int(r.eval_cpus))}
-        mine = [k for k in done if k[0] == trial["trial_id"]]
-        rows_ref, adv_ref = dev_task.remote({**task, "evaluate": {**task["evaluate"], "quant": dev_quants}},
-                                            mine, bool(cpu_quants) and "fp32" in ev.sources)
+        mine = [key for key in done if key[0] == trial["trial_id"]]
+        quants = dev_quants if k else ev.quant      # no int8 task of its own: its cells run here
+        rows_ref, adv_ref = dev_task.remote({**task, "evaluate": {**task["evaluate"], "quant": quants}},
+                                            mine, bool(k) and "fp32" in ev.sources)
         pending[rows_ref] = trial["trial_id"]
-        for defenses in chunks if cpu_quants else []:
+        for defenses in _split(ev.defenses, k):
             t = {**task, "evaluate": {**task["evaluate"], "quant": cpu_quants, "defenses": defenses}, "examples_path": None}
             pending[cpu_task.remote(t, mine, adv_ref)] = trial["trial_id"]
     with progress_bar() as bar:
@@ -286,11 +287,21 @@ def evaluate_ray(sweep: Sweep, address: str | None = None) -> None:
             bar.advance(job, len(rows))
 
 
-def _defense_chunks(defenses: dict, cpu_slots: float, n_checkpoints: int) -> list[dict]:
-    """The int8 cells of one checkpoint split by defense into as many CPU tasks as there are free
-    CPU slots per checkpoint (each defense's clean and attacked cells stay in one task, so no
-    defended image is made twice); one task where the CPUs are few."""
-    k = max(1, min(len(defenses), int(cpu_slots // max(n_checkpoints, 1))))
+def _int8_tasks_per_checkpoint(cpu_slots: int, n_checkpoints: int, n_defenses: int, has_gpu: bool) -> int:
+    """How many CPU tasks share one checkpoint's int8 cells (split by defense, so each defense's
+    clean and attacked cells stay together and no defended image is made twice).
+
+    With a GPU the int8 cells always leave the GPU task and spread over the free CPU slots.
+    Without one, a separate int8 task only pays off where CPU slots outnumber checkpoints;
+    0 means the int8 cells run in the checkpoint's one task (no second data load, no hand-over).
+    """
+    per_checkpoint = cpu_slots // max(n_checkpoints, 1)
+    if has_gpu:
+        return max(1, min(n_defenses, per_checkpoint))
+    return max(0, min(n_defenses, per_checkpoint - 1))
+
+
+def _split(defenses: dict, k: int) -> list[dict]:
     names = list(defenses)
     return [{n: defenses[n] for n in names[i::k]} for i in range(k)]
 

@@ -130,10 +130,11 @@ def test_kill_and_resume_loses_and_duplicates_nothing(cluster, tmp_path):
 
 
 def test_int8_cells_split_by_defense_over_free_cpus():
-    from runner.tune import _defense_chunks
+    from runner.tune import _int8_tasks_per_checkpoint, _split
     defenses = {n: {} for n in ("none", "gaussian_blur", "jpeg", "median", "tv_denoise")}
-    many = _defense_chunks(defenses, cpu_slots=16, n_checkpoints=1)
-    assert len(many) == 5 and sorted(n for c in many for n in c) == sorted(defenses)   # each defense once
-    assert len(_defense_chunks(defenses, cpu_slots=2, n_checkpoints=2)) == 1          # 2 cores, 2 models: one task
-    three = _defense_chunks(defenses, cpu_slots=6, n_checkpoints=2)
-    assert len(three) == 3 and sum(len(c) for c in three) == 5
+    assert _int8_tasks_per_checkpoint(16, 1, 5, has_gpu=True) == 5       # one GPU box: int8 over 5 cores
+    assert _int8_tasks_per_checkpoint(2, 4, 5, has_gpu=True) == 1        # always off the GPU task
+    assert _int8_tasks_per_checkpoint(2, 4, 5, has_gpu=False) == 0       # 2 cores, 4 models: one task each
+    assert _int8_tasks_per_checkpoint(8, 2, 5, has_gpu=False) == 3       # 4 slots a model: fp32 task + 3
+    chunks = _split(defenses, 3)
+    assert len(chunks) == 3 and sorted(n for c in chunks for n in c) == sorted(defenses)   # each defense once
