@@ -180,14 +180,10 @@ class Engine:
         for (attack, eps), images in adversarials.items():
             self._adv[("fp32", attack, eps)] = (images.to(self.device, torch.float32) / 255, 0.0)
 
-    def export_adversarials(self) -> dict[tuple[str, float], torch.Tensor]:
-        out = {}
-        for attack in self.ev.attacks:
-            for eps in self.ev.eps:
-                if eps > 0:
-                    adv, _ = self.adversarial(("fp32", attack, eps))
-                    out[(attack, eps)] = torch.round(adv * 255).to(torch.uint8).cpu()  # exact: on the 8-bit grid
-        return out
+    def export_adversarials(self, which: Iterable[tuple[str, float]]) -> dict[tuple[str, float], torch.Tensor]:
+        """FP32-made images {(attack, eps): uint8} for other tasks; exact, as they lie on the 8-bit grid."""
+        return {(attack, eps): torch.round(self.adversarial(("fp32", attack, eps))[0] * 255).to(torch.uint8).cpu()
+                for attack, eps in which}
 
     def defend(self, images: torch.Tensor, defense: str, params_json: str) -> torch.Tensor:
         return _defend(defense, json.loads(params_json), images, self.ev.defense_backend, self.ev.batch_size)
@@ -265,17 +261,7 @@ def test_images(task: dict[str, Any], n_images: int | None) -> tuple[torch.Tenso
     return to_float(x), y, splits.classes
 
 
-def evaluate_checkpoint(task: dict[str, Any], done: Iterable[tuple] = (),
-                        on_rows: Callable[[list[dict]], None] | None = None,
-                        progress: Callable[[int], None] | None = None,
-                        adversarials: dict | None = None, export_adversarials: dict | None = None) -> list[dict]:
-    """Evaluate one checkpoint over the grid in task['evaluate'], skipping cells in `done`.
-
-    task: {checkpoint, trial_id, sweep, run_id, model, dataset, data: {...}, evaluate: {...},
-           threads?, examples_path?}
-    adversarials: FP32-made images {(attack, eps): uint8} made elsewhere, used instead of making them;
-    export_adversarials: a dict to fill with this task's FP32-made images for another task.
-    """
+def _plan(task: dict[str, Any], done: Iterable[tuple]):
     ev = EvaluateSpec.model_validate(task["evaluate"])
     if task.get("threads"):
         torch.set_num_threads(int(task["threads"]))
@@ -283,18 +269,42 @@ def evaluate_checkpoint(task: dict[str, Any], done: Iterable[tuple] = (),
     images, labels, classes = test_images(task, ev.n_images)
     done = set(done)
     cells = [c for c in plan_cells(ev) if c.key(task["trial_id"], len(images), ev.seed) not in done]
-    if not cells and export_adversarials is None:
+    return ev, images, labels, classes, cells
+
+
+def evaluate_checkpoint(task: dict[str, Any], done: Iterable[tuple] = (),
+                        on_rows: Callable[[list[dict]], None] | None = None,
+                        progress: Callable[[int], None] | None = None,
+                        adversarials: dict | None = None) -> list[dict]:
+    """Evaluate one checkpoint over the grid in task['evaluate'], skipping cells in `done`.
+
+    task: {checkpoint, trial_id, sweep, run_id, model, dataset, data: {...}, evaluate: {...},
+           threads?, examples_path?}
+    adversarials: FP32-made images {(attack, eps): uint8} made elsewhere (make_adversarials),
+    used instead of making them again.
+    """
+    ev, images, labels, classes, cells = _plan(task, done)
+    if not cells:
         return []
-    device = pick_device(ev.device)
-    engine = Engine(load_checkpoint(task["checkpoint"]), ev, images, labels, device)
+    engine = Engine(load_checkpoint(task["checkpoint"]), ev, images, labels, pick_device(ev.device))
     if adversarials:
         engine.import_adversarials(adversarials)
     rows = run_cells(engine, cells, task, on_rows, progress)
-    if export_adversarials is not None:
-        export_adversarials.update(engine.export_adversarials())
     if task.get("examples_path") and ev.examples and "fp32" in engine.models:
         save_examples(engine, ev, classes, Path(task["examples_path"]))
     return rows
+
+
+def make_adversarials(task: dict[str, Any], done: Iterable[tuple] = ()) -> dict[tuple[str, float], torch.Tensor]:
+    """The FP32-made adversarial images {(attack, eps): uint8} of the cells still to do, for other
+    tasks to share (an attack task on the GPU feeds the int8 CPU tasks and the GPU cells task)."""
+    ev, images, labels, _, cells = _plan(task, done)
+    wanted = {(c.attack, c.eps) for c in cells if image_key(c)[0] == "fp32"}
+    if not wanted:
+        return {}
+    engine = Engine(load_checkpoint(task["checkpoint"]), ev.model_copy(update={"quant": ["fp32"]}), images, labels,
+                    pick_device(ev.device))
+    return engine.export_adversarials(sorted(wanted))
 
 
 def count_cells(ev: EvaluateSpec) -> int:

@@ -243,9 +243,9 @@ def _record(sweep: Sweep, grid) -> None:
 # --- evaluation as Ray tasks ----------------------------------------------------------------------
 
 def evaluate_ray(sweep: Sweep, address: str | None = None) -> None:
-    """Per checkpoint: one task for the CUDA/fp32 modes (GPU where there is one) that makes the
-    FP32 adversarial images once and hands them on to CPU tasks for dynamic_int8, split by
-    defense over the cluster's CPUs."""
+    """Per checkpoint, where CPUs allow it: an attack task (GPU where there is one) makes the FP32
+    adversarial images once; then the CUDA/fp32 cells (GPU) and the dynamic_int8 cells (CPU tasks
+    split by defense) run side by side on them. Where CPUs are few, one task does it all."""
     import ray
 
     from models import QUANT_MODES
@@ -259,8 +259,9 @@ def evaluate_ray(sweep: Sweep, address: str | None = None) -> None:
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     cpu_quants = [q for q in ev.quant if QUANT_MODES[q].cpu_only]
     dev_quants = [q for q in ev.quant if not QUANT_MODES[q].cpu_only]
-    dev_task = ray.remote(_eval_device).options(num_cpus=r.eval_cpus, num_gpus=r.eval_gpus if has_gpu else 0, num_returns=2)
-    cpu_task = ray.remote(_eval_cpu).options(num_cpus=r.eval_cpus)
+    on_device = {"num_cpus": r.eval_cpus, "num_gpus": r.eval_gpus if has_gpu else 0}
+    attack_task = ray.remote(_eval_attacks).options(**on_device)
+    cells_task = ray.remote(_eval_cells)
     pending = {}
     checkpoints = sweep.selected_checkpoints()
     slots = int(ray.cluster_resources().get("CPU", 1) / max(r.eval_cpus, 1e-3))
@@ -268,13 +269,15 @@ def evaluate_ray(sweep: Sweep, address: str | None = None) -> None:
     for trial in checkpoints:
         task = {**sweep.eval_task(trial), "threads": max(1, int(r.eval_cpus))}
         mine = [key for key in done if key[0] == trial["trial_id"]]
-        quants = dev_quants if k else ev.quant      # no int8 task of its own: its cells run here
-        rows_ref, adv_ref = dev_task.remote({**task, "evaluate": {**task["evaluate"], "quant": quants}},
-                                            mine, bool(k) and "fp32" in ev.sources)
-        pending[rows_ref] = trial["trial_id"]
+        if not k:    # no int8 task of its own: every cell in one task, no hand-over
+            pending[cells_task.options(**on_device).remote(task, mine, None)] = trial["trial_id"]
+            continue
+        adv_ref = attack_task.remote(task, mine) if "fp32" in ev.sources else None
+        dev = {**task, "evaluate": {**task["evaluate"], "quant": dev_quants}}
+        pending[cells_task.options(**on_device).remote(dev, mine, adv_ref)] = trial["trial_id"]
         for defenses in _split(ev.defenses, k):
             t = {**task, "evaluate": {**task["evaluate"], "quant": cpu_quants, "defenses": defenses}, "examples_path": None}
-            pending[cpu_task.remote(t, mine, adv_ref)] = trial["trial_id"]
+            pending[cells_task.options(num_cpus=r.eval_cpus).remote(t, mine, adv_ref)] = trial["trial_id"]
     with progress_bar() as bar:
         total = count_cells(ev) * len(checkpoints)
         job = bar.add_task("evaluate cells (Ray tasks)", total=total,
@@ -306,13 +309,11 @@ def _split(defenses: dict, k: int) -> list[dict]:
     return [{n: defenses[n] for n in names[i::k]} for i in range(k)]
 
 
-def _eval_device(task: dict, done: list, keep_adversarials: bool):
-    from .evaluate import evaluate_checkpoint
-    adv: dict = {}
-    rows = evaluate_checkpoint(task, done, export_adversarials=adv if keep_adversarials else None)
-    return rows, adv
+def _eval_attacks(task: dict, done: list) -> dict:
+    from .evaluate import make_adversarials
+    return make_adversarials(task, done)
 
 
-def _eval_cpu(task: dict, done: list, adversarials: dict):
+def _eval_cells(task: dict, done: list, adversarials: dict | None) -> list[dict]:
     from .evaluate import evaluate_checkpoint
     return evaluate_checkpoint(task, done, adversarials=adversarials)
