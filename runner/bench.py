@@ -28,12 +28,15 @@ from .spec import EvaluateSpec
 from .train import pick_device, train
 
 
-def _model_and_images(n: int, quick: bool):
-    """A briefly trained simple_cnn and n test images: CIFAR-10 when it is on disk, else synthetic."""
+GRIDS = {"quickstart": ("quickstart.yaml", "simple_cnn"), "notebook": ("cifar10_notebook.yaml", "improved_cnn")}
+
+
+def _model_and_images(n: int, quick: bool, model: str = "simple_cnn", device: str = "auto"):
+    """A briefly trained model and n test images: CIFAR-10 when it is on disk, else synthetic."""
     from .data import cifar10_present, default_data_root, load_splits, to_float
     dataset = "cifar10" if cifar10_present(default_data_root()) else "synthetic"
-    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"robustgrid-bench-{dataset}"
-    cfg = {"model": "simple_cnn", "dataset": dataset, "epochs": 1, "out_dir": str(out), "batch_size": 256,
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"robustgrid-bench-{dataset}-{model}"
+    cfg = {"model": model, "dataset": dataset, "epochs": 1, "out_dir": str(out), "batch_size": 256, "device": device,
            "train_subset": 5000 if quick else 20000, "synthetic_train": 2000, "synthetic_test": max(n, 500)}
     if not (out / "best.pt").exists():
         train(cfg)
@@ -42,18 +45,25 @@ def _model_and_images(n: int, quick: bool):
     return load_checkpoint(out / "best.pt"), to_float(splits.test_x[:n]), splits.test_y[:n], dataset
 
 
-def _grid(batch_size: int) -> EvaluateSpec:
+def _grid(name: str, batch_size: int, device: torch.device) -> EvaluateSpec:
+    """A sweep file's evaluation grid, batched backend; on CUDA the notebook grid adds bf16."""
     from .spec import load_spec
-    spec, _ = load_spec(Path(__file__).parent.parent / "sweeps" / "quickstart.yaml")
-    return spec.evaluate.model_copy(update={"defense_backend": "batched", "batch_size": batch_size, "examples": 0})
+    spec, _ = load_spec(Path(__file__).parent.parent / "sweeps" / GRIDS[name][0])
+    quant = list(spec.evaluate.quant)
+    if name == "notebook" and device.type == "cuda" and "bf16" not in quant:
+        quant.insert(1, "bf16")
+    return spec.evaluate.model_copy(update={"defense_backend": "batched", "batch_size": batch_size, "examples": 0,
+                                            "quant": quant, "device": device.type})
 
 
-def bench_pipeline(model, images, labels, device) -> dict:
-    """The quickstart grid through the reference pipeline (every cell on its own, defenses one
+def bench_pipeline(model, images, labels, device, grid: str = "quickstart") -> dict:
+    """A sweep's grid through the reference pipeline (every cell on its own, defenses one
     image at a time) and through the engine; both predict in the same batches, so the cells
     must agree exactly."""
-    meta = {"sweep": "bench", "run_id": "", "trial_id": "bench", "model": "simple_cnn", "dataset": ""}
-    ev = _grid(500)
+    meta = {"sweep": "bench", "run_id": "", "trial_id": "bench", "model": GRIDS[grid][1], "dataset": ""}
+    ev = _grid(grid, 1000 if device.type == "cuda" else 500, device)
+    if device.type == "cuda":   # cuDNN may pick non-deterministic gradient kernels; both paths must see one gradient
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     cells = plan_cells(ev)
     t0 = time.perf_counter()
     ref_rows = reference_rows(model, ev, images, labels, device, meta)
@@ -66,7 +76,7 @@ def bench_pipeline(model, images, labels, device) -> dict:
         return {(r["quant"], r["attack_source"], r["eps"], r["defense"]): r["correct"] for r in rs}
     ref, eng = cells_of(ref_rows), cells_of(rows)
     differing = sum(ref.get(k) != v for k, v in eng.items())
-    return {"images": len(images), "cells": len(cells), "reference_s": t_ref, "engine_s": t_engine,
+    return {"grid": grid, "images": len(images), "cells": len(cells), "reference_s": t_ref, "engine_s": t_engine,
             "reference_cells_per_s": len(cells) / t_ref, "engine_cells_per_s": len(cells) / t_engine,
             "speedup": t_ref / t_engine, "all_cells_agree": ref == eng, "cells_differing": differing}
 
@@ -151,17 +161,18 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}"
 
 
-def run_bench(quick: bool = False, json_path: str | None = None, device: str = "auto") -> int:
+def run_bench(quick: bool = False, json_path: str | None = None, device: str = "auto", grid: str = "quickstart",
+              images: int | None = None) -> int:
     dev = pick_device(device)
-    n = 200 if quick else 1000
-    model, images, labels, dataset = _model_and_images(n, quick)
-    console.print(f"bench on {machine()}; {dataset}, {n} test images, device {dev}")
+    n = images or (200 if quick else 1000)
+    model, images, labels, dataset = _model_and_images(n, quick, GRIDS[grid][1], dev.type)
+    console.print(f"bench on {machine()}; {dataset}, {len(images)} test images, device {dev}")
     defenses = bench_defenses(images, dev)
     _print_table(f"(b) defenses: reference (per image, OpenCV/skimage) vs batched ({dev})", defenses,
                  {"defense": "{}", "reference_img_per_s": "{:.0f}", "batched_img_per_s": "{:.0f}",
                   "speedup": "{:.1f}x", "max_abs_diff": "{:.1e}"})
-    pipe = bench_pipeline(model, images, labels, dev)
-    _print_table("(a) quickstart grid: reference pipeline vs engine", [pipe],
+    pipe = bench_pipeline(model, images, labels, dev, grid)
+    _print_table(f"(a) {grid} grid ({', '.join(_grid(grid, 1, dev).quant)}): reference pipeline vs engine", [pipe],
                  {"cells": "{}", "images": "{}", "reference_s": "{:.1f}", "engine_s": "{:.1f}",
                   "reference_cells_per_s": "{:.2f}", "engine_cells_per_s": "{:.2f}", "speedup": "{:.1f}x",
                   "all_cells_agree": "{}"})

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small sizes: about a minute on 2 CPU cores")
     bench.add_argument("--json", help="write the measurements as JSON here")
     bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    bench.add_argument("--grid", default="quickstart", choices=["quickstart", "notebook"],
+                       help="(a) on this sweep's grid: quickstart (simple_cnn) or the CIFAR-10 notebook's (improved_cnn)")
+    bench.add_argument("--images", type=int, help="test images for (a) and (b) (default 200 with --quick, else 1000)")
     bench.add_argument("--ray-overhead", action="store_true",
                        help="instead: a 4-trial sweep through Ray, wall time outside trials and evaluation")
     return p
@@ -179,7 +182,7 @@ def cmd_bench(args) -> int:
     from .bench import bench_ray_overhead, run_bench
     if args.ray_overhead:
         return bench_ray_overhead(json_path=args.json)
-    return run_bench(quick=args.quick, json_path=args.json, device=args.device)
+    return run_bench(quick=args.quick, json_path=args.json, device=args.device, grid=args.grid, images=args.images)
 
 
 COMMANDS = {"run": cmd_run, "eval": cmd_eval, "show": cmd_show, "models": cmd_models, "data": cmd_data, "bench": cmd_bench}
