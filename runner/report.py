@@ -8,6 +8,7 @@ import pandas as pd
 from rich.table import Table
 
 from .console import console
+from .stats import wilson_interval
 from .store import ResultStore
 
 
@@ -41,24 +42,28 @@ def trials_table(trials: pd.DataFrame, ev: pd.DataFrame, axes: list[str]) -> Tab
     return t
 
 
-def accuracy_pivot(ev: pd.DataFrame) -> pd.DataFrame:
-    """eps x defense accuracy (mean over the trials shown), the README's pandas query."""
-    return ev.pivot_table(index="eps", columns="defense", values="accuracy", aggfunc="mean")
-
-
 def pivot_table(ev: pd.DataFrame, title: str) -> Table:
-    piv = accuracy_pivot(ev)
-    lo = ev.pivot_table(index="eps", columns="defense", values="ci_low", aggfunc="mean")
-    hi = ev.pivot_table(index="eps", columns="defense", values="ci_high", aggfunc="mean")
+    """eps x defense: the trials' test images pooled (sum of correct / sum of n, equal to the
+    mean accuracy when every trial saw the same n) with the Wilson 95 % interval of that pool.
+    The interval covers test-set sampling only, not trial-to-trial spread, shown as a range."""
+    g = ev.groupby(["eps", "defense"], sort=True)
+    pooled = g.agg(correct=("correct", "sum"), n=("n", "sum"), lo=("accuracy", "min"), hi=("accuracy", "max"),
+                   trials=("trial_id", "nunique"))
+    defenses = list(dict.fromkeys(ev["defense"]))
     t = Table(title=title)
     t.add_column("eps", justify="right")
-    for d in piv.columns:
+    for d in defenses:
         t.add_column(f"{d} %", justify="right")
-    for eps in piv.index:
+    for eps in sorted(ev["eps"].unique()):
         cells = []
-        for d in piv.columns:
-            v = piv.loc[eps, d]
-            cells.append("-" if pd.isna(v) else f"{100 * v:.1f} [dim]({100 * lo.loc[eps, d]:.1f}–{100 * hi.loc[eps, d]:.1f})[/dim]")
+        for d in defenses:
+            if (eps, d) not in pooled.index:
+                cells.append("-")
+                continue
+            r = pooled.loc[(eps, d)]
+            lo, hi = wilson_interval(int(r["correct"]), int(r["n"]))
+            spread = f" [dim]range {100 * r['lo']:.1f}–{100 * r['hi']:.1f}[/dim]" if r["trials"] > 1 else ""
+            cells.append(f"{100 * r['correct'] / r['n']:.1f} [dim]({100 * lo:.1f}–{100 * hi:.1f})[/dim]{spread}")
         t.add_row(f"{eps:.4f} ({eps * 255:.0f}/255)" if eps else "0", *cells)
     return t
 
@@ -80,7 +85,7 @@ def show(root: Path, quant: list[str] | None = None, defense: list[str] | None =
         for attack, sub in part.groupby("attack"):
             n = int(sub["n"].iloc[0])
             console.print(pivot_table(sub, f"{attack} accuracy, quant={q}, source={src}, n={n} images, "
-                                           f"mean of {n_trials} trial(s); 95 % Wilson CI"))
+                                           f"{n_trials} trial(s) pooled; 95 % Wilson CI" + (", range over trials" if n_trials > 1 else "")))
 
 
 def grid_axes(root: Path) -> list[str]:
