@@ -60,7 +60,11 @@ def load_checkpoint(path: str | os.PathLike) -> nn.Module:
 
 
 def state_dict_bytes(model: nn.Module) -> int:
-    """Size as the notebooks measured it: torch.save of the state_dict into a buffer."""
+    """Size as the notebooks measured it: torch.save of the state_dict into a buffer (tensors
+    made contiguous first, so a channels_last copy of a model weighs the same)."""
     buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
+    sd = model.state_dict()
+    flat = type(sd)((k, v.contiguous() if isinstance(v, torch.Tensor) else v) for k, v in sd.items())
+    flat._metadata = getattr(sd, "_metadata", None)   # torch.save of a state_dict carries it
+    torch.save(flat, buf)
     return buf.getbuffer().nbytes

@@ -9,6 +9,8 @@ def test_improved_cnn_sizes_match_the_notebook():
     m = create_model("improved_cnn")
     assert state_dict_bytes(m) == pytest.approx(13.02e6, rel=0.005)
     assert state_dict_bytes(quantize(m, "dynamic_int8")) == pytest.approx(6.72e6, rel=0.005)
+    # the engine evaluates channels_last copies: the size must not depend on the memory format
+    assert state_dict_bytes(m.to(memory_format=torch.channels_last)) == state_dict_bytes(create_model("improved_cnn"))
 
 
 def test_registry_and_forward_on_unit_images():
