@@ -31,10 +31,21 @@ from .train import pick_device, train
 GRIDS = {"quickstart": ("quickstart.yaml", "simple_cnn"), "notebook": ("cifar10_notebook.yaml", "improved_cnn")}
 
 
+def _bench_dataset() -> str:
+    """CIFAR-10 when it is on disk, else synthetic: a bench never downloads."""
+    from .data import cifar10_present, default_data_root
+    return "cifar10" if cifar10_present(default_data_root()) else "synthetic"
+
+
+def _sweep_spec(file: str):
+    from .spec import load_spec
+    return load_spec(Path(__file__).parent.parent / "sweeps" / file)[0]
+
+
 def _model_and_images(n: int, quick: bool, model: str = "simple_cnn", device: str = "auto"):
     """A briefly trained model and n test images: CIFAR-10 when it is on disk, else synthetic."""
-    from .data import cifar10_present, default_data_root, load_splits, to_float
-    dataset = "cifar10" if cifar10_present(default_data_root()) else "synthetic"
+    from .data import load_splits, to_float
+    dataset = _bench_dataset()
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"robustgrid-bench-{dataset}-{model}"
     cfg = {"model": model, "dataset": dataset, "epochs": 1, "out_dir": str(out), "batch_size": 256, "device": device,
            "train_subset": 5000 if quick else 20000, "synthetic_train": 2000, "synthetic_test": max(n, 500)}
@@ -47,8 +58,7 @@ def _model_and_images(n: int, quick: bool, model: str = "simple_cnn", device: st
 
 def _grid(name: str, batch_size: int, device: torch.device) -> EvaluateSpec:
     """A sweep file's evaluation grid, batched backend; on CUDA the notebook grid adds bf16."""
-    from .spec import load_spec
-    spec, _ = load_spec(Path(__file__).parent.parent / "sweeps" / GRIDS[name][0])
+    spec = _sweep_spec(GRIDS[name][0])
     quant = list(spec.evaluate.quant)
     if name == "notebook" and device.type == "cuda" and "bf16" not in quant:
         quant.insert(1, "bf16")
@@ -76,7 +86,7 @@ def bench_pipeline(model, images, labels, device, grid: str = "quickstart") -> d
         return {(r["quant"], r["attack_source"], r["eps"], r["defense"]): r["correct"] for r in rs}
     ref, eng = cells_of(ref_rows), cells_of(rows)
     differing = sum(ref.get(k) != v for k, v in eng.items())
-    return {"grid": grid, "images": len(images), "cells": len(cells), "reference_s": t_ref, "engine_s": t_engine,
+    return {"grid": grid, "quant": ev.quant, "images": len(images), "cells": len(cells), "reference_s": t_ref, "engine_s": t_engine,
             "reference_cells_per_s": len(cells) / t_ref, "engine_cells_per_s": len(cells) / t_engine,
             "speedup": t_ref / t_engine, "all_cells_agree": ref == eng, "cells_differing": differing}
 
@@ -119,11 +129,8 @@ def bench_training(device: torch.device, quick: bool, dataset: str | None = None
     seconds until validation accuracy first reaches `target`."""
     import tempfile
 
-    from .data import cifar10_present, default_data_root
-    from .spec import load_spec
-    spec, _ = load_spec(Path(__file__).parent.parent / "sweeps" / "cifar10_notebook.yaml")
-    recipe = spec.trial_configs()[0]
-    dataset = dataset or ("cifar10" if cifar10_present(default_data_root()) else "synthetic")
+    recipe = _sweep_spec("cifar10_notebook.yaml").trial_configs()[0]
+    dataset = dataset or _bench_dataset()
     full_epochs = 2 if quick else recipe["epochs"]
     paths = [("gpu-resident", {"loader": "tensor"}, full_epochs),
              ("gpu-resident + compile", {"loader": "tensor", "compile": True}, 2 if quick else 3),
@@ -136,7 +143,7 @@ def bench_training(device: torch.device, quick: bool, dataset: str | None = None
                    "early_stopping_patience": None, "train_subset": train_subset}
             result = train(cfg)
         hist = result["history"]
-        n_train = train_subset or _train_split_size(dataset, recipe)
+        n_train = result["train_images"]
         steady = [h["train_seconds"] for h in hist[1:]] or [hist[0]["train_seconds"]]
         elapsed, to_target = 0.0, None
         for h in hist:
@@ -149,11 +156,6 @@ def bench_training(device: torch.device, quick: bool, dataset: str | None = None
                      "best_val_accuracy": result["best_val_accuracy"], "test_accuracy": result["test_accuracy"],
                      "seconds_to_target": to_target, "target": target})
     return rows
-
-
-def _train_split_size(dataset: str, recipe: dict) -> int:
-    from .data import load_splits
-    return len(load_splits(dataset, val_size=recipe.get("val_size", 5000)).train_x)
 
 
 def machine() -> str:
@@ -172,7 +174,7 @@ def run_bench(quick: bool = False, json_path: str | None = None, device: str = "
                  {"defense": "{}", "reference_img_per_s": "{:.0f}", "batched_img_per_s": "{:.0f}",
                   "speedup": "{:.1f}x", "max_abs_diff": "{:.1e}"})
     pipe = bench_pipeline(model, images, labels, dev, grid)
-    _print_table(f"(a) {grid} grid ({', '.join(_grid(grid, 1, dev).quant)}): reference pipeline vs engine", [pipe],
+    _print_table(f"(a) {grid} grid ({', '.join(pipe['quant'])}): reference pipeline vs engine", [pipe],
                  {"cells": "{}", "images": "{}", "reference_s": "{:.1f}", "engine_s": "{:.1f}",
                   "reference_cells_per_s": "{:.2f}", "engine_cells_per_s": "{:.2f}", "speedup": "{:.1f}x",
                   "all_cells_agree": "{}"})
@@ -210,8 +212,7 @@ def bench_ray_overhead(json_path: str | None = None, epochs: int = 3, train_subs
     from .spec import validate
     from .sweep import Sweep
     from .tune import evaluate_ray, init_ray, train_ray
-    from .data import cifar10_present, default_data_root
-    dataset = "cifar10" if cifar10_present(default_data_root()) else "synthetic"
+    dataset = _bench_dataset()
     raw = {"name": "overhead", "data": {"dataset": dataset, "train_subset": train_subset, "synthetic_train": 20000},
            "train": {"model": "simple_cnn", "lr": {"grid_search": [0.001, 0.0015, 0.002, 0.003]}, "epochs": epochs},
            "resources": {"cpus_per_trial": 1, "eval_cpus": 1},

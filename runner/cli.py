@@ -73,10 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from .spec import SpecError
     try:
         return COMMANDS[args.command](args) or 0
-    except SpecError as e:
-        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
-        return EXIT_BAD_INPUT
-    except (CheckpointError, DataError, DownloadError) as e:
+    except (SpecError, CheckpointError, DataError, DownloadError) as e:
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -82,24 +82,21 @@ def _predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch
     return torch.cat(out)
 
 
+def _over_batches(fn: Callable, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                  device: torch.device, batch_size: int) -> torch.Tensor:
+    """fn(model, images, labels) batch by batch on `device`; results gathered where the images live.
+    Attacks and gradients share these batches, so a step from a gradient is bit-identical."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        xb, yb = _to_model(images[i:i + batch_size], device), labels[i:i + batch_size].to(device)
+        out.append(fn(model, xb, yb).to(images.device))
+    return torch.cat(out).contiguous()
+
+
 def _attack(model: nn.Module, attack: str, images: torch.Tensor, labels: torch.Tensor, eps: float,
             device: torch.device, batch_size: int) -> torch.Tensor:
     fn = get_attack(attack)
-    out = []
-    for i in range(0, len(images), batch_size):
-        xb, yb = _to_model(images[i:i + batch_size], device), labels[i:i + batch_size].to(device)
-        out.append(to_8bit_grid(fn(model, xb, yb, eps)).to(images.device))
-    return torch.cat(out).contiguous()
-
-
-def _gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-               batch_size: int) -> torch.Tensor:
-    """Input gradients in the same batches `_attack` uses, so a step from them is bit-identical."""
-    out = []
-    for i in range(0, len(images), batch_size):
-        xb, yb = _to_model(images[i:i + batch_size], device), labels[i:i + batch_size].to(device)
-        out.append(input_gradient(model, xb, yb).to(images.device))
-    return torch.cat(out).contiguous()
+    return _over_batches(lambda m, x, y: to_8bit_grid(fn(m, x, y, eps)), model, images, labels, device, batch_size)
 
 
 def _defend(name: str, params: dict, images: torch.Tensor, backend: str, batch_size: int) -> torch.Tensor:
@@ -150,7 +147,7 @@ class Engine:
         self.models, self.devices, self.sizes = m.models, m.devices, m.sizes
         self._adv: dict[tuple, tuple[torch.Tensor, float]] = {}
         self._grad: dict[str, torch.Tensor] = {}   # source model -> input gradients
-        self._clean_ok: dict[tuple, torch.Tensor] = {}   # (quant, defense, params) -> correct on clean images
+        self._correct: dict[tuple, torch.Tensor] = {}    # (quant, image key, defense, params) -> right or not
 
     def adversarial(self, key: tuple) -> tuple[torch.Tensor, float]:
         """Images for image_key (made once) and the seconds it took to make them."""
@@ -172,7 +169,7 @@ class Engine:
         if step is None:
             return _attack(model, attack, self.images, self.labels, eps, dev, bs)
         if source not in self._grad:      # single-step attack: one gradient serves every eps
-            self._grad = {source: _gradients(model, self.images, self.labels, dev, bs)}
+            self._grad = {source: _over_batches(input_gradient, model, self.images, self.labels, dev, bs)}
         return to_8bit_grid(step(self.images, self._grad[source], eps))
 
     def import_adversarials(self, adversarials: dict[tuple[str, float], torch.Tensor]) -> None:
@@ -188,18 +185,17 @@ class Engine:
     def defend(self, images: torch.Tensor, defense: str, params_json: str) -> torch.Tensor:
         return _defend(defense, json.loads(params_json), images, self.ev.defense_backend, self.ev.batch_size)
 
-    def score(self, quant: str, defended: torch.Tensor) -> torch.Tensor:
-        return _predict(self.models[quant], defended, self.devices[quant], self.ev.batch_size) == self.labels
-
-    def keep_clean(self, quant: str, defense: str, params_json: str, ok: torch.Tensor) -> None:
-        self._clean_ok.setdefault((quant, defense, params_json), ok)
-
-    def clean_correct(self, quant: str, defense: str, params_json: str) -> torch.Tensor:
-        key = (quant, defense, params_json)
-        if key not in self._clean_ok:
-            clean, _ = self.adversarial(("clean",))
-            self._clean_ok[key] = self.score(quant, self.defend(clean, defense, params_json))
-        return self._clean_ok[key]
+    def correct(self, quant: str, key: tuple, defense: str, params_json: str,
+                defended: torch.Tensor | None = None) -> torch.Tensor:
+        """Which images `quant` gets right of image set `key` under a defense, computed once (the clean
+        scores serve every attack-success rate; int8 'self' and 'fp32' at eps 0 are one image set)."""
+        memo = (quant, key, defense, params_json)
+        if memo not in self._correct:
+            if defended is None:
+                defended = self.defend(self.adversarial(key)[0], defense, params_json)
+            preds = _predict(self.models[quant], defended, self.devices[quant], self.ev.batch_size)
+            self._correct[memo] = preds == self.labels
+        return self._correct[memo]
 
 
 def run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any],
@@ -217,13 +213,10 @@ def run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any],
             t0 = time.perf_counter()
             defended = engine.defend(adv, defense, params)
             shared = (time.perf_counter() - t0) / len(group) + attack_seconds / n_cells
-            scores: dict[str, torch.Tensor] = {}   # at eps 0, int8 'self' and 'fp32' are the same images
             for c in group:
                 t1 = time.perf_counter()
-                ok = scores[c.quant] = scores[c.quant] if c.quant in scores else engine.score(c.quant, defended)
-                if key == ("clean",):
-                    engine.keep_clean(c.quant, defense, params, ok)
-                clean_ok = engine.clean_correct(c.quant, defense, params)
+                ok = engine.correct(c.quant, key, defense, params, defended)
+                clean_ok = engine.correct(c.quant, ("clean",), defense, params)
                 rows.append(make_row(c, ok, clean_ok, time.perf_counter() - t1 + shared, meta,
                                      engine.sizes[c.quant], engine.devices[c.quant], engine.ev.seed))
         all_rows += rows

@@ -17,14 +17,17 @@ class LiveTrials(Callback):
     def __init__(self, sweep):
         self.sweep = sweep
         self.rows: dict[str, dict[str, Any]] = {}
-        self.live = Live(self._table(), console=console, refresh_per_second=2, transient=False)
+        self.live = self._new_live()
 
     def __getstate__(self):  # Tune pickles its callbacks with the experiment state
         return {k: v for k, v in self.__dict__.items() if k != "live"}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self.live = Live(self._table(), console=console, refresh_per_second=2, transient=False)
+        self.live = self._new_live()
+
+    def _new_live(self) -> Live:
+        return Live(self._table(), console=console, refresh_per_second=2, transient=False)
 
     def __enter__(self):
         self.live.__enter__()
@@ -60,7 +63,7 @@ class LiveTrials(Callback):
     # --- view ---
     def _set(self, trial, **values):
         tid = trial.config["trial"]["trial_id"]
-        row = self.rows.setdefault(tid, {"lr": trial.config["trial"]["config"].get("lr")})
+        row = self.rows.setdefault(tid, {})
         row.update({k: v for k, v in values.items() if v is not None})
         self.live.update(self._table())
 

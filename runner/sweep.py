@@ -103,6 +103,12 @@ class Sweep:
             df = df.sort_values("best_val_accuracy", ascending=False).head(k)
         return df.to_dict("records")
 
+    def eval_progress(self, done: set[tuple], checkpoints: list[dict]) -> dict[str, int]:
+        """Cells of the selected checkpoints in all, and how many of them are already done."""
+        ids = {t["trial_id"] for t in checkpoints}
+        return {"total": count_cells(self.spec.evaluate) * len(checkpoints),
+                "completed": sum(1 for key in done if key[0] in ids)}
+
     def eval_task(self, trial: dict) -> dict[str, Any]:
         return {
             "checkpoint": trial["checkpoint"], "trial_id": trial["trial_id"], "sweep": self.spec.name,
@@ -140,10 +146,8 @@ def evaluate_inline(sweep: Sweep) -> None:
     store = sweep.store
     done = store.eval_keys()
     checkpoints = sweep.selected_checkpoints()
-    total = count_cells(sweep.spec.evaluate) * len(checkpoints)
     with progress_bar() as bar:
-        task = bar.add_task("evaluate cells", total=total)
-        bar.update(task, completed=sum(1 for k in done if k[0] in {t["trial_id"] for t in checkpoints}))
+        task = bar.add_task("evaluate cells", **sweep.eval_progress(done, checkpoints))
         for trial in checkpoints:
             evaluate_checkpoint(sweep.eval_task(trial), done, on_rows=store.append_eval,
                                 progress=lambda n: bar.advance(task, n))

@@ -101,13 +101,9 @@ def init_ray(address: str | None) -> None:
     import ray
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # one small checkpoint an epoch is intended  # trials without GPUs: leave CUDA_VISIBLE_DEVICES alone
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(**kwargs)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # trials without GPUs: leave CUDA_VISIBLE_DEVICES alone
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # a small checkpoint an epoch is intended
+    ray.init(address=address or None, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
 
 
 def check_cluster(sweep: Sweep, address: str | None) -> None:
@@ -160,11 +156,12 @@ def train_ray(sweep: Sweep, resume: bool) -> None:
     res = trial_resources(sweep)
     r = sweep.spec.resources
     done = sweep.finished_trials()
-    todo = [dict(t, cpus=res["cpu"], gpus=res["gpu"], workers=r.workers_per_trial)
-            for t in sweep.trials() if t["trial_id"] not in done]
+    todo = []
     for t in sweep.trials():
         if t["trial_id"] in done:
             console.print(f"[dim]{t['trial_id']}: already trained, skipped[/dim]")
+        else:
+            todo.append(dict(t, cpus=res["cpu"], gpus=res["gpu"], workers=r.workers_per_trial))
     storage = sweep.out / "ray"
     restore = _restorable(storage) if resume else None
     if not todo and restore is None:
@@ -250,7 +247,7 @@ def evaluate_ray(sweep: Sweep, address: str | None = None) -> None:
 
     from models import QUANT_MODES
     from .console import progress_bar
-    from .evaluate import count_cells
+    from .evaluate import evaluate_checkpoint, make_adversarials
     init_ray(address)
     store = sweep.store
     done = store.eval_keys()
@@ -260,9 +257,9 @@ def evaluate_ray(sweep: Sweep, address: str | None = None) -> None:
     cpu_quants = [q for q in ev.quant if QUANT_MODES[q].cpu_only]
     dev_quants = [q for q in ev.quant if not QUANT_MODES[q].cpu_only]
     on_device = {"num_cpus": r.eval_cpus, "num_gpus": r.eval_gpus if has_gpu else 0}
-    attack_task = ray.remote(_eval_attacks).options(**on_device)
-    cells_task = ray.remote(_eval_cells)
-    pending = {}
+    attack_task = ray.remote(make_adversarials).options(**on_device)
+    cells_task = ray.remote(evaluate_checkpoint)
+    pending = []
     checkpoints = sweep.selected_checkpoints()
     slots = int(ray.cluster_resources().get("CPU", 1) / max(r.eval_cpus, 1e-3))
     k = _int8_tasks_per_checkpoint(slots, len(checkpoints), len(ev.defenses), has_gpu) if cpu_quants else 0
@@ -270,21 +267,18 @@ def evaluate_ray(sweep: Sweep, address: str | None = None) -> None:
         task = {**sweep.eval_task(trial), "threads": max(1, int(r.eval_cpus))}
         mine = [key for key in done if key[0] == trial["trial_id"]]
         if not k:    # no int8 task of its own: every cell in one task, no hand-over
-            pending[cells_task.options(**on_device).remote(task, mine, None)] = trial["trial_id"]
+            pending.append(cells_task.options(**on_device).remote(task, mine))
             continue
         adv_ref = attack_task.remote(task, mine) if "fp32" in ev.sources else None
         dev = {**task, "evaluate": {**task["evaluate"], "quant": dev_quants}}
-        pending[cells_task.options(**on_device).remote(dev, mine, adv_ref)] = trial["trial_id"]
+        pending.append(cells_task.options(**on_device).remote(dev, mine, adversarials=adv_ref))
         for defenses in _split(ev.defenses, k):
             t = {**task, "evaluate": {**task["evaluate"], "quant": cpu_quants, "defenses": defenses}, "examples_path": None}
-            pending[cells_task.options(num_cpus=r.eval_cpus).remote(t, mine, adv_ref)] = trial["trial_id"]
+            pending.append(cells_task.options(num_cpus=r.eval_cpus).remote(t, mine, adversarials=adv_ref))
     with progress_bar() as bar:
-        total = count_cells(ev) * len(checkpoints)
-        job = bar.add_task("evaluate cells (Ray tasks)", total=total,
-                           completed=sum(1 for k in done if k[0] in {t['trial_id'] for t in checkpoints}))
+        job = bar.add_task("evaluate cells (Ray tasks)", **sweep.eval_progress(done, checkpoints))
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            pending.pop(ready[0])
+            ready, pending = ray.wait(pending, num_returns=1)
             rows = ray.get(ready[0])
             store.append_eval(rows)      # each finished task's rows are on disk at once
             bar.advance(job, len(rows))
@@ -307,13 +301,3 @@ def _int8_tasks_per_checkpoint(cpu_slots: int, n_checkpoints: int, n_defenses: i
 def _split(defenses: dict, k: int) -> list[dict]:
     names = list(defenses)
     return [{n: defenses[n] for n in names[i::k]} for i in range(k)]
-
-
-def _eval_attacks(task: dict, done: list) -> dict:
-    from .evaluate import make_adversarials
-    return make_adversarials(task, done)
-
-
-def _eval_cells(task: dict, done: list, adversarials: dict | None) -> list[dict]:
-    from .evaluate import evaluate_checkpoint
-    return evaluate_checkpoint(task, done, adversarials=adversarials)
