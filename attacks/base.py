@@ -36,14 +36,40 @@ def gradient_step(name: str) -> Callable | None:
 
 
 def input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Gradient of the mean cross-entropy w.r.t. the input, model in eval mode."""
+    """Gradient of the mean cross-entropy w.r.t. the input, model in eval mode, each image's
+    up to its own positive power of two (its sign, all FGSM/PGD use, is the unscaled one's).
+
+    Through a half-precision model the gradient of a confident image underflows to zero and
+    sign(0) leaves its pixels unperturbed. So each image's loss is scaled by a power of two
+    that brings its logit gradient near 1 before it enters the model's backward; a power of
+    two is exact in fp32, so on an fp32 model the signs equal torchattacks' bit for bit.
+    Images whose scaled gradient overflows are retried with a smaller scale.
+    """
     was_training = model.training
     model.eval()
-    images = images.clone().detach().requires_grad_(True)
-    loss = nn.CrossEntropyLoss()(model(images), labels)
-    grad = torch.autograd.grad(loss, images, retain_graph=False, create_graph=False)[0]
+    scale = None
+    for _ in range(4):
+        x = images.clone().detach().requires_grad_(True)
+        logits = model(x).float()
+        if scale is None:
+            scale = _loss_scale(logits.detach(), labels)
+        per_image = nn.functional.cross_entropy(logits, labels, reduction="none")
+        loss = (per_image * scale).sum() / len(labels)       # the mean, each term scaled
+        grad = torch.autograd.grad(loss, x)[0]
+        bad = ~torch.isfinite(grad).flatten(1).all(1)
+        if not bad.any():
+            break
+        scale = torch.where(bad, scale * 2.0 ** -16, scale)
     model.train(was_training)
     return grad
+
+
+def _loss_scale(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per image 2**k, k such that its largest logit gradient, (softmax - onehot) / N * 2**k, is in [1, 2)."""
+    p = torch.softmax(logits, 1)
+    top = (p - nn.functional.one_hot(labels, p.shape[1]).to(p.dtype)).abs().amax(1) / len(labels)
+    k = -torch.floor(torch.log2(top.clamp_min(2.0 ** -140)))
+    return torch.exp2(k.clamp(0, 126))          # 2**126: the largest power of two a float32 holds with room
 
 
 def to_8bit_grid(images: torch.Tensor) -> torch.Tensor:

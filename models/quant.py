@@ -42,13 +42,17 @@ class QuantMode:
     cpu_only: bool          # quantized kernels exist for the CPU only
     has_input_grad: bool    # white-box attacks need a gradient w.r.t. the input
     needs_cuda: bool = False
+    precision: str | None = None   # the arithmetic of its predictions; None: the device's fp32
 
 
 QUANT_MODES: dict[str, QuantMode] = {
     "fp32": QuantMode("fp32", _fp32, cpu_only=False, has_input_grad=True),
-    "dynamic_int8": QuantMode("dynamic_int8", _dynamic_int8, cpu_only=True, has_input_grad=False),
-    "bf16": QuantMode("bf16", lambda m: CastInput(m, torch.bfloat16), cpu_only=False, has_input_grad=True, needs_cuda=True),
-    "fp16": QuantMode("fp16", lambda m: CastInput(m, torch.float16), cpu_only=False, has_input_grad=True, needs_cuda=True),
+    "dynamic_int8": QuantMode("dynamic_int8", _dynamic_int8, cpu_only=True, has_input_grad=False,
+                              precision="int8 linear, fp32 conv"),
+    "bf16": QuantMode("bf16", lambda m: CastInput(m, torch.bfloat16), cpu_only=False, has_input_grad=True,
+                      needs_cuda=True, precision="bf16"),
+    "fp16": QuantMode("fp16", lambda m: CastInput(m, torch.float16), cpu_only=False, has_input_grad=True,
+                      needs_cuda=True, precision="fp16"),
 }
 
 

@@ -25,7 +25,8 @@ from .console import console
 from .evaluate import Engine, plan_cells, run_cells
 from .reference import reference_rows
 from .spec import EvaluateSpec
-from .train import pick_device, train
+from .device import clock, pick_device
+from .train import train
 
 
 GRIDS = {"quickstart": ("quickstart.yaml", "simple_cnn"), "notebook": ("cifar10_notebook.yaml", "improved_cnn")}
@@ -72,15 +73,16 @@ def bench_pipeline(model, images, labels, device, grid: str = "quickstart") -> d
     must agree exactly."""
     meta = {"sweep": "bench", "run_id": "", "trial_id": "bench", "model": GRIDS[grid][1], "dataset": ""}
     ev = _grid(grid, 1000 if device.type == "cuda" else 500, device)
-    if device.type == "cuda":   # cuDNN may pick non-deterministic gradient kernels; both paths must see one gradient
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     cells = plan_cells(ev)
-    t0 = time.perf_counter()
-    ref_rows = reference_rows(model, ev, images, labels, device, meta)
-    t_ref = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rows = run_cells(Engine(model, ev, images, labels, device), cells, meta)
-    t_engine = time.perf_counter() - t0
+    # cuDNN may pick non-deterministic gradient kernels; both paths must see one gradient. Scoped:
+    # the training figures of (c) are measured in the mode sweeps use.
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+        t0 = clock(device)
+        ref_rows = reference_rows(model, ev, images, labels, device, meta)
+        t_ref = clock(device) - t0
+        t0 = clock(device)
+        rows = run_cells(Engine(model, ev, images, labels, device), cells, meta)
+        t_engine = clock(device) - t0
 
     def cells_of(rs):
         return {(r["quant"], r["attack_source"], r["eps"], r["defense"]): r["correct"] for r in rs}

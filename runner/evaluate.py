@@ -25,8 +25,8 @@ from models import QUANT_MODES, load_checkpoint, quantize, state_dict_bytes
 
 from .data import load_splits, to_float
 from .spec import EvaluateSpec
+from .device import clock, fp32_precision, ieee_fp32, pick_device
 from .stats import wilson_interval
-from .train import pick_device
 
 CODE_VERSION = "0.1.0"
 
@@ -123,6 +123,10 @@ class Models:
             devices[q] = torch.device("cpu") if mode.cpu_only else device
         return cls(models, devices, {q: state_dict_bytes(m) for q, m in models.items()})
 
+    def precision(self, quant: str) -> str:
+        """The arithmetic behind a quant mode's predictions (fp32 on a GPU: IEEE unless TF32 is on)."""
+        return QUANT_MODES[quant].precision or fp32_precision(self.devices[quant])
+
 
 def image_key(c: Cell) -> tuple:
     """Which images a cell is scored on: the clean ones at eps 0, else (source model, attack, eps)."""
@@ -143,8 +147,9 @@ class Engine:
                  device: torch.device):
         # Images stay on the device (defenses run there); labels stay on the CPU, with the predictions.
         self.ev, self.images, self.labels, self.device = ev, images.to(device), labels.cpu(), device
-        m = Models.build(fp32, ev.quant, device)
-        self.models, self.devices, self.sizes = m.models, m.devices, m.sizes
+        self.built = Models.build(fp32, ev.quant, device)
+        self.models, self.devices, self.sizes = self.built.models, self.built.devices, self.built.sizes
+        self.precision = self.built.precision
         self._adv: dict[tuple, tuple[torch.Tensor, float]] = {}
         self._grad: dict[str, torch.Tensor] = {}   # source model -> input gradients
         self._correct: dict[tuple, torch.Tensor] = {}    # (quant, image key, defense, params) -> right or not
@@ -152,7 +157,7 @@ class Engine:
     def adversarial(self, key: tuple) -> tuple[torch.Tensor, float]:
         """Images for image_key (made once) and the seconds it took to make them."""
         if key not in self._adv:
-            t0 = time.perf_counter()
+            t0 = clock(self.device)
             if key == ("clean",):
                 adv = to_8bit_grid(self.images)
             else:
@@ -160,7 +165,8 @@ class Engine:
                 adv = self._make_adversarial(source, attack, eps)
             # Keep the clean and the FP32-made images (shared by every model they transfer to);
             # a quant mode's own white-box images serve only its own cells.
-            self._adv = {k: v for k, v in self._adv.items() if k[0] in ("clean", "fp32")} | {key: (adv, time.perf_counter() - t0)}
+            seconds = clock(self.device, *self.devices.values()) - t0
+            self._adv = {k: v for k, v in self._adv.items() if k[0] in ("clean", "fp32")} | {key: (adv, seconds)}
         return self._adv[key]
 
     def _make_adversarial(self, source: str, attack: str, eps: float) -> torch.Tensor:
@@ -201,6 +207,11 @@ class Engine:
 def run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any],
               on_rows: Callable[[list[dict]], None] | None = None, progress: Callable[[int], None] | None = None) -> list[dict]:
     """Compute cells grouped by their images, then by defense; hand rows over one image set at a time."""
+    with ieee_fp32():     # "fp32" cells are IEEE fp32 on a GPU too
+        return _run_cells(engine, cells, meta, on_rows, progress)
+
+
+def _run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any], on_rows, progress) -> list[dict]:
     groups: dict[tuple, dict[tuple, list[Cell]]] = {}
     for c in sorted(cells, key=lambda c: c.eps):          # clean first: its scores serve the success rates
         groups.setdefault(image_key(c), {}).setdefault((c.defense, c.defense_params), []).append(c)
@@ -210,15 +221,17 @@ def run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any],
         n_cells = sum(len(g) for g in by_defense.values())
         rows = []
         for (defense, params), group in by_defense.items():
-            t0 = time.perf_counter()
+            t0 = clock(engine.device)
             defended = engine.defend(adv, defense, params)
-            shared = (time.perf_counter() - t0) / len(group) + attack_seconds / n_cells
+            shared = (clock(engine.device) - t0) / len(group) + attack_seconds / n_cells
             for c in group:
-                t1 = time.perf_counter()
+                t1 = clock(engine.device)
                 ok = engine.correct(c.quant, key, defense, params, defended)
                 clean_ok = engine.correct(c.quant, ("clean",), defense, params)
+                # predictions come back to the CPU (.cpu() waits for the device): the clock is honest
                 rows.append(make_row(c, ok, clean_ok, time.perf_counter() - t1 + shared, meta,
-                                     engine.sizes[c.quant], engine.devices[c.quant], engine.ev.seed))
+                                     engine.sizes[c.quant], engine.devices[c.quant], engine.ev.seed,
+                                     engine.precision(c.quant)))
         all_rows += rows
         if on_rows:
             on_rows(rows)
@@ -228,7 +241,7 @@ def run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any],
 
 
 def make_row(c: Cell, ok: torch.Tensor, clean_ok: torch.Tensor, seconds: float, meta: dict,
-             model_bytes: int, device: torch.device, seed: int) -> dict:
+             model_bytes: int, device: torch.device, seed: int, precision: str) -> dict:
     n, correct = len(ok), int(ok.sum())
     lo, hi = wilson_interval(correct, n)
     base = int(clean_ok.sum())
@@ -239,7 +252,7 @@ def make_row(c: Cell, ok: torch.Tensor, clean_ok: torch.Tensor, seconds: float, 
         "eps": c.eps, "defense": c.defense, "defense_params": c.defense_params, "n": n, "correct": correct,
         "accuracy": correct / n, "ci_low": lo, "ci_high": hi,
         "attack_success_rate": flipped / base if base else float("nan"),
-        "seconds": seconds, "device": str(device), "seed": seed,
+        "seconds": seconds, "device": str(device), "precision": precision, "seed": seed,
         "created_at": datetime.now(timezone.utc), "code_version": CODE_VERSION, "torch_version": torch.__version__,
     }
 
@@ -284,7 +297,8 @@ def evaluate_checkpoint(task: dict[str, Any], done: Iterable[tuple] = (),
         engine.import_adversarials(adversarials)
     rows = run_cells(engine, cells, task, on_rows, progress)
     if task.get("examples_path") and ev.examples and "fp32" in engine.models:
-        save_examples(engine, ev, classes, Path(task["examples_path"]))
+        with ieee_fp32():
+            save_examples(engine, ev, classes, Path(task["examples_path"]))
     return rows
 
 
@@ -297,7 +311,8 @@ def make_adversarials(task: dict[str, Any], done: Iterable[tuple] = ()) -> dict[
         return {}
     engine = Engine(load_checkpoint(task["checkpoint"]), ev.model_copy(update={"quant": ["fp32"]}), images, labels,
                     pick_device(ev.device))
-    return engine.export_adversarials(sorted(wanted))
+    with ieee_fp32():
+        return engine.export_adversarials(sorted(wanted))
 
 
 def count_cells(ev: EvaluateSpec) -> int:
@@ -316,7 +331,7 @@ def save_examples(engine: Engine, ev: EvaluateSpec, classes: list[str], path: Pa
         if name != "none":
             panels[name] = apply_defense(name, adv[:k], params, ev.defense_backend)
     titles = list(panels)
-    stack = torch.stack([panels[t] for t in titles])                      # (panels, k, 3, H, W)
+    stack = torch.stack([panels[t].cpu() for t in titles])                # (panels, k, 3, H, W), off the GPU
     preds = torch.stack([_predict(model, panels[t], dev, k) for t in titles])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")

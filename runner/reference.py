@@ -17,12 +17,19 @@ import torch.nn as nn
 
 from attacks import to_8bit_grid
 
+from .device import ieee_fp32
 from .evaluate import Models, _attack, _defend, _predict, make_row, plan_cells
 from .spec import EvaluateSpec
 
 
 def reference_rows(fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor,
                    device: torch.device, meta: dict[str, Any]) -> list[dict]:
+    with ieee_fp32():
+        return _reference_rows(fp32, ev, images, labels, device, meta)
+
+
+def _reference_rows(fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor,
+                    device: torch.device, meta: dict[str, Any]) -> list[dict]:
     m = Models.build(fp32, ev.quant, device)
     clean_ok: dict[tuple, torch.Tensor] = {}
 
@@ -44,5 +51,5 @@ def reference_rows(fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, labe
         if key not in clean_ok:
             clean_ok[key] = ok if c.eps == 0 else correct(c.quant, to_8bit_grid(images), c.defense, params)
         rows.append(make_row(c, ok, clean_ok[key], time.perf_counter() - t0, meta,
-                             m.sizes[c.quant], m.devices[c.quant], ev.seed))
+                             m.sizes[c.quant], m.devices[c.quant], ev.seed, m.precision(c.quant)))
     return rows

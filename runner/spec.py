@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from attacks import attack_names
 from defenses import defense_names, get_defense
@@ -110,6 +110,14 @@ class Resources(Strict):
     max_failures: int = Field(0, ge=0)
     eval_cpus: float = Field(1, gt=0)
     eval_gpus: float = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _whole_gpus_for_ddp(self):
+        # Ray may pack fractional workers onto one GPU; NCCL refuses two ranks on one device.
+        if self.workers_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise ValueError(f".gpus_per_trial: with workers_per_trial > 1 every worker needs whole GPUs "
+                             f"(got {self.gpus_per_trial:g}); use 0, 1, 2, ...")
+        return self
 
 
 class Scheduler(Strict):

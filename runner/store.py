@@ -23,7 +23,7 @@ EVAL_SCHEMA = pa.schema([
     ("attack_source", pa.string()), ("eps", pa.float64()), ("defense", pa.string()),
     ("defense_params", pa.string()), ("n", pa.int64()), ("correct", pa.int64()), ("accuracy", pa.float64()),
     ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("attack_success_rate", pa.float64()),
-    ("seconds", pa.float64()), ("device", pa.string()), ("seed", pa.int64()),
+    ("seconds", pa.float64()), ("device", pa.string()), ("precision", pa.string()), ("seed", pa.int64()),
     ("created_at", pa.timestamp("us", tz="UTC")), ("code_version", pa.string()), ("torch_version", pa.string()),
 ])
 
@@ -39,7 +39,7 @@ _TRIAL_RESULT_FIELDS = [
     ("error", pa.string()), ("best_val_accuracy", pa.float64()), ("best_epoch", pa.int64()),
     ("test_accuracy", pa.float64()), ("epochs_run", pa.int64()), ("seconds", pa.float64()),
     ("world_size", pa.int64()), ("device", pa.string()), ("node", pa.string()), ("node_ip", pa.string()), ("node_id", pa.string()),
-    ("gpu_ids", pa.string()), ("checkpoint", pa.string()), ("fp32_bytes", pa.int64()), ("int8_bytes", pa.int64()),
+    ("gpu_ids", pa.string()), ("cuda_visible_devices", pa.string()), ("checkpoint", pa.string()), ("fp32_bytes", pa.int64()), ("int8_bytes", pa.int64()),
 ]
 
 

@@ -135,7 +135,8 @@ def run_inline(sweep: Sweep, resume: bool = True) -> None:
                 bar.update(task, completed=epoch, description=f"train {tid} val={row['val_accuracy']:.3f}")
             try:
                 result = train(cfg, progress=on_epoch, resume_from=resume_from if resume and resume_from.exists() else None)
-                sweep.record_trial(trial, result, where={"node_ip": "", "gpu_ids": ""})
+                sweep.record_trial(trial, result, where={"node_ip": "", "gpu_ids": "",
+                                                         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")})
             except Exception as e:  # a failed trial is recorded; the sweep goes on
                 sweep.record_trial(trial, None, error=f"{type(e).__name__}: {e}")
                 console.print(f"[red]{trial['trial_id']} failed:[/red] {e}\n{traceback.format_exc(limit=3)}")

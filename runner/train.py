@@ -26,6 +26,7 @@ from models import create_model, quantize, save_checkpoint, state_dict_bytes
 from models.checkpoint import read_checkpoint
 
 from .data import Splits, augment_params, crop_flip, load_splits, to_float
+from .device import ieee_fp32, pick_device
 from .spec import TrainConfig
 
 Reporter = Callable[[dict[str, Any], Path | None], None]
@@ -50,16 +51,28 @@ def setup_distributed(device_kind: str) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world <= 1:
         return DistInfo()
-    dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", 0)), owns_group=True)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device_kind == "cuda":
+        # Each rank owns its GPU before NCCL starts: collectives must not guess the device.
+        device = pick_device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl", device_id=device)
+    else:
+        dist.init_process_group(backend="gloo")
+    return DistInfo(dist.get_rank(), world, local_rank, owns_group=True)
 
 
-def pick_device(setting: str, local_rank: int = 0) -> torch.device:
-    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("device: cuda asked for, but no CUDA device is visible")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
+def from_rank0(values: list[float], di: DistInfo, device: torch.device) -> list[float]:
+    """Rank 0's values on every rank: one decision (lr step, early stop, best epoch) for all.
+
+    Ranks' validation passes can differ (BatchNorm statistics are per rank without SyncBatchNorm);
+    ranks that decided alone would diverge, or one would stop and leave the others in a collective.
+    """
+    if di.world_size <= 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return t.tolist()
 
 
 @torch.no_grad()
@@ -163,7 +176,8 @@ def train(config: dict[str, Any], report: Reporter | None = None, resume_from: s
         t0 = time.time()
         train_loss, train_acc = train_one_epoch(step_net, batches, epoch, optimizer, autocast)
         train_seconds = time.time() - t0    # train_one_epoch ends in .item(): the device has finished
-        val_loss, val_acc = accuracy(model, splits.val_x, splits.val_y, device, autocast=autocast)
+        val_loss, val_acc = from_rank0(list(accuracy(model, splits.val_x, splits.val_y, device, autocast=autocast)),
+                                       di, device)
         scheduler.step(val_acc)
         row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
                "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - t0,
@@ -245,7 +259,8 @@ def _finish(cfg, out_dir, model, splits, device, di, state) -> dict[str, Any]:
         dist.barrier()  # rank 0 has finished writing best.pt
     if best.exists():
         model.load_state_dict(read_checkpoint(best)["state_dict"])
-    _, test_acc = accuracy(model, splits.test_x, splits.test_y, device)
+    with ieee_fp32():    # the reported test accuracy is an fp32 figure, on a GPU too
+        _, test_acc = accuracy(model, splits.test_x, splits.test_y, device)
     cpu_model = model.to("cpu")   # sizes as the notebooks measured them (state_dict_bytes ignores the layout)
     return {
         "best_val_accuracy": state["best_val"], "best_epoch": state["best_epoch"],

@@ -25,7 +25,31 @@ def _where() -> dict[str, str]:
     import ray
     ctx = ray.get_runtime_context()
     return {"node": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
-            "node_id": ctx.get_node_id(), "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())}
+            "node_id": ctx.get_node_id(), "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")}
+
+
+def hide_unassigned_gpus() -> None:
+    """A trial or task that Ray gave no GPU sees none, whatever the machine has.
+
+    Ray >= 2.48 leaves CUDA_VISIBLE_DEVICES alone when zero GPUs are assigned, so such a process
+    would see (and open a context on) every GPU of its node, GPUs Ray gave to others. Runs
+    before anything touches CUDA in the process; the device passed in is 'cpu' as well.
+    """
+    import ray
+    if not ray.get_gpu_ids():
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def device_for(setting: str, gpus: float) -> str:
+    """The device a trial or task is handed: 'auto' with no GPU reserved is the CPU, explicitly."""
+    return "cpu" if setting == "auto" and gpus == 0 else setting
+
+
+def run_task(fn, *args, **kwargs):
+    """Body of every evaluation task: devices first, then the plain function."""
+    hide_unassigned_gpus()
+    return fn(*args, **kwargs)
 
 
 def _resume_path(out_dir: Path) -> Path | None:
@@ -52,6 +76,7 @@ def tune_trainable(config: dict[str, Any]) -> None:
     """The Tune function trainable: one trial of `train(config)`, one worker."""
     from ray import tune
     trial = config["trial"]
+    hide_unassigned_gpus()
     from .train import train
     cfg = dict(trial["config"])
     cfg["threads"] = cfg.get("threads") or max(1, int(trial.get("cpus", 1)))
@@ -81,6 +106,7 @@ def ddp_trainable(config: dict[str, Any]) -> None:
 
 def _ddp_worker(trial: dict[str, Any]) -> None:
     import ray.train
+    hide_unassigned_gpus()
     from .train import train
     cfg = {**trial["config"], "threads": max(1, int(trial["cpus"]))}
     out_dir = Path(cfg["out_dir"])
@@ -101,9 +127,12 @@ def init_ray(address: str | None) -> None:
     import ray
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # trials without GPUs: leave CUDA_VISIBLE_DEVICES alone
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # a small checkpoint an epoch is intended
-    ray.init(address=address or None, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    # Workers given no GPU get CUDA_VISIBLE_DEVICES="" from Ray as well (hide_unassigned_gpus is the
+    # guarantee; this makes Ray do it before our code runs, in this job's workers on any node).
+    env = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
+    ray.init(address=address or None, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+             runtime_env={"env_vars": env})
 
 
 def check_cluster(sweep: Sweep, address: str | None) -> None:
@@ -122,9 +151,22 @@ def check_cluster(sweep: Sweep, address: str | None) -> None:
     elif r.gpus_per_trial * r.workers_per_trial > gpus:
         raise SpecError(f"resources.gpus_per_trial: a trial needs {r.gpus_per_trial * r.workers_per_trial:g} GPUs, "
                         f"the cluster has {gpus:g}")
+    _check_cuda_requests(sweep, gpus)
     if address and len(ray.nodes()) > 1 and not _looks_shared(sweep.out):
         console.print(f"[yellow]warning: {sweep.out} does not look like shared storage; on a multi-node cluster "
                       "every node must see the results folder (NFS or similar)[/yellow]")
+
+
+def _check_cuda_requests(sweep: Sweep, cluster_gpus: float) -> None:
+    """device: cuda needs a GPU reserved for it; otherwise it would run on one Ray gave to someone else."""
+    r = sweep.spec.resources
+    wants_cuda = any(c["device"] == "cuda" for c in sweep.spec.trial_configs())
+    if wants_cuda and (r.gpus_per_trial == 0 or cluster_gpus == 0):
+        raise SpecError("train.device: cuda needs resources.gpus_per_trial > 0 on a cluster with GPUs "
+                        "(use device: auto to run where the GPUs are)")
+    if sweep.spec.evaluate.device == "cuda" and (r.eval_gpus == 0 or cluster_gpus == 0):
+        raise SpecError("evaluate.device: cuda needs resources.eval_gpus > 0 on a cluster with GPUs "
+                        "(use device: auto to run where the GPUs are)")
 
 
 def _looks_shared(path: Path) -> bool:
@@ -161,7 +203,8 @@ def train_ray(sweep: Sweep, resume: bool) -> None:
         if t["trial_id"] in done:
             console.print(f"[dim]{t['trial_id']}: already trained, skipped[/dim]")
         else:
-            todo.append(dict(t, cpus=res["cpu"], gpus=res["gpu"], workers=r.workers_per_trial))
+            config = {**t["config"], "device": device_for(t["config"]["device"], res["gpu"])}
+            todo.append(dict(t, config=config, cpus=res["cpu"], gpus=res["gpu"], workers=r.workers_per_trial))
     storage = sweep.out / "ray"
     restore = _restorable(storage) if resume else None
     if not todo and restore is None:
@@ -217,7 +260,7 @@ def record_result(sweep: Sweep, trial: dict, metrics: dict | None, error: str | 
     if metrics and metrics.get("final"):
         result = {k: v for k, v in metrics.items() if k in _RESULT_KEYS}
         result["history"] = json.loads(metrics["history_json"])
-        where = {k: metrics.get(k, "") for k in ("node", "node_ip", "node_id", "gpu_ids")}
+        where = {k: metrics.get(k, "") for k in ("node", "node_ip", "node_id", "gpu_ids", "cuda_visible_devices")}
         sweep.record_trial(trial, result, where=where)
     else:
         sweep.record_trial(trial, None, error=error or "stopped before it finished (scheduler or interrupt)")
@@ -257,24 +300,28 @@ def evaluate_ray(sweep: Sweep, address: str | None = None) -> None:
     cpu_quants = [q for q in ev.quant if QUANT_MODES[q].cpu_only]
     dev_quants = [q for q in ev.quant if not QUANT_MODES[q].cpu_only]
     on_device = {"num_cpus": r.eval_cpus, "num_gpus": r.eval_gpus if has_gpu else 0}
-    attack_task = ray.remote(make_adversarials).options(**on_device)
-    cells_task = ray.remote(evaluate_checkpoint)
+    task_fn = ray.remote(run_task)
+    eval_device = device_for(ev.device, on_device["num_gpus"])
     pending = []
     checkpoints = sweep.selected_checkpoints()
     slots = int(ray.cluster_resources().get("CPU", 1) / max(r.eval_cpus, 1e-3))
     k = _int8_tasks_per_checkpoint(slots, len(checkpoints), len(ev.defenses), has_gpu) if cpu_quants else 0
     for trial in checkpoints:
         task = {**sweep.eval_task(trial), "threads": max(1, int(r.eval_cpus))}
+        task["evaluate"] = {**task["evaluate"], "device": eval_device}
         mine = [key for key in done if key[0] == trial["trial_id"]]
         if not k:    # no int8 task of its own: every cell in one task, no hand-over
-            pending.append(cells_task.options(**on_device).remote(task, mine))
+            pending.append(task_fn.options(**on_device).remote(evaluate_checkpoint, task, mine))
             continue
-        adv_ref = attack_task.remote(task, mine) if "fp32" in ev.sources else None
+        adv_ref = task_fn.options(**on_device).remote(make_adversarials, task, mine) if "fp32" in ev.sources else None
         dev = {**task, "evaluate": {**task["evaluate"], "quant": dev_quants}}
-        pending.append(cells_task.options(**on_device).remote(dev, mine, adversarials=adv_ref))
+        pending.append(task_fn.options(**on_device).remote(evaluate_checkpoint, dev, mine, adversarials=adv_ref))
         for defenses in _split(ev.defenses, k):
-            t = {**task, "evaluate": {**task["evaluate"], "quant": cpu_quants, "defenses": defenses}, "examples_path": None}
-            pending.append(cells_task.options(num_cpus=r.eval_cpus).remote(t, mine, adversarials=adv_ref))
+            # int8 kernels are CPU kernels: these tasks reserve no GPU and are handed the CPU
+            t = {**task, "evaluate": {**task["evaluate"], "quant": cpu_quants, "defenses": defenses, "device": "cpu"},
+                 "examples_path": None}
+            pending.append(task_fn.options(num_cpus=r.eval_cpus, num_gpus=0).remote(evaluate_checkpoint, t, mine,
+                                                                                   adversarials=adv_ref))
     with progress_bar() as bar:
         job = bar.add_task("evaluate cells (Ray tasks)", **sweep.eval_progress(done, checkpoints))
         while pending:

@@ -41,6 +41,9 @@ def test_run_writes_tables_with_the_design_schema(tiny_run):
     assert not ((ev["quant"] == "fp32") & (ev["attack_source"] == "fp32")).any()
     assert ((ev["ci_low"] <= ev["accuracy"]) & (ev["accuracy"] <= ev["ci_high"])).all()
     assert (ev["n"] == 48).all() and (ev["correct"] == (ev["accuracy"] * 48).round()).all()
+    # the arithmetic behind each row: IEEE fp32 (no TF32), the notebook's int8 mode
+    assert set(ev.groupby("quant")["precision"].first().items()) == {("fp32", "fp32"),
+                                                                     ("dynamic_int8", "int8 linear, fp32 conv")}
     assert (out / "sweep.yaml").exists() and (out / "plots").is_dir()
     assert len(list((out / "plots").glob("*.png"))) == 4
     clean = ev[(ev.eps == 0) & (ev.defense == "none") & (ev.quant == "fp32")]["accuracy"]
@@ -94,6 +97,7 @@ def test_show_and_models(tiny_run, capsys):
     (lambda s: s["evaluate"].update(quant=["fp32", "int3"]), "evaluate.quant[1]: unknown quant mode"),
     (lambda s: s["train"].update(lr={"grid_search": [0.1, -1]}), "train.lr.grid_search[1]"),
     (lambda s: s.update(data={"dataset": "imagefolder", "path": "/no/such/folder"}), "data.path"),
+    (lambda s: s.update(resources={"gpus_per_trial": 0.5, "workers_per_trial": 2}), "resources.gpus_per_trial: with"),
 ])
 def test_bad_sweep_exits_2_names_the_key_and_writes_nothing(tmp_path, capsys, mutate, expect):
     sweep = yaml.safe_load(yaml.safe_dump(SWEEP))

@@ -41,3 +41,32 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
         torch.testing.assert_close(ddp[k], ref[k], rtol=1e-5, atol=2e-6)
     assert not any(torch.equal(ref[k], torch.zeros_like(ref[k])) for k in ref if k.endswith("weight"))
     assert "'world_size': 2" in proc.stdout
+
+
+def _rank_decides(rank: int, port: int, out, val_acc: float) -> None:
+    import torch.distributed as dist
+
+    from runner.train import DistInfo, from_rank0
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        # each rank measured something else (its own BatchNorm statistics); all act on rank 0's
+        out.put((rank, from_rank0([1.5 + rank, val_acc], DistInfo(rank, 2), torch.device("cpu"))))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_follow_rank_0s_metrics():
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    out, port = ctx.Queue(), _free_port()
+    procs = [ctx.Process(target=_rank_decides, args=(r, port, out, [0.61, 0.42][r])) for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        got = dict(out.get(timeout=120) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    assert got == {0: [1.5, 0.61], 1: [1.5, 0.61]}

@@ -22,7 +22,6 @@ from runner.store import ResultStore  # noqa: E402
 @pytest.fixture(scope="module")
 def cluster():
     from ray.cluster_utils import Cluster
-    os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "0"
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 2})
     c.add_node(num_cpus=2, num_gpus=2)
     c.wait_for_nodes()
@@ -59,6 +58,7 @@ def test_simulated_cluster_runs_trials_on_distinct_gpus(cluster, tmp_path):
     assert len(pairs) == 4 and all(g != "" for _, g in pairs)          # one (node, GPU id) each
     assert trials["node_id"].nunique() == 2                              # both nodes used
     assert set(trials["device"]) == {"cpu"}                               # declared GPUs, no CUDA: CPU compute
+    assert (trials["cuda_visible_devices"] == trials["gpu_ids"]).all()    # each trial sees its own GPU alone
     assert (out / "ray").is_dir() and any((out / "ray").iterdir())       # Ray's experiment folder
     ev = ResultStore(out).read_eval()
     # per trial: eps0 fp32/self, int8/self, int8/fp32 + eps>0 fp32/self, int8/fp32 -> 5 x 2 defenses
@@ -79,6 +79,21 @@ def test_inline_executor_gives_the_same_tables(cluster, tmp_path):
     # same trial ids (a trial is its config), same cells, same counts: training is deterministic on CPU
     assert ea[key].values.tolist() == eb[key].values.tolist()
     assert ea["correct"].tolist() == eb["correct"].tolist()
+    # a trial that asked for no GPU sees none, on a cluster that has them; it is handed the CPU
+    trials = a.read("trials")
+    assert trials["cuda_visible_devices"].tolist() == [""] and trials["config_device"].tolist() == ["cpu"]
+
+
+def test_zero_gpu_task_sees_no_gpu_and_a_gpu_task_its_own(cluster):
+    from runner.tune import run_task
+
+    def visible():
+        return os.environ.get("CUDA_VISIBLE_DEVICES")
+    task = ray.remote(run_task)
+    for _ in range(3):   # workers are reused between GPU and CPU tasks: each one sees what it was given
+        assert ray.get(task.options(num_cpus=0.5, num_gpus=0).remote(visible)) == ""
+        assert ray.get(task.options(num_cpus=0.5, num_gpus=1).remote(visible)) in {"0", "1"}
+        assert ray.get(task.options(num_cpus=0.5, num_gpus=2).remote(visible)) in {"0,1", "1,0"}
 
 
 def test_ddp_trial_with_two_workers_on_cpu(cluster, tmp_path):
