@@ -6,33 +6,34 @@ from typing import Callable, Protocol
 import torch
 import torch.nn as nn
 
+from ..registry import Param, Registry
+
 
 class Attack(Protocol):
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                  eps: float) -> torch.Tensor: ...
 
 
-_ATTACKS: dict[str, Attack] = {}
+ATTACKS = Registry("attack")
 
 
-def register_attack(fn: Callable) -> Callable:
-    _ATTACKS[fn.__name__] = fn
-    return fn
+def register_attack(*, step: Callable | None = None, params: dict[str, Param] | None = None):
+    """Register an attack under its function's name. `step(images, grad, eps)` marks a single-step
+    attack: one input gradient then serves every eps (the engine makes it once)."""
+    return ATTACKS.register(params=params, step=step)
 
 
 def attack_names() -> list[str]:
-    return sorted(_ATTACKS)
+    return ATTACKS.names()
 
 
 def get_attack(name: str) -> Attack:
-    if name not in _ATTACKS:
-        raise KeyError(f"unknown attack {name!r}; known: {', '.join(attack_names())}")
-    return _ATTACKS[name]
+    return ATTACKS.get(name).obj
 
 
 def gradient_step(name: str) -> Callable | None:
     """For single-step attacks, `step(images, grad, eps)`: one input gradient serves every eps."""
-    return getattr(get_attack(name), "from_gradient", None)
+    return ATTACKS.get(name).extras.get("step")
 
 
 def input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -11,12 +11,9 @@ def fgsm_step(images: torch.Tensor, grad: torch.Tensor, eps: float) -> torch.Ten
     return torch.clamp(images + eps * grad.sign(), min=0, max=1).detach()
 
 
-@register_attack
+@register_attack(step=fgsm_step)
 def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+    """FGSM: images + eps * sign(input gradient of the cross-entropy), clipped to [0,1]."""
     if eps == 0:
         return images.clone().detach()
     return fgsm_step(images, input_gradient(model, images, labels), eps)
-
-
-# A single-step attack: the gradient at the clean image serves every eps (the engine makes it once).
-fgsm.from_gradient = fgsm_step

@@ -1,9 +1,11 @@
 """Input-transformation defenses by name; each with a reference and a batched version."""
-from . import none as _none  # noqa: F401  (registers, in this order)
+# isort: skip_file
+# Registration order is the order sweeps and views list them.
+from . import none as _none  # noqa: F401
 from . import gaussian_blur as _gaussian_blur  # noqa: F401
 from . import jpeg as _jpeg  # noqa: F401
 from . import median as _median  # noqa: F401
 from . import tv_denoise as _tv_denoise  # noqa: F401
-from .base import Defense, apply_defense, apply_reference, defense_names, get_defense, to_uint8
+from .base import DEFENSES, Defense, apply_defense, apply_reference, defense_names, get_defense, to_uint8
 
-__all__ = ["Defense", "apply_defense", "apply_reference", "defense_names", "get_defense", "to_uint8"]
+__all__ = ["DEFENSES", "Defense", "apply_defense", "apply_reference", "defense_names", "get_defense", "to_uint8"]

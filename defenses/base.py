@@ -5,11 +5,13 @@ or scikit-image) and a batched torch version that tests prove equal to it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from ..registry import Param, Registry
 
 ReferenceFn = Callable[..., np.ndarray]     # (uint8 HWC RGB image, **params) -> float HWC in [0,1]
 BatchedFn = Callable[..., torch.Tensor]     # (float NCHW in [0,1], **params) -> float NCHW in [0,1]
@@ -18,28 +20,31 @@ BatchedFn = Callable[..., torch.Tensor]     # (float NCHW in [0,1], **params) ->
 @dataclass(frozen=True)
 class Defense:
     name: str
-    defaults: dict[str, Any]
     reference: ReferenceFn
     batched: BatchedFn
-    param_types: dict[str, type] = field(default_factory=dict)
 
 
-_DEFENSES: dict[str, Defense] = {}
+DEFENSES = Registry("defense")
 
 
-def register_defense(defense: Defense) -> Defense:
-    _DEFENSES[defense.name] = defense
+def register_defense(name: str, reference: ReferenceFn, batched: BatchedFn,
+                     params: dict[str, Param] | None = None) -> Defense:
+    """A defense with its parameters, their defaults and valid domains (the spec checks them)."""
+    defense = Defense(name, reference, batched)
+    DEFENSES.add(name, defense, params)
     return defense
 
 
+def odd(minimum: int) -> Param:
+    return Param(3, int, lambda k: k >= minimum and k % 2 == 1, f"an odd integer >= {minimum}")
+
+
 def defense_names() -> list[str]:
-    return list(_DEFENSES)
+    return DEFENSES.names()
 
 
 def get_defense(name: str) -> Defense:
-    if name not in _DEFENSES:
-        raise KeyError(f"unknown defense {name!r}; known: {', '.join(defense_names())}")
-    return _DEFENSES[name]
+    return DEFENSES.get(name).obj
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -57,7 +62,7 @@ def apply_reference(defense: Defense, images: torch.Tensor, **params) -> torch.T
 def apply_defense(name: str, images: torch.Tensor, params: dict[str, Any] | None = None,
                   backend: str = "batched") -> torch.Tensor:
     defense = get_defense(name)
-    kwargs = {**defense.defaults, **(params or {})}
+    kwargs = {**DEFENSES.get(name).defaults, **(params or {})}
     if backend == "reference":
         return apply_reference(defense, images, **kwargs)
     if backend == "batched":

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Defense, register_defense, to_uint8
+from ..registry import Param
+from .base import odd, register_defense, to_uint8
 
 
 def reference(img: np.ndarray, ksize: int = 3, sigma: float = 0.0) -> np.ndarray:
@@ -29,5 +30,7 @@ def batched(images: torch.Tensor, ksize: int = 3, sigma: float = 0.0) -> torch.T
     out = (x + 8) >> 4
     return (out.to(torch.float32) / 255).reshape(n, c, h, w)
 
-DEFENSE = register_defense(Defense("gaussian_blur", {"ksize": 3, "sigma": 0.0}, reference, batched,
-                                   {"ksize": int, "sigma": float}))
+DEFENSE = register_defense("gaussian_blur", reference, batched, {
+    "ksize": odd(1),                                           # OpenCV: a positive odd kernel size
+    "sigma": Param(0.0, float, lambda s: s >= 0, ">= 0 (0: OpenCV derives it from ksize)"),
+})

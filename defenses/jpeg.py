@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import torch
 
-from .base import Defense, register_defense, to_uint8
+from ..registry import Param
+from .base import register_defense, to_uint8
 
 _POOL: ThreadPoolExecutor | None = None
 
@@ -36,4 +37,5 @@ def batched(images: torch.Tensor, quality: int = 30) -> torch.Tensor:
     return (torch.from_numpy(out).permute(0, 3, 1, 2).to(torch.float32) / 255).to(images.device)
 
 
-DEFENSE = register_defense(Defense("jpeg", {"quality": 30}, reference, batched, {"quality": int}))
+DEFENSE = register_defense("jpeg", reference, batched,
+                           {"quality": Param(30, int, lambda q: 1 <= q <= 100, "an integer in [1, 100]")})

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Defense, register_defense, to_uint8
+from .base import odd, register_defense, to_uint8
 
 
 def reference(img: np.ndarray, ksize: int = 3) -> np.ndarray:
@@ -46,4 +46,4 @@ def _median3(images: torch.Tensor) -> torch.Tensor:
     return (v[4] / 255).reshape(n, c, h, w)
 
 
-DEFENSE = register_defense(Defense("median", {"ksize": 3}, reference, batched, {"ksize": int}))
+DEFENSE = register_defense("median", reference, batched, {"ksize": odd(3)})   # cv2.medianBlur: odd, > 1

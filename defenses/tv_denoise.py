@@ -9,11 +9,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Defense, register_defense, to_uint8
+from ..registry import Param
+from .base import register_defense, to_uint8
 
 
 def reference(img: np.ndarray, weight: float = 0.1, eps: float = 2e-4, max_num_iter: int = 200) -> np.ndarray:
-    from skimage.restoration import denoise_tv_chambolle  # imports scipy.stats: 0.8 s a process, so only here
+    from skimage.restoration import (
+        denoise_tv_chambolle,  # imports scipy.stats: 0.8 s a process, so only here
+    )
     return denoise_tv_chambolle(img, weight=weight, eps=eps, max_num_iter=max_num_iter, channel_axis=-1)
 
 
@@ -75,5 +78,8 @@ def batched(images: torch.Tensor, weight: float = 0.1, eps: float = 2e-4, max_nu
     return out.reshape(n, c, h, w).to(torch.float32)
 
 
-DEFENSE = register_defense(Defense("tv_denoise", {"weight": 0.1, "eps": 2e-4, "max_num_iter": 200},
-                                   reference, batched, {"weight": float, "eps": float, "max_num_iter": int}))
+DEFENSE = register_defense("tv_denoise", reference, batched, {
+    "weight": Param(0.1, float, lambda w: w > 0, "> 0"),
+    "eps": Param(2e-4, float, lambda e: e > 0, "> 0 (the relative energy change that stops a plane)"),
+    "max_num_iter": Param(200, int, lambda n: n >= 1, ">= 1"),
+})

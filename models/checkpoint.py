@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from ..files import atomic_write
 from .registry import create_model
 
 
@@ -19,20 +19,11 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(path: str | os.PathLike, model_name: str, model_kwargs: dict[str, Any],
                     state_dict: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
-    """Write atomically: a crash mid-write never leaves a truncated checkpoint behind."""
     payload = {"model": model_name, "model_kwargs": dict(model_kwargs),
                "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
                "meta": dict(meta or {})}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:     # a crash mid-write never leaves a truncated checkpoint behind
+        torch.save(payload, f)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ..registry import Registry
+
 
 class CastInput(nn.Module):
     """Runs a half-precision model on [0,1] float32 images and returns float32 logits."""
@@ -45,21 +47,25 @@ class QuantMode:
     precision: str | None = None   # the arithmetic of its predictions; None: the device's fp32
 
 
-QUANT_MODES: dict[str, QuantMode] = {
-    "fp32": QuantMode("fp32", _fp32, cpu_only=False, has_input_grad=True),
-    "dynamic_int8": QuantMode("dynamic_int8", _dynamic_int8, cpu_only=True, has_input_grad=False,
-                              precision="int8 linear, fp32 conv"),
-    "bf16": QuantMode("bf16", lambda m: CastInput(m, torch.bfloat16), cpu_only=False, has_input_grad=True,
-                      needs_cuda=True, precision="bf16"),
-    "fp16": QuantMode("fp16", lambda m: CastInput(m, torch.float16), cpu_only=False, has_input_grad=True,
-                      needs_cuda=True, precision="fp16"),
-}
+QUANT = Registry("quant mode")
+for _mode in (
+    QuantMode("fp32", _fp32, cpu_only=False, has_input_grad=True),
+    QuantMode("dynamic_int8", _dynamic_int8, cpu_only=True, has_input_grad=False, precision="int8 linear, fp32 conv"),
+    QuantMode("bf16", lambda m: CastInput(m, torch.bfloat16), cpu_only=False, has_input_grad=True, needs_cuda=True,
+              precision="bf16"),
+    QuantMode("fp16", lambda m: CastInput(m, torch.float16), cpu_only=False, has_input_grad=True, needs_cuda=True,
+              precision="fp16"),
+):
+    QUANT.add(_mode.name, _mode)
+
+
+def quant_mode(name: str) -> QuantMode:
+    return QUANT.get(name).obj
 
 
 def quantize(model: nn.Module, mode: str) -> nn.Module:
     """A new model in `mode`; the FP32 model passed in is left untouched."""
-    if mode not in QUANT_MODES:
-        raise KeyError(f"unknown quant mode {mode!r}; known: {', '.join(QUANT_MODES)}")
     if mode == "fp32":
+        quant_mode(mode)
         return model
-    return QUANT_MODES[mode].convert(copy.deepcopy(model)).eval()
+    return quant_mode(mode).convert(copy.deepcopy(model)).eval()

@@ -1,23 +1,26 @@
-"""Models built by name (timm-style): `@register_model` adds a constructor."""
+"""Models built by name (timm-style): `@register_model` adds a constructor, `create_model` builds one."""
 from __future__ import annotations
 
-from typing import Callable
+import inspect
 
 import torch.nn as nn
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+from ..registry import Param, Registry
+
+MODELS = Registry("model")
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    _MODELS[fn.__name__] = fn
+def register_model(fn):
+    """Register an architecture under its function's name; its keyword defaults are its parameters."""
+    params = {k: Param(p.default, type(p.default)) for k, p in inspect.signature(fn).parameters.items()
+              if p.default is not inspect.Parameter.empty}
+    MODELS.add(fn.__name__, fn, params)
     return fn
 
 
 def model_names() -> list[str]:
-    return sorted(_MODELS)
+    return sorted(MODELS.names())
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    if name not in _MODELS:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(model_names())}")
-    return _MODELS[name](**kwargs)
+    return MODELS.get(name).obj(**kwargs)

@@ -19,15 +19,13 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
-from defenses import apply_defense, defense_names
-
+from ..defenses import apply_defense, defense_names
+from ..files import atomic_write
 from .console import console
-from .evaluate import Engine, plan_cells, run_cells
-from .reference import reference_rows
-from .spec import EvaluateSpec
 from .device import clock, pick_device
+from .evaluate import Engine, plan_cells, reference_rows, run_cells
+from .spec import DataSpec, EvaluateSpec
 from .train import train
-
 
 GRIDS = {"quickstart": ("quickstart.yaml", "simple_cnn"), "notebook": ("cifar10_notebook.yaml", "improved_cnn")}
 
@@ -39,8 +37,9 @@ def _bench_dataset() -> str:
 
 
 def _sweep_spec(file: str):
+    from .bundled import resolve_sweep
     from .spec import load_spec
-    return load_spec(Path(__file__).parent.parent / "sweeps" / file)[0]
+    return load_spec(resolve_sweep(file))[0]
 
 
 def _model_and_images(n: int, quick: bool, model: str = "simple_cnn", device: str = "auto"):
@@ -52,8 +51,8 @@ def _model_and_images(n: int, quick: bool, model: str = "simple_cnn", device: st
            "train_subset": 5000 if quick else 20000, "synthetic_train": 2000, "synthetic_test": max(n, 500)}
     if not (out / "best.pt").exists():
         train(cfg)
-    from models import load_checkpoint
-    splits = load_splits(dataset, synthetic_size=(2000, max(n, 500)))
+    from ..models import load_checkpoint
+    splits = load_splits(DataSpec(dataset=dataset, synthetic_train=2000, synthetic_test=max(n, 500)))
     return load_checkpoint(out / "best.pt"), to_float(splits.test_x[:n]), splits.test_y[:n], dataset
 
 
@@ -190,9 +189,14 @@ def run_bench(quick: bool = False, json_path: str | None = None, device: str = "
         console.print("(c) training input paths: skipped, it compares GPU-resident training with a DataLoader "
                       "feeding a GPU and needs CUDA")
     if json_path:
-        Path(json_path).write_text(json.dumps({"machine": machine(), "device": str(dev), "dataset": dataset,
-                                               "defenses": defenses, "pipeline": pipe, "training": training}, indent=2))
+        _write_json(json_path, {"machine": machine(), "device": str(dev), "dataset": dataset, "defenses": defenses,
+                                "pipeline": pipe, "training": training})
     return 0
+
+
+def _write_json(path: str, data: dict) -> None:
+    with atomic_write(path, "w") as f:
+        json.dump(data, f, indent=2)
 
 
 def _print_table(title: str, rows: list[dict], columns: dict[str, str]) -> None:
@@ -211,9 +215,8 @@ def bench_ray_overhead(json_path: str | None = None, epochs: int = 3, train_subs
 
     import ray
 
+    from .execute import Sweep, evaluate_ray, init_ray, train_ray
     from .spec import validate
-    from .sweep import Sweep
-    from .tune import evaluate_ray, init_ray, train_ray
     dataset = _bench_dataset()
     raw = {"name": "overhead", "data": {"dataset": dataset, "train_subset": train_subset, "synthetic_train": 20000},
            "train": {"model": "simple_cnn", "lr": {"grid_search": [0.001, 0.0015, 0.002, 0.003]}, "epochs": epochs},
@@ -245,5 +248,5 @@ def bench_ray_overhead(json_path: str | None = None, epochs: int = 3, train_subs
         t.add_row(k, f"{result[k]:.3f}" if isinstance(result[k], float) else str(result[k]))
     console.print(t)
     if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2))
+        _write_json(json_path, result)
     return 0

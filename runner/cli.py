@@ -1,4 +1,4 @@
-"""`robustgrid`: run, eval, show, models, data fetch.
+"""`robustgrid`: run, eval, show, sweeps, models, data fetch, bench.
 
 Bad input (sweep file, override, checkpoint, data folder) ends with exit status 2 and
 one line that names the problem and its key path; nothing is written.
@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from .console import console
+from .results.render import FORMATS
 
 EXIT_BAD_INPUT = 2
 
@@ -22,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train a sweep's trials, evaluate its grid, write Parquet")
-    run.add_argument("sweep", help="sweep file (YAML)")
+    run.add_argument("sweep", help="sweep file (YAML), or the name of a bundled one (`robustgrid sweeps`)")
     run.add_argument("--out", help="results folder (default results/<sweep name>)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a sweep key, e.g. --set evaluate.eps=[0,0.03] (repeatable)")
@@ -44,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--defense", action="append", help="only this defense (repeatable)")
     show.add_argument("--trial", action="append", help="only this trial id (repeatable)")
     show.add_argument("--plots", action="store_true", help="also (re)write the PNG plots")
+    show.add_argument("--format", default="rich", choices=FORMATS,
+                      help="rich (terminal), markdown (papers, READMEs), csv, json (scripts)")
+
+    sub.add_parser("sweeps", help="list the sweep files that come with robustgrid")
 
     sub.add_parser("models", help="list registered models with parameters and sizes")
 
@@ -67,9 +72,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from models.checkpoint import CheckpointError
-    from .data import DataError
-    from .download import DownloadError
+    from ..models import CheckpointError
+    from .data import DataError, DownloadError
     from .spec import SpecError
     try:
         return COMMANDS[args.command](args) or 0
@@ -83,18 +87,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args) -> int:
-    from .sweep import Sweep, resolve_out
+    from .bundled import resolve_sweep
+    from .execute import Sweep, resolve_out
     from .spec import load_spec
-    spec, raw = load_spec(args.sweep, args.overrides)   # validates everything before anything is written
+    spec, raw = load_spec(resolve_sweep(args.sweep), args.overrides)   # validates everything before anything is written
     sweep = Sweep(spec, raw, resolve_out(spec, args.out))
     _check_checkpoints_readable(sweep)
     sweep.write_spec()
     console.print(f"sweep [bold]{spec.name}[/bold]: {len(spec.trial_configs())} trial(s) -> {sweep.out}")
     if args.executor == "inline":
-        from .sweep import run_inline
+        from .execute import run_inline
         run_inline(sweep, resume=True)
     else:
-        from .tune import run_ray
+        from .execute import run_ray
         run_ray(sweep, address=args.address, resume=args.resume)
     _views(sweep.out)
     return 0
@@ -102,49 +107,49 @@ def cmd_run(args) -> int:
 
 def _check_checkpoints_readable(sweep) -> None:
     """On a rerun, a trial already marked done must have a readable checkpoint."""
-    from models.checkpoint import read_checkpoint
+    from ..models import read_checkpoint
     for row in sweep.finished_trials().values():
         read_checkpoint(row["checkpoint"])
 
 
 def cmd_eval(args) -> int:
+    from .execute import Sweep
     from .spec import SpecError, load_spec
-    from .sweep import Sweep
     root = Path(args.results).resolve()
     if not (root / "sweep.yaml").exists():
         raise SpecError(f"{root}: not a results folder (no sweep.yaml)")
     spec, raw = load_spec(root / "sweep.yaml", args.overrides)
     sweep = Sweep(spec, raw, root)
-    from models.checkpoint import read_checkpoint
+    from ..models import read_checkpoint
     selected = sweep.selected_checkpoints()
     if not selected:
         raise SpecError(f"{root}: no trained checkpoints to evaluate")
     for trial in selected:
         read_checkpoint(trial["checkpoint"])
     if args.executor == "inline":
-        from .sweep import evaluate_inline
+        from .execute import evaluate_inline
         evaluate_inline(sweep)
     else:
-        from .tune import evaluate_ray
+        from .execute import evaluate_ray
         evaluate_ray(sweep, address=args.address)
     _views(root)
     return 0
 
 
 def _views(root: Path) -> None:
-    from .report import plot_all, show
+    from .results import plot_all, show
     show(root)
     paths = plot_all(root)
     console.print(f"results in {root} ({len(paths)} plots under plots/)")
 
 
 def cmd_show(args) -> int:
-    from .report import plot_all, show
+    from .results import plot_all, show
     from .spec import SpecError
     root = Path(args.results)
     if not (root / "trials.parquet").exists():
         raise SpecError(f"{root}: not a results folder (no trials.parquet)")
-    show(root, args.quant, args.defense, args.trial)
+    show(root, args.quant, args.defense, args.trial, fmt=args.format)
     if args.plots:
         plot_all(root)
     return 0
@@ -152,7 +157,8 @@ def cmd_show(args) -> int:
 
 def cmd_models(args) -> int:
     from rich.table import Table
-    from models import create_model, model_names, quantize, state_dict_bytes
+
+    from ..models import create_model, model_names, quantize, state_dict_bytes
     t = Table(title="models")
     for col in ["name", "parameters", "fp32 MB", "dynamic_int8 MB"]:
         t.add_column(col, justify="left" if col == "name" else "right")
@@ -166,9 +172,22 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_sweeps(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .bundled import bundled_sweeps
+    t = Table(title="sweeps that come with robustgrid (robustgrid run NAME)", title_justify="left")
+    t.add_column("name", no_wrap=True)
+    t.add_column("description", overflow="fold")
+    for name, (_, description) in bundled_sweeps().items():
+        t.add_row(name, description)
+    Console().print(t)
+    return 0
+
+
 def cmd_data(args) -> int:
-    from .data import resolve_root
-    from .download import fetch_cifar10
+    from .data import fetch_cifar10, resolve_root
     root = resolve_root(args.root)
     fetch_cifar10(root, progress=lambda msg: console.print(f"[cyan]{msg}[/cyan]"))
     console.print(f"cifar10 ready in {root}")
@@ -182,7 +201,8 @@ def cmd_bench(args) -> int:
     return run_bench(quick=args.quick, json_path=args.json, device=args.device, grid=args.grid, images=args.images)
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "show": cmd_show, "models": cmd_models, "data": cmd_data, "bench": cmd_bench}
+COMMANDS = {"run": cmd_run, "eval": cmd_eval, "show": cmd_show, "sweeps": cmd_sweeps, "models": cmd_models,
+            "data": cmd_data, "bench": cmd_bench}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,11 +14,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from attacks import attack_names
-from defenses import defense_names, get_defense
-from models import QUANT_MODES, model_names
+from ..attacks import attack_names
+from ..defenses import DEFENSES, defense_names
+from ..models import QUANT, model_names
 
 
 class SpecError(ValueError):
@@ -57,8 +64,16 @@ class DataSpec(Strict):
     synthetic_test: int = Field(500, gt=0)
 
 
+# A trial's flat form (the trials table's columns, the hash behind trial ids, torchrun's key=value)
+# names the data fields so; inside TrainConfig they live in its DataSpec.
+FLAT_DATA_KEYS = {"dataset": "dataset", "data_root": "root", "data_path": "path", "val_size": "val_size",
+                  "split_seed": "split_seed", "train_subset": "train_subset", "synthetic_train": "synthetic_train",
+                  "synthetic_test": "synthetic_test"}
+RUNNER_KEYS = ("out_dir", "threads")     # filled in by the runner, not the sweep file
+
+
 class TrainConfig(Strict):
-    """One training trial, flat: grid_search may vary any of these keys."""
+    """One training trial: the training keys (grid_search may vary any of them) and its data."""
     model: str = "simple_cnn"
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
@@ -78,17 +93,22 @@ class TrainConfig(Strict):
     compile: bool = False
     loader: Literal["tensor", "dataloader"] = "tensor"
     loader_workers: int = Field(4, ge=0)   # DataLoader worker processes (loader: dataloader only)
-    # filled in by the runner, not the sweep file:
-    dataset: str = "synthetic"
-    data_root: str | None = None
-    data_path: str | None = None
-    val_size: int = 5000
-    split_seed: int = 0
-    train_subset: int | None = None
-    synthetic_train: int = 2000
-    synthetic_test: int = 500
+    data: DataSpec = DataSpec(dataset="synthetic")
     out_dir: str | None = None
     threads: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_data(cls, v):
+        """Accept the flat form (dataset=..., data_root=...) as well: torchrun, the trials table."""
+        if isinstance(v, dict) and any(k in v for k in FLAT_DATA_KEYS):
+            v = dict(v)
+            data = dict(v.pop("data", None) or {})
+            for flat, key in FLAT_DATA_KEYS.items():
+                if flat in v:
+                    data[key] = v.pop(flat)
+            v["data"] = data
+        return v
 
     @field_validator("model")
     @classmethod
@@ -97,9 +117,22 @@ class TrainConfig(Strict):
             raise ValueError(f"unknown model {v!r}; known: {', '.join(model_names())}")
         return v
 
+    def flat(self) -> dict[str, Any]:
+        """The flat form: training keys, then the data fields under their flat names, then runner keys."""
+        d = self.model_dump()
+        data = d.pop("data")
+        runner = {k: d.pop(k) for k in RUNNER_KEYS}
+        return {**d, **{flat: data[key] for flat, key in FLAT_DATA_KEYS.items()}, **runner}
 
-SWEEP_TRAIN_KEYS = [k for k in TrainConfig.model_fields if k not in DataSpec.model_fields
-                    and k not in ("dataset", "data_root", "data_path", "out_dir", "threads")]
+    @classmethod
+    def flat_fields(cls) -> dict[str, Any]:
+        """Flat name -> pydantic field, in the order of flat()."""
+        train = {k: f for k, f in cls.model_fields.items() if k != "data" and k not in RUNNER_KEYS}
+        data = {flat: DataSpec.model_fields[key] for flat, key in FLAT_DATA_KEYS.items()}
+        return {**train, **data, **{k: cls.model_fields[k] for k in RUNNER_KEYS}}
+
+
+SWEEP_TRAIN_KEYS = [k for k in TrainConfig.model_fields if k != "data" and k not in RUNNER_KEYS]
 
 
 class Resources(Strict):
@@ -162,7 +195,7 @@ class EvaluateSpec(Strict):
     @field_validator("quant")
     @classmethod
     def _known_quant(cls, v):
-        return _all_known(v, list(QUANT_MODES), "quant mode")
+        return _all_known(v, QUANT.names(), "quant mode")
 
     @field_validator("defenses", mode="before")
     @classmethod
@@ -174,16 +207,14 @@ class EvaluateSpec(Strict):
     @field_validator("defenses")
     @classmethod
     def _known_defenses(cls, v):
+        """Each defense known, each parameter known and inside the domain its registry entry declares."""
         for name, params in v.items():
-            if name not in defense_names():
+            if name not in DEFENSES:
                 raise ValueError(f".{name}: unknown defense; known: {', '.join(defense_names())}")
-            d = get_defense(name)
-            for key, value in params.items():
-                if key not in d.defaults:
-                    raise ValueError(f".{name}.{key}: unknown parameter; known: {', '.join(d.defaults) or 'none'}")
-                want = d.param_types.get(key, type(d.defaults[key]))
-                if not isinstance(value, (int, float)) or isinstance(value, bool) or (want is int and not isinstance(value, int)):
-                    raise ValueError(f".{name}.{key}: must be {want.__name__}, got {value!r}")
+            try:
+                DEFENSES.resolve(name, params)
+            except ValueError as e:
+                raise ValueError(f".{name}{e}") from None
         return v
 
 
@@ -215,11 +246,7 @@ class SweepSpec(Strict):
         return configs
 
     def trial_config(self, train: dict[str, Any]) -> dict[str, Any]:
-        d = self.data
-        cfg = {**train, "dataset": d.dataset, "data_root": d.root, "data_path": d.path,
-               "val_size": d.val_size, "split_seed": d.split_seed, "train_subset": d.train_subset,
-               "synthetic_train": d.synthetic_train, "synthetic_test": d.synthetic_test}
-        return TrainConfig.model_validate(cfg).model_dump()
+        return TrainConfig.model_validate({**train, "data": self.data.model_dump()}).flat()
 
 
 # --- loading ---------------------------------------------------------------------------------

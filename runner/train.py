@@ -8,11 +8,9 @@ process it is plain single-device training. Ray Tune / Ray Train call it unchang
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,59 +18,21 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DistributedSampler
 
-from models import create_model, quantize, save_checkpoint, state_dict_bytes
-from models.checkpoint import read_checkpoint
-
-from .data import Splits, augment_params, crop_flip, load_splits, to_float
+from ..models import (
+    create_model,
+    quantize,
+    read_checkpoint,
+    save_checkpoint,
+    state_dict_bytes,
+)
+from .data import Splits, TensorBatches, load_splits, to_float
 from .device import ieee_fp32, pick_device
+from .distributed import DistInfo, from_rank0, setup_distributed
+from .provenance import images_digest, software
 from .spec import TrainConfig
 
 Reporter = Callable[[dict[str, Any], Path | None], None]
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owns_group: bool = False   # we called init_process_group, so we tear it down
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_kind: str) -> DistInfo:
-    """Join the process group torchrun (or Ray Train) describes; a no-op for one process."""
-    if dist.is_available() and dist.is_initialized():  # Ray Train sets it up for us
-        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world <= 1:
-        return DistInfo()
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if device_kind == "cuda":
-        # Each rank owns its GPU before NCCL starts: collectives must not guess the device.
-        device = pick_device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl", device_id=device)
-    else:
-        dist.init_process_group(backend="gloo")
-    return DistInfo(dist.get_rank(), world, local_rank, owns_group=True)
-
-
-def from_rank0(values: list[float], di: DistInfo, device: torch.device) -> list[float]:
-    """Rank 0's values on every rank: one decision (lr step, early stop, best epoch) for all.
-
-    Ranks' validation passes can differ (BatchNorm statistics are per rank without SyncBatchNorm);
-    ranks that decided alone would diverge, or one would stop and leave the others in a collective.
-    """
-    if di.world_size <= 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.broadcast(t, src=0)
-    return t.tolist()
 
 
 @torch.no_grad()
@@ -91,33 +51,6 @@ def accuracy(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, device: t
         correct += (logits.argmax(1) == yb).sum().item()
     n = max(len(x_uint8), 1)
     return loss_sum / n, correct / n
-
-
-class TensorBatches:
-    """airbench-style loader: the whole split lives on the device as uint8; crop/flip there."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, dist_info: DistInfo,
-                 device: torch.device, seed: int, augment: bool):
-        self.x, self.y = x.to(device), y.to(device)
-        self.batch_size, self.device, self.seed, self.augment = batch_size, device, seed, augment
-        # Each rank takes 1/world of the global batch, so gradients average to the global one.
-        self.local_batch = max(1, batch_size // dist_info.world_size)
-        self.sampler = DistributedSampler(range(len(x)), num_replicas=dist_info.world_size,
-                                          rank=dist_info.rank, shuffle=True, seed=seed)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.sampler) / self.local_batch)
-
-    def epoch(self, epoch: int):
-        self.sampler.set_epoch(epoch)
-        order = torch.tensor(list(self.sampler))
-        params = augment_params(len(self.x), self.seed, epoch) if self.augment else None
-        for i in range(0, len(order), self.local_batch):
-            idx = order[i:i + self.local_batch]
-            xb = self.x[idx.to(self.device)]
-            if params is not None:
-                xb = crop_flip(xb, *(p[idx] for p in params))
-            yield to_float(xb), self.y[idx.to(self.device)]
 
 
 def build_model(cfg: TrainConfig, splits: Splits) -> tuple[nn.Module, dict[str, Any]]:
@@ -152,8 +85,7 @@ def train(config: dict[str, Any], report: Reporter | None = None, resume_from: s
     if di.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    splits = load_splits(cfg.dataset, cfg.data_root, cfg.data_path, cfg.val_size, cfg.split_seed,
-                         cfg.train_subset, (cfg.synthetic_train, cfg.synthetic_test))
+    splits = load_splits(cfg.data)
     model, model_kwargs = build_model(cfg, splits)
     model.to(device)
     on_cuda = device.type == "cuda"
@@ -207,7 +139,7 @@ def train(config: dict[str, Any], report: Reporter | None = None, resume_from: s
 
 def make_batches(cfg: TrainConfig, splits: Splits, di: DistInfo, device: torch.device):
     if cfg.loader == "dataloader":
-        from .loaders import DataLoaderBatches
+        from .data.loaders import DataLoaderBatches
         return DataLoaderBatches(splits.train_x, splits.train_y, cfg.batch_size, di, device, cfg.seed, cfg.augment,
                                  cfg.loader_workers)
     return TensorBatches(splits.train_x, splits.train_y, cfg.batch_size, di, device, cfg.seed, cfg.augment)
@@ -268,12 +200,13 @@ def _finish(cfg, out_dir, model, splits, device, di, state) -> dict[str, Any]:
         "world_size": di.world_size, "device": str(device), "node": socket.gethostname(),
         "checkpoint": str(best), "fp32_bytes": state_dict_bytes(cpu_model),
         "int8_bytes": state_dict_bytes(quantize(cpu_model, "dynamic_int8")),
+        "data_digest": images_digest(splits.train_x, splits.train_y), **software(),
         "history": state["history"],
     }
 
 
 def main(argv: list[str] | None = None) -> None:
-    """torchrun --nproc_per_node=N -m runner.train key=value ... (TrainConfig keys)."""
+    """torchrun --nproc_per_node=N -m robustgrid.runner.train key=value ... (TrainConfig keys)."""
     import sys
 
     import yaml

@@ -10,7 +10,7 @@ torch.set_num_threads(2)
 
 @pytest.fixture
 def tiny_model():
-    from models import create_model
+    from robustgrid.models import create_model
     torch.manual_seed(0)
     return create_model("simple_cnn").eval()
 

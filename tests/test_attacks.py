@@ -1,6 +1,5 @@
 import torch
-
-from attacks import attack_names, get_attack, to_8bit_grid
+from robustgrid.attacks import attack_names, get_attack, to_8bit_grid
 
 
 def test_fgsm_equals_torchattacks_bit_for_bit(tiny_model, images):
@@ -45,8 +44,8 @@ def test_fp16_input_gradients_do_not_underflow(tiny_model, images):
     """The mean cross-entropy's gradient through an fp16 model underflows to zero on confident
     images, and sign(0) leaves those pixels unperturbed: the loss is scaled per image (a power of
     two, exact in fp32) before the backward pass."""
-    from attacks import input_gradient
-    from models import quantize
+    from robustgrid.attacks import input_gradient
+    from robustgrid.models import quantize
     model = _confident(tiny_model)
     x = images.repeat(4, 1, 1, 1)
     labels = model(x).argmax(1)

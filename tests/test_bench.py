@@ -1,6 +1,5 @@
 import torch
-
-from runner.bench import bench_defenses
+from robustgrid.runner.bench import bench_defenses
 
 
 def test_bench_defenses_reports_equal_outputs():
@@ -10,7 +9,7 @@ def test_bench_defenses_reports_equal_outputs():
 
 
 def test_bench_training_compares_input_paths_on_the_notebook_recipe():
-    from runner.bench import bench_training
+    from robustgrid.runner.bench import bench_training
     rows = bench_training(torch.device("cpu"), quick=True, dataset="synthetic", train_subset=256,
                           variants=("gpu-resident", "dataloader"))
     assert [r["path"] for r in rows] == ["gpu-resident", "dataloader"]

@@ -2,9 +2,8 @@
 import pandas as pd
 import pytest
 import yaml
-
-from runner.cli import main
-from runner.store import EVAL_SCHEMA, ResultStore
+from robustgrid.runner.cli import main
+from robustgrid.runner.results import EVAL_SCHEMA, ResultStore
 
 SWEEP = {
     "name": "tiny",
@@ -135,3 +134,91 @@ def test_truncated_checkpoint_in_results_exits_2(tiny_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unreadable checkpoint" in err and str(ckpt) in err
     assert len(list((copy / "eval").glob("part-*"))) == n_parts
+
+
+def test_every_row_carries_its_provenance(tiny_run):
+    _, out = tiny_run
+    store = ResultStore(out)
+    ev, trials = store.read_eval(), store.read("trials")
+    for df in (ev, trials):
+        for col in ("code_version", "torch_version", "torchvision_version", "opencv_version", "skimage_version",
+                    "ray_version", "data_digest"):
+            assert df[col].notna().all() and (df[col] != "").all(), col
+        assert "git_commit" in df and "git_dirty" in df
+    assert ev["data_digest"].nunique() == 1 and trials["data_digest"].nunique() == 1
+    assert set(ev["data_digest"]) != set(trials["data_digest"])          # test images vs training split
+
+
+def test_show_trial_prints_provenance_and_formats_paste(tiny_run, capsys):
+    _, out = tiny_run
+    tid = ResultStore(out).read("trials")["trial_id"].iloc[0]
+    assert main(["show", str(out), "--trial", tid]) == 0
+    text = capsys.readouterr().out
+    assert f"provenance of {tid}" in text and "git_commit" in text and "opencv_version" in text
+    assert main(["show", str(out), "--format", "markdown"]) == 0
+    md = capsys.readouterr().out
+    assert "| eps |" in md and "|---|" in md and "…" not in md
+
+
+def test_results_are_group_readable_under_umask_022(tmp_path):
+    import os
+    import stat
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "perm"
+        sweep = yaml.safe_load(yaml.safe_dump(SWEEP))
+        sweep["train"]["lr"] = 0.01
+        sweep["evaluate"].update(eps=[0], defenses=["none"], examples=1)
+        assert main(["run", str(write(tmp_path, sweep)), "--out", str(out), "--executor", "inline"]) == 0
+    finally:
+        os.umask(old)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".parquet" for p in files) and any(p.name == "best.pt" for p in files)
+    for p in files:
+        if "ray" not in p.parts:
+            assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+    assert not [p for p in files if p.name.endswith(".tmp")]
+
+
+OLD_EVAL_SCHEMA = [  # the eval schema of the previous release: no precision, no provenance but two versions
+    "sweep", "run_id", "trial_id", "model", "dataset", "quant", "model_bytes", "attack", "attack_source", "eps",
+    "defense", "defense_params", "n", "correct", "accuracy", "ci_low", "ci_high", "attack_success_rate", "seconds",
+    "device", "seed", "created_at", "code_version", "torch_version"]
+
+
+def test_results_of_the_previous_schema_stay_readable(tiny_run, tmp_path, capsys):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    _, out = tiny_run
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    for part in (old / "eval").glob("part-*.parquet"):           # rewrite every part as the old release did
+        t = pq.read_table(part)
+        pq.write_table(t.select(OLD_EVAL_SCHEMA), part)
+    trials = pq.read_table(old / "trials.parquet")
+    keep = [c for c in trials.column_names if c not in ("cuda_visible_devices", "data_digest", "code_version",
+                                                         "git_commit", "git_dirty", "torchvision_version",
+                                                         "opencv_version", "skimage_version", "ray_version")]
+    pq.write_table(trials.select(keep), old / "trials.parquet")
+    ev = ResultStore(old).read_eval()
+    assert list(ev.columns) == EVAL_SCHEMA.names and len(ev) == len(ResultStore(out).read_eval())
+    assert ev["precision"].isna().all() and ev["code_version"].notna().all()
+    assert isinstance(pa.Table.from_pandas(ev), pa.Table)
+    assert main(["show", str(old)]) == 0
+    assert "fgsm accuracy" in capsys.readouterr().out
+
+
+def test_progress_counts_what_will_be_computed(tiny_run):
+    from robustgrid.runner.execute import Sweep
+    from robustgrid.runner.spec import load_spec
+    _, out = tiny_run
+    spec, raw = load_spec(out / "sweep.yaml", ["evaluate.eps=[0, 0.05]", "evaluate.n_images=20"])
+    sweep = Sweep(spec, raw, out)
+    checkpoints = sweep.selected_checkpoints()
+    progress = sweep.eval_progress(ResultStore(out).eval_keys(), checkpoints)
+    # nothing at n=20 exists yet: every planned cell is to be computed, none of the n=48 cells counts
+    from robustgrid.runner.evaluate import count_cells
+    assert count_cells(spec.evaluate) == 25 and len(checkpoints) == 2
+    assert progress == {"total": 50, "completed": 0}

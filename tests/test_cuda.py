@@ -23,15 +23,16 @@ CUDA = torch.device("cuda", 0)
 @pytest.fixture(scope="module")
 def model_and_images():
     """A briefly trained simple_cnn on synthetic data (on the GPU) and 400 test images."""
-    from models import load_checkpoint
-    from runner.data import load_splits, to_float
-    from runner.train import train
+    from robustgrid.models import load_checkpoint
+    from robustgrid.runner.data import load_splits, to_float
+    from robustgrid.runner.spec import DataSpec
+    from robustgrid.runner.train import train
     out = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"robustgrid-cuda-suite-{os.getpid()}")
     cfg = {"model": "simple_cnn", "dataset": "synthetic", "synthetic_train": 3000, "synthetic_test": 400,
            "epochs": 2, "batch_size": 128, "device": "cuda", "out_dir": out}
     result = train(cfg)
     assert result["device"].startswith("cuda")
-    splits = load_splits("synthetic", synthetic_size=(3000, 400))
+    splits = load_splits(DataSpec(dataset="synthetic", synthetic_train=3000, synthetic_test=400))
     return load_checkpoint(os.path.join(out, "best.pt")), to_float(splits.test_x), splits.test_y
 
 
@@ -46,7 +47,7 @@ def _random_8bit(n=64, seed=0):
                                          ("jpeg", {}), ("tv_denoise", {}), ("none", {})])
 @pytest.mark.parametrize("benchmark", [False, True])
 def test_batched_defense_on_cuda_equals_cpu_reference(name, params, benchmark):
-    from defenses import apply_defense
+    from robustgrid.defenses import apply_defense
     x = _random_8bit()
     ref = apply_defense(name, x, params, backend="reference")
     # cudnn.benchmark may pick FFT / Winograd algorithms: exactness must not rest on the algorithm
@@ -61,7 +62,7 @@ def test_batched_defense_on_cuda_equals_cpu_reference(name, params, benchmark):
 
 
 def test_ieee_fp32_turns_tf32_off_for_convolutions():
-    from runner.device import fp32_precision, ieee_fp32
+    from robustgrid.runner.device import fp32_precision, ieee_fp32
     torch.manual_seed(0)
     x, w = torch.randn(8, 256, 16, 16), torch.randn(256, 256, 3, 3)
     exact = torch.nn.functional.conv2d(x.double(), w.double(), padding=1)
@@ -73,8 +74,8 @@ def test_ieee_fp32_turns_tf32_off_for_convolutions():
 
 
 def test_fp16_input_gradient_on_cuda_has_no_dead_images(model_and_images):
-    from attacks import input_gradient
-    from models import quantize
+    from robustgrid.attacks import input_gradient
+    from robustgrid.models import quantize
     model, images, labels = model_and_images
     model = copy.deepcopy(model).to(CUDA)
     with torch.no_grad():
@@ -90,8 +91,8 @@ def test_fp32_cells_on_the_gpu_equal_the_cpu_cells(model_and_images):
     """Same model, images and grid on both devices. IEEE fp32 on both, but other summation orders:
     a prediction on a decision boundary, or an FGSM sign of a near-zero gradient, may differ. The
     tolerance: 0.5 % of the images on clean cells, 2 % on attacked cells."""
-    from runner.evaluate import Engine, plan_cells, run_cells
-    from runner.spec import EvaluateSpec
+    from robustgrid.runner.evaluate import Engine, plan_cells, run_cells
+    from robustgrid.runner.spec import EvaluateSpec
     model, images, labels = model_and_images
     ev = EvaluateSpec.model_validate({"eps": [0, "2/255", "8/255"], "sources": ["self"], "quant": ["fp32"],
                                       "defenses": ["none", "gaussian_blur", "median"], "batch_size": 200,
@@ -110,11 +111,11 @@ def test_fp32_cells_on_the_gpu_equal_the_cpu_cells(model_and_images):
 def test_int8_task_leaves_no_memory_on_the_gpu(model_and_images, tmp_path):
     """A Ray task that asks for no GPU (the int8 cells) runs on the CPU and never opens CUDA."""
     ray = pytest.importorskip("ray")
-    from runner.tune import run_task
+    from robustgrid.runner.execute.ray_setup import run_task
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
         def probe():
-            from runner.evaluate import evaluate_checkpoint   # noqa: F401  (the task's imports)
+            from robustgrid.runner.evaluate import evaluate_checkpoint  # noqa: F401  (the task's imports)
             return os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.is_available(), torch.cuda.is_initialized()
         hidden, available, initialized = ray.get(ray.remote(run_task).options(num_cpus=1, num_gpus=0).remote(probe))
         assert (hidden, available, initialized) == ("", False, False)
@@ -127,8 +128,8 @@ def test_int8_task_leaves_no_memory_on_the_gpu(model_and_images, tmp_path):
 def test_sweep_on_the_gpu_through_ray_with_examples(tmp_path):
     """Train and evaluate end to end through Ray on the GPU, examples on, bf16 and fp16 cells."""
     pytest.importorskip("ray")
-    from runner.cli import main
-    from runner.store import ResultStore
+    from robustgrid.runner.cli import main
+    from robustgrid.runner.results import ResultStore
     sweep = {
         "name": "cuda_suite",
         "data": {"dataset": "synthetic", "synthetic_train": 2000, "synthetic_test": 300},
@@ -150,8 +151,8 @@ def test_sweep_on_the_gpu_through_ray_with_examples(tmp_path):
     assert set(ev[ev.quant == "fp32"]["precision"]) == {"fp32"}
     assert set(ev[ev.quant == "bf16"]["precision"]) == {"bf16"} and set(ev[ev.quant == "fp16"]["precision"]) == {"fp16"}
     # 2 trials x (eps 0: fp32, bf16, fp16, int8 self, int8 fp32 + eps>0: fp32, bf16, fp16, int8 fp32 ... ) x 3 defenses
-    from runner.evaluate import count_cells
-    from runner.spec import load_spec
+    from robustgrid.runner.evaluate import count_cells
+    from robustgrid.runner.spec import load_spec
     assert len(ev) == 2 * count_cells(load_spec(path)[0].evaluate)
     assert len(list((out / "examples").glob("*.npz"))) == 2      # the examples no longer crash a GPU task
     assert (ev["seconds"] > 0).all()
@@ -168,7 +169,7 @@ def test_ddp_two_gpus_with_nccl(tmp_path):
     args = ["model=simple_cnn", "dataset=synthetic", "synthetic_train=2000", "epochs=2", "batch_size=128",
             "device=cuda", "early_stopping_patience=1", f"out_dir={tmp_path / 'ddp'}"]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "runner.train", *args],
+                           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "robustgrid.runner.train", *args],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "'world_size': 2" in proc.stdout and "'device': 'cuda:0'" in proc.stdout

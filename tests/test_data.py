@@ -7,10 +7,21 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from runner.data import (DataError, augment_params, crop_flip, load_imagefolder, load_splits, make_synthetic,
-                         split_train_val)
-from runner.download import DownloadError, verify_integrity, write_python_batches
+from robustgrid.runner.data import (
+    DataError,
+    augment_params,
+    crop_flip,
+    load_imagefolder,
+    load_splits,
+    make_synthetic,
+    split_train_val,
+)
+from robustgrid.runner.data.download import (
+    DownloadError,
+    verify_integrity,
+    write_python_batches,
+)
+from robustgrid.runner.spec import DataSpec
 
 
 def _fake_package(tmp_path, n=10000):
@@ -38,7 +49,7 @@ def test_npm_sprites_become_standard_python_batches(tmp_path):
     chw = entry["data"].reshape(-1, 3, 32, 32)
     assert np.array_equal(chw.transpose(0, 2, 3, 1), images["test_batch"])
     assert entry["labels"][:4] == [0, 3, 6, 9]
-    from runner.data import load_cifar10
+    from robustgrid.runner.data import load_cifar10
     tx, ty, sx, sy, classes = load_cifar10(tmp_path, download=False)
     assert tx.shape == (50000, 3, 32, 32) and sx.shape == (10000, 3, 32, 32) and classes[0] == "airplane"
     assert torch.equal(sx.permute(0, 2, 3, 1), torch.from_numpy(images["test_batch"]))
@@ -54,7 +65,7 @@ def test_integrity_check(tmp_path):
 
 
 def test_missing_cifar_without_download_says_what_to_do(tmp_path):
-    from runner.data import load_cifar10
+    from robustgrid.runner.data import load_cifar10
     with pytest.raises(DataError, match="robustgrid data fetch cifar10"):
         load_cifar10(tmp_path, download=False)
 
@@ -85,7 +96,7 @@ def test_synthetic_is_deterministic_and_learnable_shape():
     x1, y1 = make_synthetic(50)
     x2, y2 = make_synthetic(50)
     assert torch.equal(x1, x2) and x1.dtype == torch.uint8 and x1.shape == (50, 3, 32, 32)
-    s = load_splits("synthetic", synthetic_size=(200, 50))
+    s = load_splits(DataSpec(dataset="synthetic", synthetic_train=200, synthetic_test=50))
     assert len(s.val_x) == 20 and len(s.test_x) == 50
 
 
@@ -109,7 +120,7 @@ def test_augment_params_cover_torchvision_ranges():
 
 def test_tensor_path_and_dataloader_path_have_the_same_augmentation_distribution():
     """Offsets and flips of the GPU-style tensor path vs torchvision's RandomCrop+Flip on CPU tensors."""
-    from runner.loaders import UInt8Images
+    from robustgrid.runner.data.loaders import UInt8Images
     n = 4000
     # each image: a single bright pixel at (0,0), so the crop offset is readable from the output
     x = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)

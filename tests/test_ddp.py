@@ -5,9 +5,8 @@ import subprocess
 import sys
 
 import torch
-
-from models.checkpoint import read_checkpoint
-from runner.train import train
+from robustgrid.models import read_checkpoint
+from robustgrid.runner.train import train
 
 # 142 images -> 14 validation + 128 training = 4 steps of a global batch of 32 per epoch, 2 epochs.
 CONFIG = {"model": "simple_cnn", "dataset": "synthetic", "synthetic_train": 142, "synthetic_test": 50,
@@ -28,7 +27,7 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [f"{k}={v}" for k, v in CONFIG.items()] + [f"out_dir={tmp_path / 'ddp'}"]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "runner.train", *args],
+                           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "robustgrid.runner.train", *args],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = read_checkpoint(tmp_path / "ddp" / "last.pt")["state_dict"]
@@ -45,8 +44,7 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
 
 def _rank_decides(rank: int, port: int, out, val_acc: float) -> None:
     import torch.distributed as dist
-
-    from runner.train import DistInfo, from_rank0
+    from robustgrid.runner.distributed import DistInfo, from_rank0
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         # each rank measured something else (its own BatchNorm statistics); all act on rank 0's

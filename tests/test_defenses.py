@@ -3,10 +3,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from robustgrid.attacks import get_attack, to_8bit_grid
+from robustgrid.defenses import apply_defense, defense_names, to_uint8
 from skimage.restoration import denoise_tv_chambolle
-
-from attacks import get_attack, to_8bit_grid
-from defenses import apply_defense, defense_names, to_uint8
 
 
 def _oracle(name, img, **p):

@@ -1,10 +1,14 @@
 """The engine (shared image sets, batched defenses, channels_last) equals the reference pipeline
 (every cell on its own, defenses one image at a time through OpenCV / scikit-image)."""
 import torch
-
-from runner.evaluate import Engine, image_key, plan_cells, run_cells
-from runner.reference import reference_rows
-from runner.spec import EvaluateSpec
+from robustgrid.runner.evaluate import (
+    Engine,
+    image_key,
+    plan_cells,
+    reference_rows,
+    run_cells,
+)
+from robustgrid.runner.spec import EvaluateSpec
 
 META = {"sweep": "t", "run_id": "r", "trial_id": "t0", "model": "simple_cnn", "dataset": "synthetic"}
 GRID = {"eps": [0, "2/255", "8/255"], "sources": ["self", "fp32"], "quant": ["fp32", "dynamic_int8"],

@@ -1,8 +1,14 @@
 import pytest
 import torch
-
-from models import (CheckpointError, create_model, load_checkpoint, model_names, quantize,
-                    save_checkpoint, state_dict_bytes)
+from robustgrid.models import (
+    CheckpointError,
+    create_model,
+    load_checkpoint,
+    model_names,
+    quantize,
+    save_checkpoint,
+    state_dict_bytes,
+)
 
 
 def test_improved_cnn_sizes_match_the_notebook():

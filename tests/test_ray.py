@@ -15,8 +15,8 @@ import yaml
 
 ray = pytest.importorskip("ray")
 
-from runner.cli import main  # noqa: E402
-from runner.store import ResultStore  # noqa: E402
+from robustgrid.runner.cli import main  # noqa: E402
+from robustgrid.runner.results import ResultStore  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_inline_executor_gives_the_same_tables(cluster, tmp_path):
 
 
 def test_zero_gpu_task_sees_no_gpu_and_a_gpu_task_its_own(cluster):
-    from runner.tune import run_task
+    from robustgrid.runner.execute.ray_setup import run_task
 
     def visible():
         return os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -117,7 +117,7 @@ def test_kill_and_resume_loses_and_duplicates_nothing(cluster, tmp_path):
     out = tmp_path / "out"
     p = sweep_file(tmp_path, "resume", train__lr={"grid_search": [0.001, 0.002, 0.003]}, train__epochs=3,
                    data__synthetic_train=1500, resources__gpus_per_trial=0, resources__max_concurrent_trials=1)
-    cmd = [sys.executable, "-m", "runner.cli", "run", str(p), "--out", str(out), "--address", cluster.address]
+    cmd = [sys.executable, "-m", "robustgrid.runner.cli", "run", str(p), "--out", str(out), "--address", cluster.address]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 240
@@ -145,7 +145,7 @@ def test_kill_and_resume_loses_and_duplicates_nothing(cluster, tmp_path):
 
 
 def test_int8_cells_split_by_defense_over_free_cpus():
-    from runner.tune import _int8_tasks_per_checkpoint, _split
+    from robustgrid.runner.execute.ray_eval import _int8_tasks_per_checkpoint, _split
     defenses = {n: {} for n in ("none", "gaussian_blur", "jpeg", "median", "tv_denoise")}
     assert _int8_tasks_per_checkpoint(16, 1, 5, has_gpu=True) == 5       # one GPU box: int8 over 5 cores
     assert _int8_tasks_per_checkpoint(2, 4, 5, has_gpu=True) == 1        # always off the GPU task

@@ -2,8 +2,7 @@
 from pathlib import Path
 
 import pytest
-
-from runner.spec import load_spec
+from robustgrid.runner.spec import load_spec
 
 SWEEPS = Path(__file__).parent.parent / "sweeps"
 
@@ -29,7 +28,7 @@ def test_quickstart_is_the_promised_grid():
 
 
 def test_linnaeus_sweep_needs_its_folder(tmp_path):
-    from runner.spec import SpecError
+    from robustgrid.runner.spec import SpecError
     with pytest.raises(SpecError, match="data.path"):
         load_spec(SWEEPS / "linnaeus5.yaml", [f"data.path={tmp_path / 'missing'}"])
     for split in ("train", "test"):

@@ -1,8 +1,7 @@
 """Training options that change how, not what: torch.compile and channels_last train the same model."""
 import torch
-
-from models.checkpoint import read_checkpoint
-from runner.train import train
+from robustgrid.models import read_checkpoint
+from robustgrid.runner.train import train
 
 CONFIG = {"model": "simple_cnn", "dataset": "synthetic", "synthetic_train": 600, "synthetic_test": 100,
           "epochs": 2, "batch_size": 64, "seed": 1, "threads": 2}

@@ -1,4 +1,4 @@
-"""Datasets as whole uint8 tensors (airbench-style): cifar10, imagefolder, synthetic.
+"""Datasets as whole uint8 tensors (airbench-style): cifar10, imagefolder, synthetic, and splits.
 
 Every split is (images uint8 NCHW, labels int64). Images become [0,1] floats only in the
 batch that is fed to a model; mean/std live in the model.
@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .download import CIFAR_DIR, CLASSES as CIFAR10_CLASSES, cifar10_present, fetch_cifar10
+from ..spec import DataSpec
+from .download import CIFAR_DIR, cifar10_present, fetch_cifar10
+from .download import CLASSES as CIFAR10_CLASSES
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -139,26 +141,23 @@ def split_train_val(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int =
     return x[train], y[train], x[val], y[val]
 
 
-def load_splits(dataset: str, root=None, path=None, val_size: int = 5000, split_seed: int = 0,
-                train_subset: int | None = None, synthetic_size: tuple[int, int] = (2000, 500),
-                progress=None) -> Splits:
-    if dataset == "cifar10":
-        train_x, train_y, test_x, test_y, classes = load_cifar10(resolve_root(root), progress=progress)
+def load_splits(data: DataSpec, progress=None) -> Splits:
+    """The train / validation / test splits a DataSpec describes (validation: a fixed-seed slice of train)."""
+    if data.dataset == "cifar10":
+        train_x, train_y, test_x, test_y, classes = load_cifar10(resolve_root(data.root), progress=progress)
         mean, std = CIFAR10_MEAN, CIFAR10_STD
-    elif dataset == "imagefolder":
-        if not path:
+    elif data.dataset == "imagefolder":
+        if not data.path:
             raise DataError("data.path: imagefolder needs a folder with train/ and test/")
-        train_x, train_y, test_x, test_y, classes = load_imagefolder(path)
-        mean, std = _channel_stats(train_x)
-    elif dataset == "synthetic":
-        train_x, train_y, test_x, test_y, classes = load_synthetic(*synthetic_size)
+        train_x, train_y, test_x, test_y, classes = load_imagefolder(data.path)
         mean, std = _channel_stats(train_x)
     else:
-        raise DataError(f"unknown dataset {dataset!r}; known: cifar10, imagefolder, synthetic")
-    val_size = min(val_size, len(train_x) // 10) if dataset != "cifar10" else val_size
-    tr_x, tr_y, va_x, va_y = split_train_val(train_x, train_y, val_size, split_seed)
-    if train_subset:
-        tr_x, tr_y = tr_x[:train_subset], tr_y[:train_subset]
+        train_x, train_y, test_x, test_y, classes = load_synthetic(data.synthetic_train, data.synthetic_test)
+        mean, std = _channel_stats(train_x)
+    val_size = min(data.val_size, len(train_x) // 10) if data.dataset != "cifar10" else data.val_size
+    tr_x, tr_y, va_x, va_y = split_train_val(train_x, train_y, val_size, data.split_seed)
+    if data.train_subset:
+        tr_x, tr_y = tr_x[:data.train_subset], tr_y[:data.train_subset]
     return Splits(tr_x, tr_y, va_x, va_y, test_x, test_y, classes, mean, std)
 
 
@@ -167,35 +166,3 @@ def _channel_stats(x: torch.Tensor):
     mean = tuple(round(v, 4) for v in f.mean((0, 2, 3)).tolist())
     std = tuple(round(max(v, 1e-3), 4) for v in f.std((0, 2, 3)).tolist())
     return mean, std
-
-
-# --- batches ------------------------------------------------------------------------------
-
-def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
-    return x_uint8.to(torch.float32) / 255
-
-
-def augment_params(n: int, seed: int, epoch: int, pad: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Crop offsets and flips for every sample of an epoch, indexed by sample.
-
-    Drawn for the whole epoch from (seed, epoch), so a sample gets the same crop whichever
-    rank or batch it lands in: DDP and single-process runs see identical inputs.
-    """
-    g = torch.Generator().manual_seed(seed * 100003 + epoch)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
-    flip = torch.rand(n, generator=g) < 0.5
-    return dx, dy, flip
-
-
-def crop_flip(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    """Random crop with zero padding + horizontal flip, batched, on x's device (any dtype)."""
-    n, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    dev = x.device
-    rows = dy.to(dev).view(n, 1) + torch.arange(h, device=dev).view(1, h)          # (n, h)
-    cols = dx.to(dev).view(n, 1) + torch.arange(w, device=dev).view(1, w)          # (n, w)
-    cols = torch.where(flip.to(dev).view(n, 1), cols.flip(1), cols)
-    idx_n = torch.arange(n, device=dev).view(n, 1, 1)
-    out = padded.permute(0, 2, 3, 1)[idx_n, rows.view(n, h, 1), cols.view(n, 1, w)]  # (n, h, w, c)
-    return out.permute(0, 3, 1, 2).contiguous()

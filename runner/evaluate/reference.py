@@ -15,11 +15,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from attacks import to_8bit_grid
-
-from .device import ieee_fp32
-from .evaluate import Models, _attack, _defend, _predict, make_row, plan_cells
-from .spec import EvaluateSpec
+from ...attacks import to_8bit_grid
+from ..device import ieee_fp32
+from ..provenance import images_digest
+from ..spec import EvaluateSpec
+from .batching import attack_images, defend_images, predict
+from .engine import Models
+from .plan import plan_cells
+from .rows import make_row
 
 
 def reference_rows(fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor,
@@ -31,11 +34,12 @@ def reference_rows(fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, labe
 def _reference_rows(fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor,
                     device: torch.device, meta: dict[str, Any]) -> list[dict]:
     m = Models.build(fp32, ev.quant, device)
+    digest = images_digest(images, labels)
     clean_ok: dict[tuple, torch.Tensor] = {}
 
     def correct(quant: str, imgs: torch.Tensor, defense: str, params: dict) -> torch.Tensor:
-        defended = _defend(defense, params, imgs, "reference", ev.batch_size)
-        return _predict(m.models[quant], defended, m.devices[quant], ev.batch_size) == labels
+        defended = defend_images(defense, params, imgs, "reference", ev.batch_size)
+        return predict(m.models[quant], defended, m.devices[quant], ev.batch_size) == labels
 
     rows = []
     for c in plan_cells(ev):
@@ -45,11 +49,12 @@ def _reference_rows(fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, lab
             adv = to_8bit_grid(images)
         else:
             source = c.quant if c.attack_source == "self" else "fp32"
-            adv = _attack(m.models[source], c.attack, images, labels, c.eps, m.devices[source], ev.batch_size)
+            adv = attack_images(m.models[source], c.attack, images, labels, c.eps, m.devices[source], ev.batch_size)
         ok = correct(c.quant, adv, c.defense, params)
         key = (c.quant, c.defense, c.defense_params)
         if key not in clean_ok:
             clean_ok[key] = ok if c.eps == 0 else correct(c.quant, to_8bit_grid(images), c.defense, params)
-        rows.append(make_row(c, ok, clean_ok[key], time.perf_counter() - t0, meta,
-                             m.sizes[c.quant], m.devices[c.quant], ev.seed, m.precision(c.quant)))
+        rows.append(make_row(c, ok, clean_ok[key], time.perf_counter() - t0, meta, model_bytes=m.sizes[c.quant],
+                             device=m.devices[c.quant], precision=m.precision(c.quant), seed=ev.seed,
+                             data_digest=digest))
     return rows

@@ -8,7 +8,6 @@ loses no finished cell), and a cell already present is never computed or written
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterable
@@ -17,6 +16,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ...files import atomic_write
+
+# Provenance (runner/provenance.py): which code and libraries made a row, and which images it saw.
+PROVENANCE_FIELDS = [
+    ("data_digest", pa.string()), ("code_version", pa.string()), ("git_commit", pa.string()),
+    ("git_dirty", pa.bool_()), ("torch_version", pa.string()), ("torchvision_version", pa.string()),
+    ("opencv_version", pa.string()), ("skimage_version", pa.string()), ("ray_version", pa.string()),
+]
+
 EVAL_SCHEMA = pa.schema([
     ("sweep", pa.string()), ("run_id", pa.string()), ("trial_id", pa.string()), ("model", pa.string()),
     ("dataset", pa.string()), ("quant", pa.string()), ("model_bytes", pa.int64()), ("attack", pa.string()),
@@ -24,7 +32,7 @@ EVAL_SCHEMA = pa.schema([
     ("defense_params", pa.string()), ("n", pa.int64()), ("correct", pa.int64()), ("accuracy", pa.float64()),
     ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("attack_success_rate", pa.float64()),
     ("seconds", pa.float64()), ("device", pa.string()), ("precision", pa.string()), ("seed", pa.int64()),
-    ("created_at", pa.timestamp("us", tz="UTC")), ("code_version", pa.string()), ("torch_version", pa.string()),
+    ("created_at", pa.timestamp("us", tz="UTC")), *PROVENANCE_FIELDS,
 ])
 
 EPOCH_SCHEMA = pa.schema([
@@ -39,19 +47,21 @@ _TRIAL_RESULT_FIELDS = [
     ("error", pa.string()), ("best_val_accuracy", pa.float64()), ("best_epoch", pa.int64()),
     ("test_accuracy", pa.float64()), ("epochs_run", pa.int64()), ("seconds", pa.float64()),
     ("world_size", pa.int64()), ("device", pa.string()), ("node", pa.string()), ("node_ip", pa.string()), ("node_id", pa.string()),
-    ("gpu_ids", pa.string()), ("cuda_visible_devices", pa.string()), ("checkpoint", pa.string()), ("fp32_bytes", pa.int64()), ("int8_bytes", pa.int64()),
+    ("gpu_ids", pa.string()), ("cuda_visible_devices", pa.string()), ("checkpoint", pa.string()),
+    ("fp32_bytes", pa.int64()), ("int8_bytes", pa.int64()), *PROVENANCE_FIELDS,
 ]
 
 
 def trials_schema() -> pa.Schema:
     """Result columns plus the trial's configuration, one flat column per TrainConfig key."""
-    from .spec import TrainConfig
+    from ..spec import TrainConfig
     types = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
+    results = dict(_TRIAL_RESULT_FIELDS)
     config_fields = []
-    for name, field in TrainConfig.model_fields.items():
+    for name, field in TrainConfig.flat_fields().items():
         ann = field.annotation
         base = next((t for t in (bool, int, float) if ann is t or ann == (t | None)), str)
-        config_fields.append((f"config_{name}" if name in dict(_TRIAL_RESULT_FIELDS) else name, types[base]))
+        config_fields.append((f"config_{name}" if name in results else name, types[base]))
     return pa.schema(_TRIAL_RESULT_FIELDS + config_fields)
 
 
@@ -59,16 +69,9 @@ EVAL_KEY = ["trial_id", "quant", "attack", "attack_source", "eps", "defense", "d
 TRIAL_KEY = ["trial_id"]
 
 
-def atomic_write_table(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_table(table: pa.Table, path: Path) -> None:
+    with atomic_write(path) as f:
+        pq.write_table(table, f)
 
 
 def _clean(value, field: pa.Field):
@@ -106,7 +109,7 @@ class ResultStore:
         if not rows:
             return None
         part = self.eval_dir / f"part-{uuid.uuid4().hex}.parquet"
-        atomic_write_table(_table(rows, EVAL_SCHEMA), part)
+        write_table(_table(rows, EVAL_SCHEMA), part)
         return part
 
     def read_eval(self, columns: list[str] | None = None) -> pd.DataFrame:
@@ -130,7 +133,7 @@ class ResultStore:
             keys = set(map(tuple, new[key].itertuples(index=False)))
             old = old[[tuple(k) not in keys for k in old[key].itertuples(index=False)]]
             new = pd.concat([old, new], ignore_index=True) if len(old) else new
-        atomic_write_table(pa.Table.from_pandas(new, schema=schema, preserve_index=False), self.path(table))
+        write_table(pa.Table.from_pandas(new, schema=schema, preserve_index=False), self.path(table))
 
     def read(self, table: str) -> pd.DataFrame:
         if table == "eval":

@@ -1,0 +1,31 @@
+"""One way to write a file: atomically, with the permissions any new file of the user's gets."""
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import IO, Iterator
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Write to a temporary file beside `path`, then rename it into place.
+
+    A crash or an exception mid-write leaves the old file (or none) and no temporary behind.
+    The temporary is created with mode 0666 minus the umask, as open() would create `path`
+    itself (tempfile.mkstemp's 0600 would make results unreadable to the user's group).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,89 @@
+"""The notebook API, thin over what the CLI does.
+
+    import robustgrid
+    res = robustgrid.run("quickstart", overrides=["train.epochs=1"])   # a file, a bundled name, or a dict
+    res.eval.pivot_table(index="eps", columns="defense", values="accuracy")
+    res = robustgrid.load("results/quickstart")                        # an existing results folder
+    res.plot()                                                         # PNGs under plots/, their paths
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from .results import ResultStore, plot_all, views_of
+from .results.render import render
+
+
+@dataclass(frozen=True)
+class Results:
+    """A results folder as tidy DataFrames with the schema's dtypes (pyarrow-backed where pandas has none)."""
+    root: Path
+
+    def _store(self) -> ResultStore:
+        return ResultStore(self.root)
+
+    @property
+    def eval(self) -> pd.DataFrame:
+        """One row per cell (see the README's schema)."""
+        return self._store().read_eval()
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        return self._store().read("trials")
+
+    @property
+    def epochs(self) -> pd.DataFrame:
+        return self._store().read("epochs")
+
+    def table(self, fmt: str = "markdown", **filters) -> str | None:
+        """The views `robustgrid show` prints, as markdown / csv / json text (or rich, printed)."""
+        return render(views_of(self.root, **filters), fmt)
+
+    def plot(self) -> list[Path]:
+        return plot_all(self.root)
+
+
+def load(root: str | os.PathLike) -> Results:
+    root = Path(root).expanduser().resolve()
+    if not (root / "trials.parquet").exists():
+        from .spec import SpecError
+        raise SpecError(f"{root}: not a results folder (no trials.parquet)")
+    return Results(root)
+
+
+def run(sweep: str | os.PathLike | dict[str, Any], out: str | os.PathLike | None = None,
+        overrides: Iterable[str] = (), executor: str = "ray", address: str | None = None,
+        resume: bool = False) -> Results:
+    """Run a sweep (a file, a bundled sweep's name, or a dict shaped like a sweep file) as
+    `robustgrid run` does; returns its results. A bad sweep raises SpecError naming the key path."""
+    from .execute import Sweep, resolve_out
+    from .spec import load_spec, set_override, validate
+    if isinstance(sweep, dict):
+        raw = copy.deepcopy(sweep)
+        for assignment in overrides:
+            set_override(raw, assignment)
+        spec = validate(raw)
+    else:
+        from .bundled import resolve_sweep
+        spec, raw = load_spec(resolve_sweep(str(sweep)), list(overrides))
+    s = Sweep(spec, raw, resolve_out(spec, out))
+    s.write_spec()
+    if executor == "inline":
+        from .execute import run_inline
+        run_inline(s, resume=True)
+    else:
+        from .execute import run_ray
+        run_ray(s, address=address, resume=resume)
+    return Results(s.out)
+
+
+def sweeps() -> pd.DataFrame:
+    """The sweep files that come with robustgrid: name, description, path."""
+    from .bundled import bundled_sweeps
+    return pd.DataFrame([{"name": n, "description": d, "path": str(p)} for n, (p, d) in bundled_sweeps().items()])

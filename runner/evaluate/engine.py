@@ -1,0 +1,157 @@
+"""The evaluation engine: one checkpoint's grid of cells, every image set and defended set made once.
+
+    cell = (quant, attack, attack_source, eps, defense)
+
+Adversarial images are made once per (source model, attack, eps), rounded to the 8-bit
+grid once (what an attacker delivers as a file), and reused for every defense and every
+model they are transferred to.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+from ...attacks import gradient_step, input_gradient, to_8bit_grid
+from ...models import quant_mode, quantize, state_dict_bytes
+from ..device import clock, fp32_precision, ieee_fp32
+from ..provenance import images_digest
+from ..spec import EvaluateSpec
+from .batching import attack_images, defend_images, over_batches, predict
+from .plan import Cell, image_key
+from .rows import make_row
+
+
+@dataclass
+class Models:
+    """The models of one checkpoint under evaluation, one per quant mode, where each runs."""
+    models: dict[str, nn.Module]
+    devices: dict[str, torch.device]
+    sizes: dict[str, int]
+
+    @classmethod
+    def build(cls, fp32: nn.Module, quants: Iterable[str], device: torch.device) -> "Models":
+        fp32 = fp32.to(device, memory_format=torch.channels_last).eval()
+        models, devices = {"fp32": fp32}, {"fp32": device}
+        for q in quants:
+            mode = quant_mode(q)
+            if mode.needs_cuda and device.type != "cuda":
+                raise RuntimeError(f"evaluate.quant: {q} needs a CUDA device (running on {device})")
+            models[q] = quantize(fp32, q)   # a converted copy; int8 lands on the CPU
+            devices[q] = torch.device("cpu") if mode.cpu_only else device
+        return cls(models, devices, {q: state_dict_bytes(m) for q, m in models.items()})
+
+    def precision(self, quant: str) -> str:
+        """The arithmetic behind a quant mode's predictions (fp32 on a GPU: IEEE unless TF32 is on)."""
+        return quant_mode(quant).precision or fp32_precision(self.devices[quant])
+
+
+class Engine:
+    """One checkpoint's evaluation: every image set made once, every defended set made once.
+
+    Adversarial images are cached per (source model, attack, eps); within one such set each
+    defense runs once and its output is scored by every model that set is shown to (the FP32
+    model white-box, int8 by transfer); clean scores are kept for the attack-success rate.
+    """
+
+    def __init__(self, fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor,
+                 device: torch.device):
+        # Images stay on the device (defenses run there); labels stay on the CPU, with the predictions.
+        self.ev, self.images, self.labels, self.device = ev, images.to(device), labels.cpu(), device
+        self.data_digest = images_digest(images, labels)       # which test images every row saw
+        self.built = Models.build(fp32, ev.quant, device)
+        self.models, self.devices, self.sizes = self.built.models, self.built.devices, self.built.sizes
+        self.precision = self.built.precision
+        self._adv: dict[tuple, tuple[torch.Tensor, float]] = {}
+        self._grad: dict[str, torch.Tensor] = {}   # source model -> input gradients
+        self._correct: dict[tuple, torch.Tensor] = {}    # (quant, image key, defense, params) -> right or not
+
+    def adversarial(self, key: tuple) -> tuple[torch.Tensor, float]:
+        """Images for image_key (made once) and the seconds it took to make them."""
+        if key not in self._adv:
+            t0 = clock(self.device)
+            if key == ("clean",):
+                adv = to_8bit_grid(self.images)
+            else:
+                source, attack, eps = key
+                adv = self._make_adversarial(source, attack, eps)
+            # Keep the clean and the FP32-made images (shared by every model they transfer to);
+            # a quant mode's own white-box images serve only its own cells.
+            seconds = clock(self.device, *self.devices.values()) - t0
+            self._adv = {k: v for k, v in self._adv.items() if k[0] in ("clean", "fp32")} | {key: (adv, seconds)}
+        return self._adv[key]
+
+    def _make_adversarial(self, source: str, attack: str, eps: float) -> torch.Tensor:
+        model, dev, bs = self.models[source], self.devices[source], self.ev.batch_size
+        step = gradient_step(attack)
+        if step is None:
+            return attack_images(model, attack, self.images, self.labels, eps, dev, bs)
+        if source not in self._grad:      # single-step attack: one gradient serves every eps
+            self._grad = {source: over_batches(input_gradient, model, self.images, self.labels, dev, bs)}
+        return to_8bit_grid(step(self.images, self._grad[source], eps))
+
+    def import_adversarials(self, adversarials: dict[tuple[str, float], torch.Tensor]) -> None:
+        """FP32-made images from another task (a GPU task hands them to the int8 CPU tasks)."""
+        for (attack, eps), images in adversarials.items():
+            self._adv[("fp32", attack, eps)] = (images.to(self.device, torch.float32) / 255, 0.0)
+
+    def export_adversarials(self, which: Iterable[tuple[str, float]]) -> dict[tuple[str, float], torch.Tensor]:
+        """FP32-made images {(attack, eps): uint8} for other tasks; exact, as they lie on the 8-bit grid."""
+        return {(attack, eps): torch.round(self.adversarial(("fp32", attack, eps))[0] * 255).to(torch.uint8).cpu()
+                for attack, eps in which}
+
+    def defend(self, images: torch.Tensor, defense: str, params_json: str) -> torch.Tensor:
+        return defend_images(defense, json.loads(params_json), images, self.ev.defense_backend, self.ev.batch_size)
+
+    def correct(self, quant: str, key: tuple, defense: str, params_json: str,
+                defended: torch.Tensor | None = None) -> torch.Tensor:
+        """Which images `quant` gets right of image set `key` under a defense, computed once (the clean
+        scores serve every attack-success rate; int8 'self' and 'fp32' at eps 0 are one image set)."""
+        memo = (quant, key, defense, params_json)
+        if memo not in self._correct:
+            if defended is None:
+                defended = self.defend(self.adversarial(key)[0], defense, params_json)
+            preds = predict(self.models[quant], defended, self.devices[quant], self.ev.batch_size)
+            self._correct[memo] = preds == self.labels
+        return self._correct[memo]
+
+
+def run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any],
+              on_rows: Callable[[list[dict]], None] | None = None, progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Compute cells grouped by their images, then by defense; hand rows over one image set at a time."""
+    with ieee_fp32():     # "fp32" cells are IEEE fp32 on a GPU too
+        return _run_cells(engine, cells, meta, on_rows, progress)
+
+
+def _run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any], on_rows, progress) -> list[dict]:
+    groups: dict[tuple, dict[tuple, list[Cell]]] = {}
+    for c in sorted(cells, key=lambda c: c.eps):          # clean first: its scores serve the success rates
+        groups.setdefault(image_key(c), {}).setdefault((c.defense, c.defense_params), []).append(c)
+    all_rows = []
+    for key, by_defense in groups.items():
+        adv, attack_seconds = engine.adversarial(key)
+        n_cells = sum(len(g) for g in by_defense.values())
+        rows = []
+        for (defense, params), group in by_defense.items():
+            t0 = clock(engine.device)
+            defended = engine.defend(adv, defense, params)
+            shared = (clock(engine.device) - t0) / len(group) + attack_seconds / n_cells
+            for c in group:
+                t1 = clock(engine.device)
+                ok = engine.correct(c.quant, key, defense, params, defended)
+                clean_ok = engine.correct(c.quant, ("clean",), defense, params)
+                # predictions come back to the CPU (.cpu() waits for the device): the clock is honest
+                rows.append(make_row(c, ok, clean_ok, time.perf_counter() - t1 + shared, meta,
+                                     model_bytes=engine.sizes[c.quant], device=engine.devices[c.quant],
+                                     precision=engine.precision(c.quant), seed=engine.ev.seed,
+                                     data_digest=engine.data_digest))
+        all_rows += rows
+        if on_rows:
+            on_rows(rows)
+        if progress:
+            progress(len(rows))
+    return all_rows

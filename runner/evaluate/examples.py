@@ -1,0 +1,33 @@
+"""A few images as the notebooks showed them: original, adversarial, each defense, predictions."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...attacks import to_8bit_grid
+from ...defenses import apply_defense
+from ...files import atomic_write
+from ..spec import EvaluateSpec
+from .batching import predict
+from .engine import Engine
+
+
+def save_examples(engine: Engine, ev: EvaluateSpec, classes: list[str], path: Path) -> None:
+    """A few images as the notebooks showed them: original, adversarial, each defense, predictions."""
+    k = min(ev.examples, len(engine.images))
+    eps = max(ev.eps)
+    attack = ev.attacks[0]
+    adv, _ = engine.adversarial(("fp32", attack, eps) if eps > 0 else ("clean",))
+    model, dev = engine.models["fp32"], engine.devices["fp32"]
+    panels = {"original": to_8bit_grid(engine.images[:k]), f"{attack} eps={eps:.4f}": adv[:k]}
+    for name, params in ev.defenses.items():
+        if name != "none":
+            panels[name] = apply_defense(name, adv[:k], params, ev.defense_backend)
+    titles = list(panels)
+    stack = torch.stack([panels[t].cpu() for t in titles])                # (panels, k, 3, H, W), off the GPU
+    preds = torch.stack([predict(model, panels[t], dev, k) for t in titles])
+    with atomic_write(path) as f:
+        np.savez(f, images=(stack * 255).round().to(torch.uint8).numpy(), preds=preds.numpy(),
+                 labels=engine.labels[:k].numpy(), titles=np.array(titles), classes=np.array(classes))

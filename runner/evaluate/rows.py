@@ -1,0 +1,30 @@
+"""One cell's row: counts, Wilson interval, attack-success rate, where and how it ran, provenance."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import torch
+
+from ..provenance import software
+from .plan import Cell
+from .stats import wilson_interval
+
+META_KEYS = ("sweep", "run_id", "trial_id", "model", "dataset")
+
+
+def make_row(c: Cell, ok: torch.Tensor, clean_ok: torch.Tensor, seconds: float, meta: dict, *,
+             model_bytes: int, device: torch.device, precision: str, seed: int, data_digest: str) -> dict:
+    """ok / clean_ok: which images the model gets right in this cell / without attack (same defense)."""
+    n, correct = len(ok), int(ok.sum())
+    lo, hi = wilson_interval(correct, n)
+    base = int(clean_ok.sum())
+    flipped = int((clean_ok & ~ok).sum())
+    return {
+        **{k: meta[k] for k in META_KEYS},
+        "quant": c.quant, "model_bytes": model_bytes, "attack": c.attack, "attack_source": c.attack_source,
+        "eps": c.eps, "defense": c.defense, "defense_params": c.defense_params, "n": n, "correct": correct,
+        "accuracy": correct / n, "ci_low": lo, "ci_high": hi,
+        "attack_success_rate": flipped / base if base else float("nan"),
+        "seconds": seconds, "device": str(device), "precision": precision, "seed": seed,
+        "created_at": datetime.now(timezone.utc), "data_digest": data_digest, **software(),
+    }

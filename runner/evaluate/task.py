@@ -1,0 +1,96 @@
+"""An evaluation task: one checkpoint, one grid, the test images. What a Ray task or the inline
+executor runs, as a plain function of a typed `EvalTask`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from ...models import load_checkpoint
+from ..data import load_splits, to_float
+from ..device import ieee_fp32, pick_device
+from ..spec import DataSpec, EvaluateSpec
+from .engine import Engine, run_cells
+from .examples import save_examples
+from .plan import Cell, image_key, plan_cells
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    checkpoint: str
+    trial_id: str
+    sweep: str
+    run_id: str
+    model: str
+    data: DataSpec
+    evaluate: EvaluateSpec
+    threads: int | None = None
+    examples_path: str | None = None
+
+    @property
+    def meta(self) -> dict[str, str]:
+        """What every row of this task says about where it came from."""
+        return {"sweep": self.sweep, "run_id": self.run_id, "trial_id": self.trial_id, "model": self.model,
+                "dataset": self.data.dataset}
+
+    def with_grid(self, **updates) -> "EvalTask":
+        """The same task on part of its grid (e.g. quant=['dynamic_int8'], defenses={...}, device='cpu')."""
+        return replace(self, evaluate=self.evaluate.model_copy(update=updates))
+
+    def cells_left(self, done: Iterable[tuple], n: int) -> list[Cell]:
+        done = set(done)
+        return [c for c in plan_cells(self.evaluate) if c.key(self.trial_id, n, self.evaluate.seed) not in done]
+
+
+def test_images(data: DataSpec, n_images: int | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    splits = load_splits(data)
+    x, y = splits.test_x, splits.test_y
+    if n_images:
+        x, y = x[:n_images], y[:n_images]  # the first N test images: the same subset everywhere
+    return to_float(x), y, splits.classes
+
+
+def _prepare(task: EvalTask, done: Iterable[tuple]):
+    if task.threads:
+        torch.set_num_threads(int(task.threads))
+    torch.manual_seed(task.evaluate.seed)
+    images, labels, classes = test_images(task.data, task.evaluate.n_images)
+    return images, labels, classes, task.cells_left(done, len(images))
+
+
+def evaluate_checkpoint(task: EvalTask, done: Iterable[tuple] = (),
+                        on_rows: Callable[[list[dict]], None] | None = None,
+                        progress: Callable[[int], None] | None = None,
+                        adversarials: dict | None = None) -> list[dict]:
+    """Evaluate one checkpoint over task.evaluate's grid, skipping cells in `done`.
+
+    adversarials: FP32-made images {(attack, eps): uint8} made elsewhere (make_adversarials),
+    used instead of making them again.
+    """
+    images, labels, classes, cells = _prepare(task, done)
+    if not cells:
+        return []
+    ev = task.evaluate
+    engine = Engine(load_checkpoint(task.checkpoint), ev, images, labels, pick_device(ev.device))
+    if adversarials:
+        engine.import_adversarials(adversarials)
+    rows = run_cells(engine, cells, task.meta, on_rows, progress)
+    if task.examples_path and ev.examples and "fp32" in engine.models:
+        with ieee_fp32():
+            save_examples(engine, ev, classes, Path(task.examples_path))
+    return rows
+
+
+def make_adversarials(task: EvalTask, done: Iterable[tuple] = ()) -> dict[tuple[str, float], torch.Tensor]:
+    """The FP32-made adversarial images {(attack, eps): uint8} of the cells still to do, for other
+    tasks to share (an attack task on the GPU feeds the int8 CPU tasks and the GPU cells task)."""
+    images, labels, _, cells = _prepare(task, done)
+    wanted = {(c.attack, c.eps) for c in cells if image_key(c)[0] == "fp32"}
+    if not wanted:
+        return {}
+    ev = task.evaluate.model_copy(update={"quant": ["fp32"]})
+    engine = Engine(load_checkpoint(task.checkpoint), ev, images, labels, pick_device(ev.device))
+    with ieee_fp32():
+        return engine.export_adversarials(sorted(wanted))

@@ -1,0 +1,110 @@
+"""Ray for `robustgrid run`: started inside this process (laptop) or joined (`--address`,
+RAY_ADDRESS); the cluster checked before anything waits on it; the devices each trial and task
+may touch. Code that runs inside trials and tasks starts with `hide_unassigned_gpus`."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from ..console import console
+from ..spec import SpecError
+from .sweep import Sweep
+
+
+def _where() -> dict[str, str]:
+    import ray
+    ctx = ray.get_runtime_context()
+    return {"node": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
+            "node_id": ctx.get_node_id(), "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")}
+
+
+def hide_unassigned_gpus() -> None:
+    """A trial or task that Ray gave no GPU sees none, whatever the machine has.
+
+    Ray >= 2.48 leaves CUDA_VISIBLE_DEVICES alone when zero GPUs are assigned, so such a process
+    would see (and open a context on) every GPU of its node, GPUs Ray gave to others. Runs
+    before anything touches CUDA in the process; the device passed in is 'cpu' as well.
+    """
+    import ray
+    if not ray.get_gpu_ids():
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def device_for(setting: str, gpus: float) -> str:
+    """The device a trial or task is handed: 'auto' with no GPU reserved is the CPU, explicitly."""
+    return "cpu" if setting == "auto" and gpus == 0 else setting
+
+
+def run_task(fn, *args, **kwargs):
+    """Body of every evaluation task: devices first, then the plain function."""
+    hide_unassigned_gpus()
+    return fn(*args, **kwargs)
+
+
+def init_ray(address: str | None) -> None:
+    """Start Ray in this process (address None) or join a cluster. Ray's own banners and warnings
+    stay in Ray's logs (session folder, results/ray/driver.log); robustgrid's output stays readable."""
+    import logging
+
+    import ray
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # a small checkpoint an epoch is intended
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # Tune's boxed experiment header and TensorBoard hint
+    # Workers given no GPU get CUDA_VISIBLE_DEVICES="" from Ray as well (hide_unassigned_gpus is the
+    # guarantee; this makes Ray do it before our code runs, in this job's workers on any node).
+    env = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
+    ray.init(address=address or None, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env},
+             logging_level=logging.ERROR if address is None else logging.WARNING)
+
+
+def check_cluster(sweep: Sweep, address: str | None) -> None:
+    """Fail early, with the reason, where Ray would otherwise wait forever."""
+    import ray
+    r = sweep.spec.resources
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    need_cpu = r.cpus_per_trial * r.workers_per_trial
+    if need_cpu > cpus:
+        raise SpecError(f"resources.cpus_per_trial: a trial needs {need_cpu:g} CPUs "
+                        f"({r.workers_per_trial} worker(s) x {r.cpus_per_trial:g}) but the cluster has {cpus:g}; "
+                        "Ray would wait for them forever. Lower cpus_per_trial or workers_per_trial.")
+    if r.gpus_per_trial > 0 and gpus == 0:
+        console.print("[yellow]no GPU in the cluster: trials run on the CPU (resources.gpus_per_trial ignored)[/yellow]")
+    elif r.gpus_per_trial * r.workers_per_trial > gpus:
+        raise SpecError(f"resources.gpus_per_trial: a trial needs {r.gpus_per_trial * r.workers_per_trial:g} GPUs, "
+                        f"the cluster has {gpus:g}")
+    _check_cuda_requests(sweep, gpus)
+    if address and len(ray.nodes()) > 1 and not _looks_shared(sweep.out):
+        console.print(f"[yellow]warning: {sweep.out} does not look like shared storage; on a multi-node cluster "
+                      "every node must see the results folder (NFS or similar)[/yellow]")
+
+
+def _check_cuda_requests(sweep: Sweep, cluster_gpus: float) -> None:
+    """device: cuda needs a GPU reserved for it; otherwise it would run on one Ray gave to someone else."""
+    r = sweep.spec.resources
+    wants_cuda = any(c["device"] == "cuda" for c in sweep.spec.trial_configs())
+    if wants_cuda and (r.gpus_per_trial == 0 or cluster_gpus == 0):
+        raise SpecError("train.device: cuda needs resources.gpus_per_trial > 0 on a cluster with GPUs "
+                        "(use device: auto to run where the GPUs are)")
+    if sweep.spec.evaluate.device == "cuda" and (r.eval_gpus == 0 or cluster_gpus == 0):
+        raise SpecError("evaluate.device: cuda needs resources.eval_gpus > 0 on a cluster with GPUs "
+                        "(use device: auto to run where the GPUs are)")
+
+
+def _looks_shared(path: Path) -> bool:
+    try:
+        import subprocess
+        fs = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True).stdout.strip()
+        return fs in {"nfs", "nfs4", "cifs", "smb2", "fuseblk", "fuse", "lustre", "gpfs", "ceph", "beegfs"}
+    except OSError:
+        return True
+
+
+def trial_resources(sweep: Sweep) -> dict[str, float]:
+    import ray
+    r = sweep.spec.resources
+    gpus = r.gpus_per_trial if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    return {"cpu": r.cpus_per_trial, "gpu": gpus}

@@ -1,0 +1,215 @@
+"""Training as Ray Tune trials: one trial per configuration, DDP trials through Ray Train.
+
+Trials run in working directories of Ray's own, so every path handed to them is absolute.
+Each trial's row is written the moment it ends (RecordTrials), so a crash loses no finished trial.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from ...files import atomic_write
+from ..console import console
+from ..provenance import PROVENANCE_KEYS
+from .live import LiveTrials
+from .ray_setup import _where, device_for, hide_unassigned_gpus, trial_resources
+from .sweep import Sweep
+
+EXPERIMENT_PREFIX = "train-"
+
+
+# --- inside a trial ---------------------------------------------------------------------------
+
+def _resume_path(out_dir: Path) -> Path | None:
+    """Tune's checkpoint when Tune restores the trial; else last.pt left by an earlier attempt."""
+    from ray import tune
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            if (Path(d) / "last.pt").exists():
+                local = out_dir / "last.pt"
+                if not local.exists():
+                    with atomic_write(local) as f:
+                        f.write((Path(d) / "last.pt").read_bytes())
+                return local
+    return out_dir / "last.pt" if (out_dir / "last.pt").exists() else None
+
+
+def final_metrics(result: dict[str, Any], where: dict[str, str]) -> dict[str, Any]:
+    return {**{k: v for k, v in result.items() if k != "history"}, **where, "final": True,
+            "history_json": json.dumps(result["history"])}
+
+
+def tune_trainable(config: dict[str, Any]) -> None:
+    """The Tune function trainable: one trial of `train(config)`, one worker."""
+    from ray import tune
+    trial = config["trial"]
+    hide_unassigned_gpus()
+    from ..train import train
+    cfg = dict(trial["config"])
+    cfg["threads"] = cfg.get("threads") or max(1, int(trial.get("cpus", 1)))
+    out_dir = Path(cfg["out_dir"])
+
+    def report(metrics, ckpt_dir):
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None)
+
+    result = train(cfg, report=report, resume_from=_resume_path(out_dir))
+    tune.report(final_metrics(result, _where()))
+
+
+def ddp_trainable(config: dict[str, Any]) -> None:
+    """A Tune trial that trains data-parallel on N Ray Train workers (TorchTrainer)."""
+    trial = config["trial"]
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+    scaling = ray.train.ScalingConfig(num_workers=trial["workers"], use_gpu=trial["gpus"] > 0,
+                                      resources_per_worker={"CPU": trial["cpus"], **({"GPU": trial["gpus"]} if trial["gpus"] else {})})
+    storage = str(Path(trial["config"]["out_dir"]) / "ray_train")
+    trainer = TorchTrainer(_ddp_worker, train_loop_config=trial, scaling_config=scaling,
+                           run_config=ray.train.RunConfig(name=trial["trial_id"], storage_path=storage,
+                                                          callbacks=[TuneReportCallback()]))
+    trainer.fit()
+
+
+def _ddp_worker(trial: dict[str, Any]) -> None:
+    import ray.train
+    hide_unassigned_gpus()
+    from ..train import train
+    cfg = {**trial["config"], "threads": max(1, int(trial["cpus"]))}
+    out_dir = Path(cfg["out_dir"])
+
+    def report(metrics, ckpt_dir):
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None)
+
+    resume = out_dir / "last.pt"
+    result = train(cfg, report=report, resume_from=resume if resume.exists() else None)
+    ray.train.report(final_metrics(result, _where()))
+
+# --- in the driver ----------------------------------------------------------------------------
+
+def train_ray(sweep: Sweep, resume: bool) -> None:
+    from ray import tune
+    res = trial_resources(sweep)
+    r = sweep.spec.resources
+    done = sweep.finished_trials()
+    todo = []
+    for t in sweep.trials():
+        if t["trial_id"] in done:
+            console.print(f"[dim]{t['trial_id']}: already trained, skipped[/dim]")
+        else:
+            config = {**t["config"], "device": device_for(t["config"]["device"], res["gpu"])}
+            todo.append(dict(t, config=config, cpus=res["cpu"], gpus=res["gpu"], workers=r.workers_per_trial))
+    storage = sweep.out / "ray"
+    restore = _restorable(storage) if resume else None
+    if not todo and restore is None:
+        return
+    if r.workers_per_trial > 1:
+        # The workers hold the CPUs/GPUs; the trial itself asks for one byte of memory, because Tune
+        # refuses an empty request and any CPU share would deadlock a 2-core machine.
+        trainable = tune.with_resources(ddp_trainable, {"cpu": 0, "memory": 1})
+    else:
+        trainable = tune.with_resources(tune_trainable, res)
+    live = LiveTrials(sweep.spec.name)
+    if restore is not None:
+        console.print(f"resuming Tune experiment {restore.name}")
+        tuner = tune.Tuner.restore(str(restore), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(todo)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent_trials, scheduler=_scheduler(sweep),
+                                        metric="best_val_accuracy", mode="max", trial_dirname_creator=_dirname,
+                                        reuse_actors=True),  # a new trial skips process start + torch import
+            run_config=tune.RunConfig(
+                name=EXPERIMENT_PREFIX + sweep.run_id, storage_path=str(storage), verbose=0,
+                failure_config=tune.FailureConfig(max_failures=r.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=[RecordTrials(sweep, live)]),
+        )
+    storage.mkdir(parents=True, exist_ok=True)
+    with live, open(storage / "driver.log", "a") as log, contextlib.redirect_stdout(log):
+        grid = tuner.fit()      # what Tune prints goes to results/ray/driver.log, not between our tables
+    _record(sweep, grid)
+
+
+class RecordTrials(Callback):
+    """Tune callbacks (in the driver): each trial's row into trials.parquet the moment it ends,
+    and what it reports handed to the live view."""
+
+    def __init__(self, sweep: Sweep, live: LiveTrials | None):
+        self.sweep, self.live = sweep, live
+
+    def __getstate__(self):  # Tune pickles its callbacks with the experiment state; the view stays here
+        return {"sweep": self.sweep, "live": None}
+
+    def _show(self, trial, **values) -> None:
+        if self.live is not None:
+            self.live.update(trial.config["trial"]["trial_id"], **values)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._show(trial, status="running")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if not result.get("final"):
+            self._show(trial, status="running", epoch=result.get("epoch"), val=result.get("best_val_accuracy"))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._show(trial, status="retrying")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        metrics = trial.last_result or {}
+        record_result(self.sweep, trial.config["trial"], metrics, None)
+        self._show(trial, status="finished" if metrics.get("final") else "stopped", test=metrics.get("test_accuracy"))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        err = getattr(trial, "error_msg", None) or "failed"
+        record_result(self.sweep, trial.config["trial"], None, str(err).strip().splitlines()[-1][:500])
+        self._show(trial, status="failed")
+
+
+def _dirname(trial) -> str:
+    return trial.config["trial"]["trial_id"] if isinstance(trial.config.get("trial"), dict) else trial.trial_id
+
+
+def _scheduler(sweep: Sweep):
+    s = sweep.spec.scheduler
+    if s.type != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+    return ASHAScheduler(time_attr="training_iteration", max_t=max(c["epochs"] for c in sweep.spec.trial_configs()),
+                         grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+
+
+def _restorable(storage: Path) -> Path | None:
+    from ray import tune
+    candidates = sorted(storage.glob(EXPERIMENT_PREFIX + "*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return next((p for p in candidates if tune.Tuner.can_restore(str(p))), None)
+
+
+def record_result(sweep: Sweep, trial: dict, metrics: dict | None, error: str | None) -> None:
+    """One finished (or failed) trial into trials/epochs: called as soon as it ends."""
+    if metrics and metrics.get("final"):
+        result = {k: v for k, v in metrics.items() if k in _RESULT_KEYS}
+        result["history"] = json.loads(metrics["history_json"])
+        where = {k: metrics.get(k, "") for k in ("node", "node_ip", "node_id", "gpu_ids", "cuda_visible_devices")}
+        sweep.record_trial(trial, result, where=where)
+    else:
+        sweep.record_trial(trial, None, error=error or "stopped before it finished (scheduler or interrupt)")
+
+
+_RESULT_KEYS = {"best_val_accuracy", "best_epoch", "test_accuracy", "epochs_run", "seconds", "world_size",
+                "device", "checkpoint", "fp32_bytes", "int8_bytes", *PROVENANCE_KEYS}
+
+
+def _record(sweep: Sweep, grid) -> None:
+    """After fit: make sure every trial of the grid has its row (the live callback writes most)."""
+    recorded = set(sweep.store.read("trials")["trial_id"])
+    for res in grid:
+        trial = (res.config or {}).get("trial")
+        if trial is None or trial["trial_id"] in recorded:
+            continue
+        record_result(sweep, trial, res.metrics, str(res.error).splitlines()[0] if res.error else None)

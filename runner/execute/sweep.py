@@ -1,0 +1,123 @@
+"""A sweep on disk: its trials (ids, configs, checkpoints), its results folder, its evaluation tasks.
+
+The executors differ only in *where* `train(config)` and `evaluate_checkpoint(task)` run:
+`inline` (inline.py) calls them one after another in this process (for debuggers and
+profilers), `ray` schedules them as Tune trials and Ray tasks (ray_trials.py, ray_eval.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ...files import atomic_write
+from ..evaluate import EvalTask, plan_cells
+from ..results import TRIAL_KEY, ResultStore
+from ..spec import DataSpec, SweepSpec
+
+IGNORED_IN_TRIAL_ID = ("out_dir", "threads")
+
+
+def trial_id_of(config: dict[str, Any]) -> str:
+    """Stable across runs: the same configuration is the same trial (resume, re-evaluation)."""
+    key = {k: v for k, v in sorted(config.items()) if k not in IGNORED_IN_TRIAL_ID}
+    return "t" + hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+@dataclass
+class Sweep:
+    spec: SweepSpec
+    raw: dict[str, Any]
+    out: Path
+    run_id: str = field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6])
+
+    @property
+    def store(self) -> ResultStore:
+        return ResultStore(self.out)
+
+    def trials(self) -> list[dict[str, Any]]:
+        out = []
+        data = self.data()
+        for cfg in self.spec.trial_configs():
+            tid = trial_id_of(cfg)
+            cfg["out_dir"] = str(self.out / "checkpoints" / tid)   # absolute: Ray runs trials elsewhere
+            cfg["data_root"], cfg["data_path"] = data.root, data.path
+            out.append({"trial_id": tid, "config": cfg})
+        return out
+
+    def data(self) -> DataSpec:
+        """The data section with absolute paths: Ray runs trials in folders of its own."""
+        d = self.spec.data
+        return d.model_copy(update={k: str(Path(getattr(d, k)).expanduser().resolve())
+                                    for k in ("root", "path") if getattr(d, k)})
+
+    def write_spec(self) -> None:
+        with atomic_write(self.out / "sweep.yaml", "w") as f:
+            f.write(yaml.safe_dump(self.raw, sort_keys=False))
+
+    def finished_trials(self) -> dict[str, dict]:
+        df = self.store.read("trials")
+        ok = df[df["status"] == "ok"] if len(df) else df
+        return {r["trial_id"]: r for r in ok.to_dict("records") if Path(r["checkpoint"]).exists()}
+
+    # --- rows ---
+    def trial_row(self, trial: dict, result: dict | None, error: str | None = None, where: dict | None = None) -> dict:
+        cfg = trial["config"]
+        from ..results.store import trials_schema
+        names = set(trials_schema().names)
+        row = {("config_" + k if "config_" + k in names else k): v for k, v in cfg.items()}
+        row.update(sweep=self.spec.name, run_id=self.run_id, trial_id=trial["trial_id"],
+                   status="ok" if error is None else "failed", error=error)
+        if result:
+            row.update({k: v for k, v in result.items() if k != "history"})
+        row.update(where or {})
+        return row
+
+    def epoch_rows(self, trial_id: str, history: list[dict]) -> list[dict]:
+        return [{"sweep": self.spec.name, "run_id": self.run_id, "trial_id": trial_id, **h} for h in history]
+
+    def record_trial(self, trial: dict, result: dict | None, error: str | None = None, where: dict | None = None) -> None:
+        self.store.upsert("trials", [self.trial_row(trial, result, error, where)], TRIAL_KEY)
+        if result and result.get("history"):
+            self.store.upsert("epochs", self.epoch_rows(trial["trial_id"], result["history"]), ["trial_id", "epoch"])
+
+    # --- evaluation ---
+    def selected_checkpoints(self) -> list[dict]:
+        df = self.store.read("trials")
+        df = df[(df["status"] == "ok") & df["checkpoint"].map(lambda p: isinstance(p, str) and Path(p).exists())]
+        if self.spec.evaluate.select != "all":
+            k = 1 if self.spec.evaluate.select == "best" else self.spec.evaluate.top_k
+            df = df.sort_values("best_val_accuracy", ascending=False).head(k)
+        return df.to_dict("records")
+
+    def eval_progress(self, done: set[tuple], checkpoints: list[dict]) -> dict[str, int]:
+        """The cells this evaluation computes: the grid's cells of the selected checkpoints that
+        are not in the table yet (cells of other grids already there do not count)."""
+        n = self.n_test_images()
+        todo = 0
+        for t in checkpoints:
+            todo += sum(1 for c in plan_cells(self.spec.evaluate)
+                        if c.key(t["trial_id"], n, self.spec.evaluate.seed) not in done)
+        return {"total": todo, "completed": 0}
+
+    def n_test_images(self) -> int:
+        """How many test images each cell sees: n_images, or the whole test split (read once)."""
+        from ..data import load_splits
+        n_test = len(load_splits(self.data()).test_y)
+        return min(self.spec.evaluate.n_images or n_test, n_test)
+
+    def eval_task(self, trial: dict) -> EvalTask:
+        return EvalTask(checkpoint=trial["checkpoint"], trial_id=trial["trial_id"], sweep=self.spec.name,
+                        run_id=self.run_id, model=trial["model"], data=self.data(), evaluate=self.spec.evaluate,
+                        examples_path=str(self.out / "examples" / f"{trial['trial_id']}.npz"))
+
+
+def resolve_out(spec: SweepSpec, out: str | os.PathLike | None) -> Path:
+    return (Path(out) if out else Path("results") / spec.name).expanduser().resolve()

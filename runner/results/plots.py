@@ -1,0 +1,73 @@
+"""PNG plots of a results folder: accuracy against eps per trial, example panels like the notebooks'."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ...files import atomic_write
+from .store import ResultStore
+
+
+def plot_all(root: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    store = ResultStore(root)
+    ev = store.read_eval()
+    out = []
+    plots = Path(root) / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    for trial_id, part in ev.groupby("trial_id"):
+        out.append(plot_accuracy_vs_eps(part, plots / f"accuracy_vs_eps_{trial_id}.png", trial_id))
+    for npz in sorted((Path(root) / "examples").glob("*.npz")):
+        out.append(plot_examples(npz, plots / f"examples_{npz.stem}.png"))
+    return out
+
+
+def plot_accuracy_vs_eps(ev: pd.DataFrame, path: Path, title: str) -> Path:
+    import matplotlib.pyplot as plt
+    panels = list(ev.groupby(["quant", "attack_source"], sort=False))
+    fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False, sharey=True)
+    for ax, ((q, src), part) in zip(axs[0], panels):
+        several_n = part["n"].nunique() > 1      # cells that saw different images are separate lines
+        for (d, _, n), sub in part.groupby(["defense", "defense_params", "n"], sort=False):
+            sub = sub.sort_values("eps")
+            ax.plot(sub["eps"], 100 * sub["accuracy"], marker="o", label=f"{d} (n={n})" if several_n else d)
+            ax.fill_between(sub["eps"], 100 * sub["ci_low"], 100 * sub["ci_high"], alpha=0.15)
+        ax.set_title(f"{q}, source={src}")
+        ax.set_xlabel("FGSM eps (pixel scale [0,1])")
+        ax.grid(alpha=0.3)
+    axs[0][0].set_ylabel("accuracy %")
+    axs[0][-1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def plot_examples(npz: Path, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    d = np.load(npz)
+    images, preds, labels, titles, classes = d["images"], d["preds"], d["labels"], d["titles"], d["classes"]
+    p, k = images.shape[:2]
+    fig, axs = plt.subplots(k, p, figsize=(1.9 * p, 2.0 * k), squeeze=False)
+    for j in range(k):
+        for i in range(p):
+            ax = axs[j][i]
+            ax.imshow(images[i, j].transpose(1, 2, 0), interpolation="nearest")
+            ok = preds[i, j] == labels[j]
+            ax.set_title(f"{titles[i]}\n{classes[preds[i, j]]}" if j == 0 else str(classes[preds[i, j]]),
+                         fontsize=7, color="green" if ok else "red")
+            ax.axis("off")
+    fig.suptitle(f"predictions of the FP32 model (true: {', '.join(str(classes[l]) for l in labels)})", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
