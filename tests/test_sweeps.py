@@ -35,3 +35,12 @@ def test_linnaeus_sweep_needs_its_folder(tmp_path):
         (tmp_path / split / "berry").mkdir(parents=True)
     spec, _ = load_spec(SWEEPS / "linnaeus5.yaml", [f"data.path={tmp_path}"])
     assert spec.trial_configs()[0]["optimizer"] == "sgd" and max(spec.evaluate.eps) == 0.1
+
+
+def test_bundled_sweeps_are_listed_with_descriptions_and_run_by_name():
+    from robustgrid.runner.bundled import bundled_sweeps, resolve_sweep
+    bundled = bundled_sweeps()
+    assert set(bundled) == {"quickstart", "cifar10_notebook", "cifar10_cluster", "linnaeus5"}
+    assert all(desc for _, desc in bundled.values())
+    assert resolve_sweep("quickstart") == bundled["quickstart"][0]
+    assert load_spec(resolve_sweep("quickstart"))[0].name == "quickstart"
