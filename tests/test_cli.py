@@ -222,3 +222,21 @@ def test_progress_counts_what_will_be_computed(tiny_run):
     from robustgrid.runner.evaluate import count_cells
     assert count_cells(spec.evaluate) == 25 and len(checkpoints) == 2
     assert progress == {"total": 50, "completed": 0}
+
+
+def test_notebook_api_runs_a_dict_and_loads_the_folder(tmp_path):
+    import robustgrid
+    sweep = yaml.safe_load(yaml.safe_dump(SWEEP))
+    sweep["train"]["lr"] = 0.01
+    res = robustgrid.run(sweep, out=tmp_path / "api", overrides=["evaluate.eps=[0]", "evaluate.defenses=[none]"],
+                         executor="inline")
+    assert len(res.trials) == 1 and set(res.eval["eps"]) == {0.0} and len(res.epochs) == 2
+    assert res.eval["correct"].dtype == "int64" and str(res.eval["created_at"].dtype).startswith("datetime64")
+    again = robustgrid.load(tmp_path / "api")
+    md = again.table("markdown")
+    assert "| eps |" in md and "quant=fp32" in md
+    assert {p.name for p in again.plot()} >= {f"accuracy_vs_eps_{res.trials['trial_id'].iloc[0]}.png"}
+    assert "quickstart" in set(robustgrid.sweeps()["name"])
+    with pytest.raises(robustgrid.runner.spec.SpecError, match="evaluate.eps"):
+        robustgrid.run(sweep, out=tmp_path / "bad", overrides=["evaluate.eps=[-1]"], executor="inline")
+    assert not (tmp_path / "bad").exists()

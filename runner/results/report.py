@@ -1,0 +1,33 @@
+"""`robustgrid show`: a results folder's views, filtered, in the format asked for."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from .render import render
+from .store import ResultStore
+from .views import View, grid_axes, pivot_views, provenance_view, trials_views
+
+
+def views_of(root: Path, quant: list[str] | None = None, defense: list[str] | None = None,
+             trial: list[str] | None = None) -> list[View]:
+    store = ResultStore(root)
+    trials, ev = store.read("trials"), store.read_eval()
+    if trial:
+        trials, ev = trials[trials["trial_id"].isin(trial)], ev[ev["trial_id"].isin(trial)]
+    views = trials_views(trials, ev, grid_axes(root))
+    if trial:
+        views += [provenance_view(t, trials, ev) for t in trial]
+    if quant:
+        ev = ev[ev["quant"].isin(quant)]
+    if defense:
+        ev = ev[ev["defense"].isin(defense)]
+    return views + pivot_views(ev)
+
+
+def show(root: Path, quant: list[str] | None = None, defense: list[str] | None = None,
+         trial: list[str] | None = None, fmt: str = "rich", console: Console | None = None) -> None:
+    text = render(views_of(root, quant, defense, trial), fmt, console)
+    if text is not None:
+        print(text, end="")

@@ -1,0 +1,194 @@
+"""Views of a results folder as plain tables (title, columns, rows of strings, notes under them).
+
+Built once, rendered as rich tables (render.py) or as markdown / CSV / JSON for papers, READMEs
+and scripts. A view never pools cells that saw different images: pivot tables are split by
+(quant, source, attack, n, seed, data digest), each with its own n.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ..evaluate.stats import wilson_interval
+
+ABBREVIATIONS = {"gaussian_blur": "blur", "tv_denoise": "tv", "dynamic_int8": "int8"}
+
+
+@dataclass
+class View:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    notes: list[str] = field(default_factory=list)
+    key_columns: int = 1          # repeated in every part when the view is split to fit a width
+
+    def as_dict(self) -> dict:
+        return {"title": self.title, "columns": self.columns, "rows": self.rows, "notes": self.notes}
+
+
+def pct(v) -> str:
+    return "-" if v is None or pd.isna(v) else f"{100 * v:.1f}"
+
+
+def mb(b) -> str:
+    return "-" if b is None or pd.isna(b) else f"{b / 1e6:.2f}"
+
+
+def eps_label(eps: float) -> str:
+    """k/255 only where eps * 255 is a whole number (0.01 is not 3/255)."""
+    if eps == 0:
+        return "0"
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
+
+
+# --- trials ------------------------------------------------------------------------------------
+
+def grid_axes(root: Path) -> list[str]:
+    p = Path(root) / "sweep.yaml"
+    if not p.exists():
+        return []
+    raw = yaml.safe_load(p.read_text()) or {}
+    return [k for k, v in (raw.get("train") or {}).items() if isinstance(v, dict)]
+
+
+def clean_accuracy(ev: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy without attack or defense, per trial and quant mode (pooled over the n's it was measured at)."""
+    clean = ev[(ev["eps"] == 0) & (ev["defense"] == "none") & (ev["attack_source"] == "self")]
+    g = clean.groupby(["trial_id", "quant"])[["correct", "n"]].sum()
+    return (g["correct"] / g["n"]).unstack("quant")
+
+
+def trials_views(trials: pd.DataFrame, ev: pd.DataFrame, axes: list[str]) -> list[View]:
+    """Two narrow tables rather than one wide one: training, then sizes and clean accuracy."""
+    trials = trials.sort_values("trial_id")
+    train_rows, model_rows = [], []
+    clean = clean_accuracy(ev) if len(ev) else pd.DataFrame()
+    for r in trials.to_dict("records"):
+        tid = r["trial_id"]
+        train_rows.append([tid, *[_value(r.get(a)) for a in axes], str(r["status"]),
+                           _int(r.get("epochs_run")), pct(r.get("best_val_accuracy")), pct(r.get("test_accuracy")),
+                           "-" if pd.isna(r.get("seconds")) else f"{r['seconds']:.0f}"])
+        c = clean.loc[tid] if tid in clean.index else {}
+        model_rows.append([tid, str(r.get("device") or "-"), mb(r.get("fp32_bytes")), mb(r.get("int8_bytes")),
+                           pct(c.get("fp32", np.nan)), pct(c.get("dynamic_int8", np.nan))])
+    failed = [f"{r['trial_id']}: {r['error']}" for r in trials.to_dict("records")
+              if r["status"] != "ok" and isinstance(r.get("error"), str)]
+    return [
+        View("trials", ["trial", *axes, "status", "ep", "val %", "test %", "s"], train_rows,
+             ["ep: epochs run; val: best validation accuracy; test: test accuracy of the best epoch; "
+              "s: seconds of the whole trial", *failed]),
+        View("models", ["trial", "device", "fp32 MB", "int8 MB", "clean fp32 %", "clean int8 %"], model_rows,
+             ["MB: serialized state_dict (int8: the notebook's dynamic_int8 of the Linear layers); "
+              "clean: accuracy without attack or defense on the evaluation images"]),
+    ]
+
+
+def _value(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and pd.isna(v)) else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _int(v) -> str:
+    return "-" if v is None or pd.isna(v) else str(int(v))
+
+
+# --- eval pivots ---------------------------------------------------------------------------------
+
+IMAGE_SET = ["n", "seed", "data_digest"]
+
+
+def pivot_views(ev: pd.DataFrame) -> list[View]:
+    """eps x defense per (quant, source, attack) and per image set: the trials pooled."""
+    if not len(ev):
+        return []
+    ev = ev.assign(data_digest=ev["data_digest"].fillna("") if "data_digest" in ev else "")
+    views = []
+    keys = ["quant", "attack_source", "attack", *IMAGE_SET]
+    several_digests = ev.groupby(["n", "seed"])["data_digest"].nunique().max() > 1
+    for (q, src, attack, n, seed, digest), part in ev.groupby(keys, sort=False):
+        title = f"{attack} accuracy %, quant={q}, source={src}, n={n} images"
+        if several_digests and digest:
+            title += f" (images {digest[:8]})"
+        views.append(pivot_view(part, title))
+    return views
+
+
+def pivot_view(ev: pd.DataFrame, title: str) -> View:
+    """Each cell: the trials' images pooled (sum correct / sum n, the mean when every trial saw the
+    same n), its Wilson 95 % interval on a second line, and with several trials the range over them.
+    The interval covers test-set sampling only, not trial-to-trial spread."""
+    columns = _defense_columns(ev)
+    g = ev.groupby(["eps", "defense", "defense_params"], sort=True)
+    pooled = g.agg(correct=("correct", "sum"), n=("n", "sum"), lo=("accuracy", "min"), hi=("accuracy", "max"),
+                   trials=("trial_id", "nunique"))
+    rows = []
+    for eps in sorted(ev["eps"].unique()):
+        cells = []
+        for d, params in columns:
+            if (eps, d, params) not in pooled.index:
+                cells.append("-")
+                continue
+            r = pooled.loc[(eps, d, params)]
+            lo, hi = wilson_interval(int(r["correct"]), int(r["n"]))
+            cell = f"{100 * r['correct'] / r['n']:.1f}\n{100 * lo:.1f}–{100 * hi:.1f}"
+            if r["trials"] > 1:
+                cell += f"\nr {100 * r['lo']:.1f}–{100 * r['hi']:.1f}"
+            cells.append(cell)
+        rows.append([eps_label(eps), *cells])
+    n_trials = ev["trial_id"].nunique()
+    notes = ["each cell: accuracy %, then its Wilson 95 % interval"
+             + (f"; {n_trials} trials pooled, r: the range over trials" if n_trials > 1 else "")]
+    notes += _defense_notes(columns)
+    return View(title, ["eps", *[_column_label(d, p, columns) for d, p in columns]], rows, notes)
+
+
+def _defense_columns(ev: pd.DataFrame) -> list[tuple[str, str]]:
+    return list(dict.fromkeys(zip(ev["defense"], ev["defense_params"])))
+
+
+def _column_label(defense: str, params: str, columns: list[tuple[str, str]]) -> str:
+    label = ABBREVIATIONS.get(defense, defense)
+    if sum(d == defense for d, _ in columns) > 1:      # the same defense at two settings: say which
+        label += " " + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in json.loads(params).values())
+    return label
+
+
+def _defense_notes(columns: list[tuple[str, str]]) -> list[str]:
+    out = []
+    for d, params in columns:
+        p = json.loads(params)
+        if p:
+            out.append(f"{ABBREVIATIONS.get(d, d)}: {d} " + " ".join(f"{k}={v}" for k, v in p.items()))
+    return ["; ".join(out)] if out else []
+
+
+# --- provenance ----------------------------------------------------------------------------------
+
+PROVENANCE_COLUMNS = ["code_version", "git_commit", "git_dirty", "data_digest", "torch_version", "torchvision_version",
+                      "opencv_version", "skimage_version", "ray_version"]
+
+
+def provenance_view(trial_id: str, trials: pd.DataFrame, ev: pd.DataFrame) -> View:
+    """What made a trial's rows: for training (its trials row) and for its eval cells (every value seen)."""
+    t = trials[trials["trial_id"] == trial_id]
+    cells = ev[ev["trial_id"] == trial_id]
+    rows = []
+    for col in PROVENANCE_COLUMNS:
+        train = _values(t, col)
+        evals = _values(cells, col)
+        rows.append([col, train, evals])
+    return View(f"provenance of {trial_id}", ["field", "training", "evaluation"], rows,
+                ["data_digest: sha256 of the images and labels (training: the training split; evaluation: "
+                 "the test images the cells saw); -: not recorded (results of an earlier release)"])
+
+
+def _values(df: pd.DataFrame, col: str) -> str:
+    if col not in df or not len(df):
+        return "-"
+    vals = [str(v) for v in dict.fromkeys(df[col].tolist()) if v is not None and not (isinstance(v, float) and pd.isna(v))]
+    return "\n".join(vals) if vals else "-"
