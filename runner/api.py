@@ -83,7 +83,7 @@ def run(sweep: str | os.PathLike | dict[str, Any], out: str | os.PathLike | None
     return Results(s.out)
 
 
-def sweeps() -> pd.DataFrame:
+def list_sweeps() -> pd.DataFrame:
     """The sweep files that come with robustgrid: name, description, path."""
     from .bundled import bundled_sweeps
     return pd.DataFrame([{"name": n, "description": d, "path": str(p)} for n, (p, d) in bundled_sweeps().items()])

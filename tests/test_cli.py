@@ -236,7 +236,7 @@ def test_notebook_api_runs_a_dict_and_loads_the_folder(tmp_path):
     md = again.table("markdown")
     assert "| eps |" in md and "quant=fp32" in md
     assert {p.name for p in again.plot()} >= {f"accuracy_vs_eps_{res.trials['trial_id'].iloc[0]}.png"}
-    assert "quickstart" in set(robustgrid.sweeps()["name"])
+    assert "quickstart" in set(robustgrid.list_sweeps()["name"])
     with pytest.raises(robustgrid.runner.spec.SpecError, match="evaluate.eps"):
         robustgrid.run(sweep, out=tmp_path / "bad", overrides=["evaluate.eps=[-1]"], executor="inline")
     assert not (tmp_path / "bad").exists()
