@@ -17,6 +17,8 @@ class Param:
     rule: str = ""
 
     def validate(self, value: Any) -> Any:
+        if value is None and self.default is None:      # an optional parameter left to its rule
+            return None
         numeric = self.type in (int, float)
         if isinstance(value, bool) and self.type is not bool:
             raise ValueError(f"must be {self.type.__name__}, got {value!r}")

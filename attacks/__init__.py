@@ -1,15 +1,19 @@
 """Attacks by name (torchattacks-style: one small file per attack over a shared base)."""
 from . import fgsm as _fgsm  # noqa: F401  (registers)
+from . import pgd as _pgd  # noqa: F401  (registers)
 from .base import (
                    ATTACKS,
+                   ZOO_PREFIX,
                    Attack,
                    attack_names,
+                   attack_params_json,
                    get_attack,
                    gradient_step,
                    input_gradient,
                    register_attack,
                    to_8bit_grid,
 )
+from .pgd import random_starts
 
-__all__ = ["ATTACKS", "Attack", "attack_names", "get_attack", "gradient_step", "input_gradient", "register_attack",
-           "to_8bit_grid"]
+__all__ = ["ATTACKS", "ZOO_PREFIX", "Attack", "attack_names", "attack_params_json", "get_attack", "gradient_step",
+           "input_gradient", "random_starts", "register_attack", "to_8bit_grid"]

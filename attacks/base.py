@@ -1,4 +1,9 @@
-"""Shared base of the attacks: `attack(model, images, labels, eps) -> images`, all in [0,1]."""
+"""Shared base of the attacks: `attack(model, images, labels, eps, **params) -> images`, all in [0,1].
+
+An attack declares its parameters (defaults, domains) in the registry; the sweep's
+`attacks: [fgsm, {pgd: {steps: 20}}]` is checked against them and the full parameters of a
+cell are its `attack_params` column.
+"""
 from __future__ import annotations
 
 from typing import Callable, Protocol
@@ -11,7 +16,7 @@ from ..registry import Param, Registry
 
 class Attack(Protocol):
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                 eps: float) -> torch.Tensor: ...
+                 eps: float, **params) -> torch.Tensor: ...
 
 
 ATTACKS = Registry("attack")
@@ -28,12 +33,25 @@ def attack_names() -> list[str]:
 
 
 def get_attack(name: str) -> Attack:
+    if name.startswith(ZOO_PREFIX):       # the optional torchattacks backend
+        from .zoo import zoo_attack
+        return zoo_attack(name.removeprefix(ZOO_PREFIX))
     return ATTACKS.get(name).obj
+
+
+def attack_params_json(name: str, params: dict | None = None) -> str:
+    """Canonical JSON of an attack's full parameters (defaults filled in): part of a cell's key."""
+    import json
+    full = dict(params or {}) if name.startswith(ZOO_PREFIX) else ATTACKS.resolve(name, params)
+    return json.dumps(full, sort_keys=True)
+
+
+ZOO_PREFIX = "torchattacks."
 
 
 def gradient_step(name: str) -> Callable | None:
     """For single-step attacks, `step(images, grad, eps)`: one input gradient serves every eps."""
-    return ATTACKS.get(name).extras.get("step")
+    return None if name.startswith(ZOO_PREFIX) else ATTACKS.get(name).extras.get("step")
 
 
 def input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -28,10 +28,13 @@ DEFENSES = Registry("defense")
 
 
 def register_defense(name: str, reference: ReferenceFn, batched: BatchedFn,
-                     params: dict[str, Param] | None = None) -> Defense:
-    """A defense with its parameters, their defaults and valid domains (the spec checks them)."""
+                     params: dict[str, Param] | None = None, *, gradient: str = "bpda_identity",
+                     approx: BatchedFn | None = None) -> Defense:
+    """A defense with its parameters, their defaults and valid domains (the spec checks them), and
+    the gradient an adaptive attacker takes through it: `exact`, `bpda_identity`, or `bpda_<name>`
+    with `approx(images, **params)`, a differentiable stand-in whose gradient replaces the real one."""
     defense = Defense(name, reference, batched)
-    DEFENSES.add(name, defense, params)
+    DEFENSES.add(name, defense, params, gradient=gradient, approx=approx)
     return defense
 
 
@@ -68,3 +71,35 @@ def apply_defense(name: str, images: torch.Tensor, params: dict[str, Any] | None
     if backend == "batched":
         return defense.batched(images, **kwargs)
     raise ValueError(f"unknown defense backend {backend!r}; known: reference, batched")
+
+
+def defense_gradient(name: str) -> str:
+    return DEFENSES.get(name).extras["gradient"]
+
+
+def defend_differentiably(name: str, images: torch.Tensor, params: dict[str, Any] | None = None,
+                          backend: str = "batched") -> torch.Tensor:
+    """BPDA (Athalye et al. 2018): the forward pass is the real defense (on the 8-bit grid, exactly
+    what is scored), the backward pass the gradient of the defense's declared approximation (the
+    identity where it declares none)."""
+    entry = DEFENSES.get(name)
+    return _BPDA.apply(images, name, {**entry.defaults, **(params or {})}, backend)
+
+
+class _BPDA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, images, name, kwargs, backend):
+        ctx.save_for_backward(images)
+        ctx.name, ctx.kwargs = name, kwargs
+        return apply_defense(name, images, kwargs, backend)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (images,) = ctx.saved_tensors
+        approx = DEFENSES.get(ctx.name).extras.get("approx")
+        if approx is None:
+            return grad_out, None, None, None
+        with torch.enable_grad():
+            x = images.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(approx(x, **ctx.kwargs), x, grad_out)
+        return grad, None, None, None

@@ -30,7 +30,18 @@ def batched(images: torch.Tensor, ksize: int = 3, sigma: float = 0.0) -> torch.T
     out = (x + 8) >> 4
     return (out.to(torch.float32) / 255).reshape(n, c, h, w)
 
-DEFENSE = register_defense("gaussian_blur", reference, batched, {
+def smooth(images: torch.Tensor, ksize: int = 3, sigma: float = 0.0) -> torch.Tensor:
+    """The blur in floats, differentiable: OpenCV's separable kernel, reflect-101 borders, no rounding.
+    Its gradient is the blur's exact gradient (the final rounding to 8 bits passed straight through)."""
+    k = torch.from_numpy(cv2.getGaussianKernel(ksize, sigma).ravel()).to(images.dtype).to(images.device)
+    n, c, h, w = images.shape
+    r = ksize // 2
+    x = F.pad(images.reshape(n * c, 1, h, w), (r, r, r, r), mode="reflect")
+    x = F.conv2d(F.conv2d(x, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
+    return x.reshape(n, c, h, w)
+
+
+DEFENSE = register_defense("gaussian_blur", reference, batched, gradient="exact", approx=smooth, params={
     "ksize": odd(1),                                           # OpenCV: a positive odd kernel size
     "sigma": Param(0.0, float, lambda s: s >= 0, ">= 0 (0: OpenCV derives it from ksize)"),
 })

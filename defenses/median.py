@@ -46,4 +46,13 @@ def _median3(images: torch.Tensor) -> torch.Tensor:
     return (v[4] / 255).reshape(n, c, h, w)
 
 
-DEFENSE = register_defense("median", reference, batched, {"ksize": odd(3)})   # cv2.medianBlur: odd, > 1
+def window_median(images: torch.Tensor, ksize: int = 3) -> torch.Tensor:
+    """The median filter in floats, differentiable: its subgradient flows to each window's median pixel."""
+    n, c, h, w = images.shape
+    r = ksize // 2
+    x = F.pad(images.reshape(n * c, 1, h, w), (r, r, r, r), mode="replicate")
+    return F.unfold(x, ksize).median(dim=1).values.reshape(n, c, h, w)
+
+
+DEFENSE = register_defense("median", reference, batched, {"ksize": odd(3)},   # cv2.medianBlur: odd, > 1
+                           gradient="bpda_median", approx=window_median)

@@ -7,4 +7,5 @@ register_defense(
     "none",
     reference=lambda img: img.astype(np.float64) / 255.0,
     batched=lambda images: to_uint8(images).to(images.dtype) / 255,
+    gradient="exact",
 )

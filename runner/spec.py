@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..attacks import attack_names
+from ..attacks import ATTACKS, ZOO_PREFIX, attack_names, attack_params_json
 from ..defenses import DEFENSES, defense_names
 from ..models import QUANT, model_names
 
@@ -159,11 +159,33 @@ class Scheduler(Strict):
     reduction_factor: float = Field(2, gt=1)
 
 
+class AttackChoice(Strict):
+    """One attack of the grid with its parameters (in the sweep file: `fgsm` or `{pgd: {steps: 20}}`)."""
+    name: str
+    params: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, v):
+        if isinstance(v, str):
+            return {"name": v}
+        if isinstance(v, dict) and len(v) == 1 and "name" not in v:
+            (name, params), = v.items()
+            return {"name": name, "params": params or {}}
+        return v
+
+    @property
+    def params_json(self) -> str:
+        return attack_params_json(self.name, self.params)
+
+
 class EvaluateSpec(Strict):
     select: Literal["all", "best", "top_k"] = "all"
     top_k: int = Field(1, gt=0)
     n_images: int | None = Field(None, gt=0)   # first N test images; None = the whole test split
-    attacks: list[str] = ["fgsm"]
+    attacks: list[AttackChoice] = [AttackChoice(name="fgsm")]
+    # oblivious: the attacker differentiates the model alone; adaptive: model o defense (BPDA)
+    threats: list[Literal["oblivious", "adaptive"]] = ["oblivious"]
     eps: list[float] = [0.0, 2 / 255, 4 / 255, 8 / 255]
     sources: list[Literal["self", "fp32"]] = ["self", "fp32"]
     defenses: dict[str, dict[str, Any]] = Field(default_factory=lambda: {n: {} for n in defense_names()})
@@ -190,7 +212,28 @@ class EvaluateSpec(Strict):
     @field_validator("attacks")
     @classmethod
     def _known_attacks(cls, v):
-        return _all_known(v, attack_names(), "attack")
+        """Each attack known (or in the optional torchattacks zoo) with parameters in their domains."""
+        for i, a in enumerate(v):
+            try:
+                if a.name.startswith(ZOO_PREFIX):
+                    from ..attacks.zoo import check_zoo_attack
+                    check_zoo_attack(a.name.removeprefix(ZOO_PREFIX), a.params)
+                elif a.name not in attack_names():
+                    raise ValueError(f"unknown attack {a.name!r}; known: {', '.join(attack_names())}, "
+                                     f"or {ZOO_PREFIX}<Name> (the torchattacks extra)")
+                else:
+                    ATTACKS.resolve(a.name, a.params)
+            except ValueError as e:
+                sub = f".{a.name}" if str(e).startswith(".") else ""
+                raise ValueError(f"[{i}]{sub}{'' if str(e).startswith('.') else ': '}{e}") from None
+        return v
+
+    @field_validator("threats")
+    @classmethod
+    def _threats(cls, v):
+        if not v:
+            raise ValueError("must name at least one threat model (oblivious, adaptive)")
+        return list(dict.fromkeys(v))
 
     @field_validator("quant")
     @classmethod

@@ -70,3 +70,53 @@ def test_scaled_gradient_keeps_fgsm_equal_to_torchattacks_on_a_confident_model(t
     labels = model(images).argmax(1)
     for eps in (2 / 255, 8 / 255):
         assert torch.equal(get_attack("fgsm")(model, images, labels, eps), torchattacks.FGSM(model, eps=eps)(images, labels))
+
+
+def test_pgd_equals_torchattacks_with_the_same_random_start(tiny_model, images):
+    torchattacks = __import__("torchattacks")
+    labels = tiny_model(images).argmax(1)
+    for eps, alpha, steps in ((8 / 255, 2 / 255, 5), (4 / 255, 1 / 255, 3)):
+        torch.manual_seed(7)
+        theirs = torchattacks.PGD(tiny_model, eps=eps, alpha=alpha, steps=steps, random_start=True)(images, labels)
+        torch.manual_seed(7)
+        start = torch.empty_like(images).uniform_(-eps, eps)     # torchattacks' draw, replayed
+        ours = get_attack("pgd")(tiny_model, images, labels, eps, steps=steps, alpha=alpha, starts=start.unsqueeze(1))
+        assert torch.equal(ours, theirs), eps
+    no_start = torchattacks.PGD(tiny_model, eps=8 / 255, alpha=2 / 255, steps=4, random_start=False)(images, labels)
+    assert torch.equal(get_attack("pgd")(tiny_model, images, labels, 8 / 255, steps=4, alpha=2 / 255,
+                                         random_start=False), no_start)
+
+
+def test_pgd_images_do_not_depend_on_the_batch_size(tiny_model, images):
+    from robustgrid.attacks import random_starts
+    from robustgrid.runner.evaluate.batching import attack_images
+    labels = tiny_model(images).argmax(1)
+    eps = 8 / 255
+    starts = eps * random_starts(len(images), (3, 32, 32), 2, seed=3)
+    made = [attack_images(tiny_model, "pgd", images, labels, eps, torch.device("cpu"), bs,
+                          {"steps": 3, "restarts": 2, "random_start": True}, starts) for bs in (24, 7, 1)]
+    for other in made[1:]:
+        assert (other != made[0]).float().mean() < 1e-3     # float sums may block differently; the images do not
+    assert (made[0] - images).abs().max() <= eps + 1e-6
+
+
+def test_pgd_restarts_keep_the_worst_case_per_image(tiny_model, images):
+    labels = tiny_model(images).argmax(1)
+    eps = 4 / 255
+    one = get_attack("pgd")(tiny_model, images, labels, eps, steps=2, restarts=1)
+    four = get_attack("pgd")(tiny_model, images, labels, eps, steps=2, restarts=4)
+    fooled = lambda adv: (tiny_model(adv).argmax(1) != labels).sum().item()  # noqa: E731
+    assert fooled(four) >= fooled(one)
+
+
+def test_zoo_backend_runs_torchattacks_by_name(tiny_model, images):
+    torchattacks = __import__("torchattacks")
+    labels = tiny_model(images).argmax(1)
+    theirs = torchattacks.FGSM(tiny_model, eps=8 / 255)(images, labels)
+    assert torch.equal(get_attack("torchattacks.FGSM")(tiny_model, images, labels, 8 / 255), theirs)
+    import pytest
+    from robustgrid.attacks.zoo import check_zoo_attack
+    with pytest.raises(ValueError, match="no attack 'NoSuch'"):
+        check_zoo_attack("NoSuch", {})
+    with pytest.raises(ValueError, match=".stepz: unknown parameter"):
+        check_zoo_attack("PGD", {"stepz": 3})

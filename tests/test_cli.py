@@ -97,6 +97,15 @@ def test_show_and_models(tiny_run, capsys):
     (lambda s: s["train"].update(lr={"grid_search": [0.1, -1]}), "train.lr.grid_search[1]"),
     (lambda s: s.update(data={"dataset": "imagefolder", "path": "/no/such/folder"}), "data.path"),
     (lambda s: s.update(resources={"gpus_per_trial": 0.5, "workers_per_trial": 2}), "resources.gpus_per_trial: with"),
+    (lambda s: s["evaluate"].update(attacks=["fgsm", {"pgd": {"steps": 0}}]), "evaluate.attacks[1].pgd.steps: must be >= 1"),
+    (lambda s: s["evaluate"].update(attacks=[{"pgd": {"stepz": 3}}]), "evaluate.attacks[0].pgd.stepz: unknown parameter"),
+    (lambda s: s["evaluate"].update(attacks=[{"pgd": {"random_start": 3}}]), "evaluate.attacks[0].pgd.random_start: must be bool"),
+    (lambda s: s["evaluate"].update(attacks=["torchattacks.NoSuch"]), "evaluate.attacks[0]: torchattacks has no attack"),
+    (lambda s: s["evaluate"].update(threats=["oblivious", "sneaky"]), "evaluate.threats[1]"),
+    (lambda s: s["evaluate"].update(threats=[]), "evaluate.threats: must name at least one"),
+    (lambda s: s["evaluate"].update(defenses={"jpeg": {"quality": 0}}), "evaluate.defenses.jpeg.quality: must be an integer in [1, 100]"),
+    (lambda s: s["evaluate"].update(defenses={"median": {"ksize": 4}}), "evaluate.defenses.median.ksize: must be an odd integer >= 3"),
+    (lambda s: s["evaluate"].update(defenses={"tv_denoise": {"weight": -1}}), "evaluate.defenses.tv_denoise.weight: must be > 0"),
 ])
 def test_bad_sweep_exits_2_names_the_key_and_writes_nothing(tmp_path, capsys, mutate, expect):
     sweep = yaml.safe_load(yaml.safe_dump(SWEEP))

@@ -79,3 +79,30 @@ def test_unknown_backend_and_defense():
         apply_defense("none", torch.rand(1, 3, 4, 4), backend="nope")
     with pytest.raises(KeyError):
         apply_defense("blur", torch.rand(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize("name", ["none", "gaussian_blur", "jpeg", "median", "tv_denoise"])
+def test_bpda_forward_is_the_real_defense_and_backward_the_declared_gradient(name, images):
+    """An adaptive attacker sees the real defense and differentiates its declared stand-in."""
+    from robustgrid.defenses import DEFENSES, defend_differentiably, defense_gradient
+    x = images.clone().requires_grad_(True)
+    y = defend_differentiably(name, x)
+    assert torch.equal(y.detach(), apply_defense(name, images))                  # forward: the real thing
+    w = torch.randn_like(images)
+    (got,) = torch.autograd.grad((y * w).sum(), x)
+    approx = DEFENSES.get(name).extras["approx"]
+    if approx is None:                                                            # identity BPDA
+        assert torch.equal(got, w)
+    else:
+        x2 = images.clone().requires_grad_(True)
+        (want,) = torch.autograd.grad((approx(x2) * w).sum(), x2)
+        assert torch.equal(got, want)
+    assert defense_gradient(name) == {"none": "exact", "gaussian_blur": "exact", "median": "bpda_median",
+                                      "jpeg": "bpda_identity", "tv_denoise": "bpda_identity"}[name]
+
+
+def test_blur_and_median_stand_ins_are_the_defenses_before_rounding(images):
+    from robustgrid.defenses.gaussian_blur import smooth
+    from robustgrid.defenses.median import window_median
+    assert (smooth(images) - apply_defense("gaussian_blur", images)).abs().max() <= 0.5 / 255 + 1e-6
+    assert torch.equal(torch.round(window_median(images) * 255), torch.round(apply_defense("median", images) * 255))

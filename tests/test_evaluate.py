@@ -1,5 +1,7 @@
 """The engine (shared image sets, batched defenses, channels_last) equals the reference pipeline
 (every cell on its own, defenses one image at a time through OpenCV / scikit-image)."""
+import json
+
 import torch
 from robustgrid.runner.evaluate import (
     Engine,
@@ -37,4 +39,32 @@ def test_one_image_set_per_source_and_eps():
     ev = EvaluateSpec.model_validate(GRID)
     keys = {image_key(c) for c in plan_cells(ev)}
     # clean, fp32-made at two eps (shared by fp32 white-box and int8 transfer); no int8 white-box
-    assert keys == {("clean",), ("fp32", "fgsm", 2 / 255), ("fp32", "fgsm", 8 / 255)}
+    assert keys == {("clean",), ("fp32", "fgsm", "{}", 2 / 255), ("fp32", "fgsm", "{}", 8 / 255)}
+
+
+ADAPTIVE = {**GRID, "eps": [0, "8/255"], "attacks": ["fgsm", {"pgd": {"steps": 3, "restarts": 2}}],
+            "threats": ["oblivious", "adaptive"]}
+
+
+def test_adaptive_engine_equals_reference_pipeline_cell_by_cell(tiny_model, images):
+    """Adaptive cells (FGSM and PGD through each defense: exact blur, median subgradient, identity BPDA
+    for JPEG and TV) made once per defense in the engine and cell by cell through the per-image
+    OpenCV / scikit-image defense in the reference: the same images, so the same counts."""
+    with torch.no_grad():
+        labels = tiny_model(images).argmax(1)
+    ev = EvaluateSpec.model_validate(ADAPTIVE)
+    cells = plan_cells(ev)
+    adaptive = [c for c in cells if c.threat == "adaptive"]
+    # through 4 defenses (not 'none'), eps 8/255, 2 attacks, (fp32 self + int8 transfer)
+    assert len(adaptive) == 4 * 2 * 2 and all(c.eps > 0 and c.defense != "none" for c in adaptive)
+    assert {json.loads(c.attack_params)["gradient"] for c in adaptive} == {"exact", "bpda_median", "bpda_identity"}
+    engine_rows = run_cells(Engine(tiny_model, ev, images, labels, torch.device("cpu")), cells, META)
+    ref_rows = reference_rows(tiny_model, ev, images, labels, torch.device("cpu"), META)
+    key = lambda r: (r["quant"], r["attack"], r["attack_params"], r["attack_source"], r["threat"], r["eps"], r["defense"])  # noqa: E731
+    assert {key(r): r["correct"] for r in engine_rows} == {key(r): r["correct"] for r in ref_rows}
+
+
+def test_adaptive_images_are_made_once_per_defense():
+    ev = EvaluateSpec.model_validate(ADAPTIVE)
+    keys = {image_key(c) for c in plan_cells(ev) if c.threat == "adaptive"}
+    assert len(keys) == 2 * 4 and all(k[0] == "fp32" and k[4] == "adaptive" for k in keys)

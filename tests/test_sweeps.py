@@ -7,7 +7,7 @@ from robustgrid.runner.spec import load_spec
 SWEEPS = Path(__file__).parent.parent / "sweeps"
 
 
-@pytest.mark.parametrize("name", ["quickstart", "cifar10_notebook", "cifar10_cluster"])
+@pytest.mark.parametrize("name", ["quickstart", "cifar10_notebook", "cifar10_cluster", "adaptive"])
 def test_sweep_files_validate(name):
     spec, _ = load_spec(SWEEPS / f"{name}.yaml")
     assert spec.name == name
@@ -40,7 +40,16 @@ def test_linnaeus_sweep_needs_its_folder(tmp_path):
 def test_bundled_sweeps_are_listed_with_descriptions_and_run_by_name():
     from robustgrid.runner.bundled import bundled_sweeps, resolve_sweep
     bundled = bundled_sweeps()
-    assert set(bundled) == {"quickstart", "cifar10_notebook", "cifar10_cluster", "linnaeus5"}
+    assert set(bundled) == {"quickstart", "cifar10_notebook", "cifar10_cluster", "linnaeus5", "adaptive"}
     assert all(desc for _, desc in bundled.values())
     assert resolve_sweep("quickstart") == bundled["quickstart"][0]
     assert load_spec(resolve_sweep("quickstart"))[0].name == "quickstart"
+
+
+def test_adaptive_sweep_trains_the_quickstarts_models_and_attacks_through_every_defense():
+    from robustgrid.runner.execute import trial_id_of
+    quick, _ = load_spec(SWEEPS / "quickstart.yaml")
+    spec, _ = load_spec(SWEEPS / "adaptive.yaml")
+    assert [trial_id_of(c) for c in spec.trial_configs()] == [trial_id_of(c) for c in quick.trial_configs()]
+    assert spec.evaluate.threats == ["oblivious", "adaptive"] and spec.evaluate.n_images == quick.evaluate.n_images
+    assert [a.name for a in spec.evaluate.attacks] == ["fgsm", "pgd"]

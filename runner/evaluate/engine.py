@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn as nn
 
-from ...attacks import gradient_step, input_gradient, to_8bit_grid
+from ...attacks import gradient_step, input_gradient, random_starts, to_8bit_grid
+from ...defenses import defend_differentiably
 from ...models import quant_mode, quantize, state_dict_bytes
 from ..device import clock, fp32_precision, ieee_fp32
 from ..provenance import images_digest
@@ -67,42 +68,55 @@ class Engine:
         self.models, self.devices, self.sizes = self.built.models, self.built.devices, self.built.sizes
         self.precision = self.built.precision
         self._adv: dict[tuple, tuple[torch.Tensor, float]] = {}
-        self._grad: dict[str, torch.Tensor] = {}   # source model -> input gradients
+        self._grad: dict[tuple, torch.Tensor] = {}   # (source model[, adaptive defense]) -> input gradients
+        self._unit_starts: torch.Tensor | None = None
         self._correct: dict[tuple, torch.Tensor] = {}    # (quant, image key, defense, params) -> right or not
 
     def adversarial(self, key: tuple) -> tuple[torch.Tensor, float]:
         """Images for image_key (made once) and the seconds it took to make them."""
         if key not in self._adv:
             t0 = clock(self.device)
-            if key == ("clean",):
-                adv = to_8bit_grid(self.images)
-            else:
-                source, attack, eps = key
-                adv = self._make_adversarial(source, attack, eps)
-            # Keep the clean and the FP32-made images (shared by every model they transfer to);
-            # a quant mode's own white-box images serve only its own cells.
+            adv = to_8bit_grid(self.images) if key == ("clean",) else self._make_adversarial(key)
             seconds = clock(self.device, *self.devices.values()) - t0
-            self._adv = {k: v for k, v in self._adv.items() if k[0] in ("clean", "fp32")} | {key: (adv, seconds)}
+            # Keep the clean and the FP32-made oblivious images (shared by every defense and every model
+            # they transfer to); a quant mode's white-box images and an adaptive set serve one group of cells.
+            self._adv = {k: v for k, v in self._adv.items() if _shared(k)} | {key: (adv, seconds)}
         return self._adv[key]
 
-    def _make_adversarial(self, source: str, attack: str, eps: float) -> torch.Tensor:
+    def _make_adversarial(self, key: tuple) -> torch.Tensor:
+        source, attack, params_json, eps = key[:4]
+        params = {k: v for k, v in json.loads(params_json).items() if k != "gradient"}
         model, dev, bs = self.models[source], self.devices[source], self.ev.batch_size
+        if len(key) > 4:          # adaptive: the attacker differentiates model o defense (BPDA)
+            model = ThroughDefense(model, key[5], json.loads(key[6]), self.ev.defense_backend)
         step = gradient_step(attack)
         if step is None:
-            return attack_images(model, attack, self.images, self.labels, eps, dev, bs)
-        if source not in self._grad:      # single-step attack: one gradient serves every eps
-            self._grad = {source: over_batches(input_gradient, model, self.images, self.labels, dev, bs)}
-        return to_8bit_grid(step(self.images, self._grad[source], eps))
+            starts = self._starts(params, eps)
+            return attack_images(model, attack, self.images, self.labels, eps, dev, bs, params, starts)
+        grad_key = (source,) + key[4:]
+        if grad_key not in self._grad:      # single-step attack: one gradient serves every eps
+            self._grad = {grad_key: over_batches(input_gradient, model, self.images, self.labels, dev, bs)}
+        return to_8bit_grid(step(self.images, self._grad[grad_key], eps))
 
-    def import_adversarials(self, adversarials: dict[tuple[str, float], torch.Tensor]) -> None:
+    def _starts(self, params: dict, eps: float) -> torch.Tensor | None:
+        """Random starts per image for the whole set (the same on any batch size), shared by every
+        source, defense and eps (scaled by eps); None for attacks that take none."""
+        if not params.get("random_start"):
+            return None
+        restarts = int(params.get("restarts", 1))
+        if self._unit_starts is None or self._unit_starts.shape[1] != restarts:
+            self._unit_starts = random_starts(len(self.images), tuple(self.images.shape[1:]), restarts,
+                                              self.ev.seed).to(self.device)
+        return eps * self._unit_starts
+
+    def import_adversarials(self, adversarials: dict[tuple, torch.Tensor]) -> None:
         """FP32-made images from another task (a GPU task hands them to the int8 CPU tasks)."""
-        for (attack, eps), images in adversarials.items():
-            self._adv[("fp32", attack, eps)] = (images.to(self.device, torch.float32) / 255, 0.0)
+        for key, images in adversarials.items():
+            self._adv[key] = (images.to(self.device, torch.float32) / 255, 0.0)
 
-    def export_adversarials(self, which: Iterable[tuple[str, float]]) -> dict[tuple[str, float], torch.Tensor]:
-        """FP32-made images {(attack, eps): uint8} for other tasks; exact, as they lie on the 8-bit grid."""
-        return {(attack, eps): torch.round(self.adversarial(("fp32", attack, eps))[0] * 255).to(torch.uint8).cpu()
-                for attack, eps in which}
+    def export_adversarials(self, keys: Iterable[tuple]) -> dict[tuple, torch.Tensor]:
+        """FP32-made images {image key: uint8} for other tasks; exact, as they lie on the 8-bit grid."""
+        return {key: torch.round(self.adversarial(key)[0] * 255).to(torch.uint8).cpu() for key in keys}
 
     def defend(self, images: torch.Tensor, defense: str, params_json: str) -> torch.Tensor:
         return defend_images(defense, json.loads(params_json), images, self.ev.defense_backend, self.ev.batch_size)
@@ -120,6 +134,28 @@ class Engine:
         return self._correct[memo]
 
 
+def _shared(key: tuple) -> bool:
+    return key == ("clean",) or (key[0] == "fp32" and len(key) == 4)
+
+
+def _order(c: Cell) -> tuple:
+    """Clean first (its scores serve the success rates); then per (source, attack, threat, defense)
+    every eps in a row, so one single-step gradient (per defense, adaptive) serves them all."""
+    k = image_key(c)
+    return (c.eps > 0, k[:3], k[4:], c.eps)
+
+
+class ThroughDefense(nn.Module):
+    """model o defense for an adaptive attacker: the real defense forward, its declared gradient backward."""
+
+    def __init__(self, model: nn.Module, defense: str, params: dict, backend: str):
+        super().__init__()
+        self.model, self.defense, self.params, self.backend = model, defense, params, backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(defend_differentiably(self.defense, x, self.params, self.backend))
+
+
 def run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any],
               on_rows: Callable[[list[dict]], None] | None = None, progress: Callable[[int], None] | None = None) -> list[dict]:
     """Compute cells grouped by their images, then by defense; hand rows over one image set at a time."""
@@ -129,7 +165,7 @@ def run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any],
 
 def _run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any], on_rows, progress) -> list[dict]:
     groups: dict[tuple, dict[tuple, list[Cell]]] = {}
-    for c in sorted(cells, key=lambda c: c.eps):          # clean first: its scores serve the success rates
+    for c in sorted(cells, key=_order):
         groups.setdefault(image_key(c), {}).setdefault((c.defense, c.defense_params), []).append(c)
     all_rows = []
     for key, by_defense in groups.items():

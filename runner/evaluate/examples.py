@@ -19,9 +19,9 @@ def save_examples(engine: Engine, ev: EvaluateSpec, classes: list[str], path: Pa
     k = min(ev.examples, len(engine.images))
     eps = max(ev.eps)
     attack = ev.attacks[0]
-    adv, _ = engine.adversarial(("fp32", attack, eps) if eps > 0 else ("clean",))
+    adv, _ = engine.adversarial(("fp32", attack.name, attack.params_json, eps) if eps > 0 else ("clean",))
     model, dev = engine.models["fp32"], engine.devices["fp32"]
-    panels = {"original": to_8bit_grid(engine.images[:k]), f"{attack} eps={eps:.4f}": adv[:k]}
+    panels = {"original": to_8bit_grid(engine.images[:k]), f"{attack.name} eps={eps:.4f}": adv[:k]}
     for name, params in ev.defenses.items():
         if name != "none":
             panels[name] = apply_defense(name, adv[:k], params, ev.defense_backend)

@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ...defenses import DEFENSES
+from ...defenses import DEFENSES, defense_gradient
 from ...models import quant_mode
 from ..spec import EvaluateSpec
 
@@ -18,10 +18,18 @@ class Cell:
     eps: float
     defense: str
     defense_params: str  # canonical JSON of the defense's full parameters
+    attack_params: str = "{}"   # canonical JSON of the attack's full parameters (+ the gradient, adaptive)
+    threat: str = "oblivious"   # oblivious: the attacker differentiates the model; adaptive: model o defense
 
     def key(self, trial_id: str, n: int, seed: int) -> tuple:
-        return (trial_id, self.quant, self.attack, self.attack_source, round(self.eps, 10), self.defense,
-                self.defense_params, n, seed)
+        """The cell's identity in the eval table (EVAL_KEY's order): never computed or written twice."""
+        return (trial_id, self.quant, self.attack, self.attack_params, self.attack_source, self.threat,
+                round(self.eps, 10), self.defense, self.defense_params, n, seed)
+
+    @property
+    def source_model(self) -> str:
+        """The model the attacker differentiates: the evaluated one (self) or the FP32 one (transfer)."""
+        return self.quant if self.attack_source == "self" else "fp32"
 
 
 def defense_params_json(name: str, overrides: dict[str, Any]) -> str:
@@ -29,11 +37,18 @@ def defense_params_json(name: str, overrides: dict[str, Any]) -> str:
     return json.dumps(DEFENSES.resolve(name, overrides), sort_keys=True)
 
 
+def adaptive_params_json(attack_params: str, defense: str) -> str:
+    """An adaptive cell's attack parameters name the gradient taken through the defense."""
+    return json.dumps({**json.loads(attack_params), "gradient": defense_gradient(defense)}, sort_keys=True)
+
+
 def plan_cells(ev: EvaluateSpec) -> list[Cell]:
     """Every meaningful cell of the grid.
 
     - int8 has no input gradient in torch: no white-box ('self') row for eps > 0, never faked;
-    - on the fp32 model, source 'fp32' is the white-box row itself: recorded once, as 'self'.
+    - on the fp32 model, source 'fp32' is the white-box row itself: recorded once, as 'self';
+    - adaptive cells exist where there is an attack (eps > 0) and a defense to attack through
+      (through 'none' the adaptive attacker is the oblivious one).
     """
     cells = []
     for attack in ev.attacks:
@@ -44,16 +59,24 @@ def plan_cells(ev: EvaluateSpec) -> list[Cell]:
                         continue
                     if source == "fp32" and quant == "fp32":
                         continue
-                    for name, params in ev.defenses.items():
-                        cells.append(Cell(quant, attack, source, float(eps), name, defense_params_json(name, params)))
+                    for threat in ev.threats:
+                        for name, params in ev.defenses.items():
+                            adaptive = threat == "adaptive"
+                            if adaptive and (eps == 0 or name == "none"):
+                                continue
+                            a_params = adaptive_params_json(attack.params_json, name) if adaptive else attack.params_json
+                            cells.append(Cell(quant, attack.name, source, float(eps), name,
+                                              defense_params_json(name, params), a_params, threat))
     return cells
 
 
 def image_key(c: Cell) -> tuple:
-    """Which images a cell is scored on: the clean ones at eps 0, else (source model, attack, eps)."""
+    """Which images a cell is scored on: the clean ones at eps 0; else those made by (source model,
+    attack, eps), shared by every defense (oblivious) or made through the cell's defense (adaptive)."""
     if c.eps == 0:
         return ("clean",)
-    return (c.quant if c.attack_source == "self" else "fp32", c.attack, c.eps)
+    key = (c.source_model, c.attack, c.attack_params, c.eps)
+    return key + (c.threat, c.defense, c.defense_params) if c.threat == "adaptive" else key
 
 
 def count_cells(ev: EvaluateSpec) -> int:

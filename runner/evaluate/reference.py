@@ -15,12 +15,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ...attacks import to_8bit_grid
+from ...attacks import random_starts, to_8bit_grid
 from ..device import ieee_fp32
 from ..provenance import images_digest
 from ..spec import EvaluateSpec
 from .batching import attack_images, defend_images, predict
-from .engine import Models
+from .engine import Models, ThroughDefense
 from .plan import plan_cells
 from .rows import make_row
 
@@ -48,8 +48,7 @@ def _reference_rows(fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, lab
         if c.eps == 0:
             adv = to_8bit_grid(images)
         else:
-            source = c.quant if c.attack_source == "self" else "fp32"
-            adv = attack_images(m.models[source], c.attack, images, labels, c.eps, m.devices[source], ev.batch_size)
+            adv = _attack(m, ev, c, params, images, labels)
         ok = correct(c.quant, adv, c.defense, params)
         key = (c.quant, c.defense, c.defense_params)
         if key not in clean_ok:
@@ -58,3 +57,18 @@ def _reference_rows(fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, lab
                              device=m.devices[c.quant], precision=m.precision(c.quant), seed=ev.seed,
                              data_digest=digest))
     return rows
+
+
+def _attack(m: Models, ev: EvaluateSpec, c, defense_params: dict, images: torch.Tensor,
+            labels: torch.Tensor) -> torch.Tensor:
+    """The cell's adversarial images, made for it alone; adaptive: through the per-image reference
+    defense (OpenCV / scikit-image) in the forward pass, its declared gradient in the backward."""
+    model, dev = m.models[c.source_model], m.devices[c.source_model]
+    if c.threat == "adaptive":
+        model = ThroughDefense(model, c.defense, defense_params, "reference")
+    params = {k: v for k, v in json.loads(c.attack_params).items() if k != "gradient"}
+    starts = None
+    if params.get("random_start"):
+        unit = random_starts(len(images), tuple(images.shape[1:]), int(params.get("restarts", 1)), ev.seed)
+        starts = c.eps * unit.to(images.device)
+    return attack_images(model, c.attack, images, labels, c.eps, dev, ev.batch_size, params, starts)

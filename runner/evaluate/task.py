@@ -66,7 +66,7 @@ def evaluate_checkpoint(task: EvalTask, done: Iterable[tuple] = (),
                         adversarials: dict | None = None) -> list[dict]:
     """Evaluate one checkpoint over task.evaluate's grid, skipping cells in `done`.
 
-    adversarials: FP32-made images {(attack, eps): uint8} made elsewhere (make_adversarials),
+    adversarials: FP32-made images {image key: uint8} made elsewhere (make_adversarials),
     used instead of making them again.
     """
     images, labels, classes, cells = _prepare(task, done)
@@ -83,11 +83,11 @@ def evaluate_checkpoint(task: EvalTask, done: Iterable[tuple] = (),
     return rows
 
 
-def make_adversarials(task: EvalTask, done: Iterable[tuple] = ()) -> dict[tuple[str, float], torch.Tensor]:
-    """The FP32-made adversarial images {(attack, eps): uint8} of the cells still to do, for other
+def make_adversarials(task: EvalTask, done: Iterable[tuple] = ()) -> dict[tuple, torch.Tensor]:
+    """The FP32-made adversarial images {image key: uint8} of the cells still to do, for other
     tasks to share (an attack task on the GPU feeds the int8 CPU tasks and the GPU cells task)."""
     images, labels, _, cells = _prepare(task, done)
-    wanted = {(c.attack, c.eps) for c in cells if image_key(c)[0] == "fp32"}
+    wanted = {image_key(c) for c in cells if image_key(c)[0] == "fp32"}
     if not wanted:
         return {}
     ev = task.evaluate.model_copy(update={"quant": ["fp32"]})

@@ -2,7 +2,7 @@
 from .plots import plot_all
 from .render import FORMATS, render
 from .report import show, views_of
-from .store import EVAL_KEY, EVAL_SCHEMA, EPOCH_SCHEMA, TRIAL_KEY, ResultStore, trials_schema
+from .store import EPOCH_SCHEMA, EVAL_KEY, EVAL_SCHEMA, TRIAL_KEY, ResultStore, trials_schema
 from .views import View, eps_label, pivot_view, pivot_views, trials_views
 
 __all__ = ["EPOCH_SCHEMA", "EVAL_KEY", "EVAL_SCHEMA", "FORMATS", "ResultStore", "TRIAL_KEY", "View", "eps_label",

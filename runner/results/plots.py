@@ -26,20 +26,25 @@ def plot_all(root: Path) -> list[Path]:
 
 
 def plot_accuracy_vs_eps(ev: pd.DataFrame, path: Path, title: str) -> Path:
+    """A panel per (quant, source, attack); a line per defense, dashed where the attacker is adaptive."""
     import matplotlib.pyplot as plt
-    panels = list(ev.groupby(["quant", "attack_source"], sort=False))
+    ev = ev.assign(threat=ev["threat"].fillna("oblivious"))
+    panels = list(ev.groupby(["quant", "attack_source", "attack"], sort=False))
     fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False, sharey=True)
-    for ax, ((q, src), part) in zip(axs[0], panels):
+    for ax, ((q, src, attack), part) in zip(axs[0], panels):
         several_n = part["n"].nunique() > 1      # cells that saw different images are separate lines
-        for (d, _, n), sub in part.groupby(["defense", "defense_params", "n"], sort=False):
+        colours = {d: f"C{i}" for i, d in enumerate(dict.fromkeys(part["defense"]))}
+        for (d, _, n, threat), sub in part.groupby(["defense", "defense_params", "n", "threat"], sort=False):
             sub = sub.sort_values("eps")
-            ax.plot(sub["eps"], 100 * sub["accuracy"], marker="o", label=f"{d} (n={n})" if several_n else d)
-            ax.fill_between(sub["eps"], 100 * sub["ci_low"], 100 * sub["ci_high"], alpha=0.15)
-        ax.set_title(f"{q}, source={src}")
-        ax.set_xlabel("FGSM eps (pixel scale [0,1])")
+            label = d + (" adaptive" if threat == "adaptive" else "") + (f" (n={n})" if several_n else "")
+            style = "--" if threat == "adaptive" else "-"
+            ax.plot(sub["eps"], 100 * sub["accuracy"], style, marker="o", color=colours[d], label=label)
+            ax.fill_between(sub["eps"], 100 * sub["ci_low"], 100 * sub["ci_high"], alpha=0.15, color=colours[d])
+        ax.set_title(f"{attack}: {q}, source={src}")
+        ax.set_xlabel("eps (pixel scale [0,1])")
         ax.grid(alpha=0.3)
     axs[0][0].set_ylabel("accuracy %")
-    axs[0][-1].legend(fontsize=8)
+    axs[0][-1].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)

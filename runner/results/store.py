@@ -28,7 +28,8 @@ PROVENANCE_FIELDS = [
 EVAL_SCHEMA = pa.schema([
     ("sweep", pa.string()), ("run_id", pa.string()), ("trial_id", pa.string()), ("model", pa.string()),
     ("dataset", pa.string()), ("quant", pa.string()), ("model_bytes", pa.int64()), ("attack", pa.string()),
-    ("attack_source", pa.string()), ("eps", pa.float64()), ("defense", pa.string()),
+    ("attack_params", pa.string()), ("attack_source", pa.string()), ("threat", pa.string()),
+    ("eps", pa.float64()), ("defense", pa.string()),
     ("defense_params", pa.string()), ("n", pa.int64()), ("correct", pa.int64()), ("accuracy", pa.float64()),
     ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("attack_success_rate", pa.float64()),
     ("seconds", pa.float64()), ("device", pa.string()), ("precision", pa.string()), ("seed", pa.int64()),
@@ -65,7 +66,10 @@ def trials_schema() -> pa.Schema:
     return pa.schema(_TRIAL_RESULT_FIELDS + config_fields)
 
 
-EVAL_KEY = ["trial_id", "quant", "attack", "attack_source", "eps", "defense", "defense_params", "n", "seed"]
+EVAL_KEY = ["trial_id", "quant", "attack", "attack_params", "attack_source", "threat", "eps", "defense",
+            "defense_params", "n", "seed"]
+# What rows of an earlier release (before attack parameters and threat models) were: FGSM, oblivious.
+EVAL_DEFAULTS = {"attack_params": "{}", "threat": "oblivious"}
 TRIAL_KEY = ["trial_id"]
 
 
@@ -117,6 +121,7 @@ class ResultStore:
         if not parts:
             return EVAL_SCHEMA.empty_table().select(columns or EVAL_SCHEMA.names).to_pandas()
         df = pq.ParquetDataset(parts, schema=EVAL_SCHEMA).read(columns=columns).to_pandas()
+        df = df.fillna({k: v for k, v in EVAL_DEFAULTS.items() if k in df})   # rows of an earlier release
         if columns is None or set(EVAL_KEY) <= set(columns):
             # Two writers racing on the same cell is prevented upstream; keep reads exact anyway.
             df = df.assign(_k=df["eps"].round(10)).drop_duplicates(subset=[c if c != "eps" else "_k" for c in EVAL_KEY])

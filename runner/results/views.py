@@ -102,38 +102,56 @@ def _int(v) -> str:
 IMAGE_SET = ["n", "seed", "data_digest"]
 
 
+def _without_gradient(params: str) -> str:
+    """An adaptive cell's attack parameters name the gradient per defense; its attack is the same."""
+    p = json.loads(params) if isinstance(params, str) and params else {}
+    p.pop("gradient", None)
+    return json.dumps(p, sort_keys=True)
+
+
 def pivot_views(ev: pd.DataFrame) -> list[View]:
-    """eps x defense per (quant, source, attack) and per image set: the trials pooled."""
+    """eps x defense per (quant, source, attack) and per image set: the trials pooled; with both
+    threat models, each defense's oblivious and adaptive columns side by side."""
     if not len(ev):
         return []
-    ev = ev.assign(data_digest=ev["data_digest"].fillna("") if "data_digest" in ev else "")
+    ev = ev.assign(data_digest=ev["data_digest"].fillna("") if "data_digest" in ev else "",
+                   attack_params=ev["attack_params"].fillna("{}") if "attack_params" in ev else "{}",
+                   threat=ev["threat"].fillna("oblivious") if "threat" in ev else "oblivious")
+    ev = ev.assign(attack_setting=ev["attack_params"].map(_without_gradient))
     views = []
-    keys = ["quant", "attack_source", "attack", *IMAGE_SET]
+    keys = ["quant", "attack_source", "attack", "attack_setting", *IMAGE_SET]
     several_digests = ev.groupby(["n", "seed"])["data_digest"].nunique().max() > 1
-    for (q, src, attack, n, seed, digest), part in ev.groupby(keys, sort=False):
-        title = f"{attack} accuracy %, quant={q}, source={src}, n={n} images"
+    for (q, src, attack, setting, n, seed, digest), part in ev.groupby(keys, sort=False):
+        title = f"{attack}{_setting(setting)} accuracy %, quant={q}, source={src}, n={n} images"
         if several_digests and digest:
             title += f" (images {digest[:8]})"
         views.append(pivot_view(part, title))
     return views
 
 
+def _setting(params: str) -> str:
+    p = json.loads(params)
+    return f" ({', '.join(f'{k}={v}' for k, v in p.items())})" if p else ""
+
+
 def pivot_view(ev: pd.DataFrame, title: str) -> View:
     """Each cell: the trials' images pooled (sum correct / sum n, the mean when every trial saw the
     same n), its Wilson 95 % interval on a second line, and with several trials the range over them.
     The interval covers test-set sampling only, not trial-to-trial spread."""
+    if "threat" not in ev:
+        ev = ev.assign(threat="oblivious")
     columns = _defense_columns(ev)
-    g = ev.groupby(["eps", "defense", "defense_params"], sort=True)
+    g = ev.groupby(["eps", "defense", "defense_params", "threat"], sort=True)
     pooled = g.agg(correct=("correct", "sum"), n=("n", "sum"), lo=("accuracy", "min"), hi=("accuracy", "max"),
                    trials=("trial_id", "nunique"))
     rows = []
     for eps in sorted(ev["eps"].unique()):
         cells = []
-        for d, params in columns:
-            if (eps, d, params) not in pooled.index:
+        for col in columns:
+            if (eps, *col) not in pooled.index:
                 cells.append("-")
                 continue
-            r = pooled.loc[(eps, d, params)]
+            r = pooled.loc[(eps, *col)]
             lo, hi = wilson_interval(int(r["correct"]), int(r["n"]))
             cell = f"{100 * r['correct'] / r['n']:.1f}\n{100 * lo:.1f}–{100 * hi:.1f}"
             if r["trials"] > 1:
@@ -143,19 +161,25 @@ def pivot_view(ev: pd.DataFrame, title: str) -> View:
     n_trials = ev["trial_id"].nunique()
     notes = ["each cell: accuracy %, then its Wilson 95 % interval"
              + (f"; {n_trials} trials pooled, r: the range over trials" if n_trials > 1 else "")]
-    notes += _defense_notes(columns)
-    return View(title, ["eps", *[_column_label(d, p, columns) for d, p in columns]], rows, notes)
+    if (ev["threat"] == "adaptive").any():
+        notes.append("/a: adaptive, the attacker differentiates model o defense (BPDA); plain: oblivious, "
+                     "the attacker ignores the defense")
+    notes += _defense_notes(list(dict.fromkeys((d, p) for d, p, _ in columns)))
+    return View(title, ["eps", *[_column_label(d, p, t, columns) for d, p, t in columns]], rows, notes)
 
 
-def _defense_columns(ev: pd.DataFrame) -> list[tuple[str, str]]:
-    return list(dict.fromkeys(zip(ev["defense"], ev["defense_params"])))
+def _defense_columns(ev: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(defense, params, threat), each defense's threats side by side (oblivious first)."""
+    cols = list(dict.fromkeys(zip(ev["defense"], ev["defense_params"], ev["threat"])))
+    order = {d: i for i, d in enumerate(dict.fromkeys((d, p) for d, p, _ in cols))}
+    return sorted(cols, key=lambda c: (order[(c[0], c[1])], c[2] != "oblivious"))
 
 
-def _column_label(defense: str, params: str, columns: list[tuple[str, str]]) -> str:
+def _column_label(defense: str, params: str, threat: str, columns: list[tuple[str, str, str]]) -> str:
     label = ABBREVIATIONS.get(defense, defense)
-    if sum(d == defense for d, _ in columns) > 1:      # the same defense at two settings: say which
+    if len({p for d, p, _ in columns if d == defense}) > 1:   # the same defense at two settings: say which
         label += " " + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in json.loads(params).values())
-    return label
+    return label + ("/a" if threat == "adaptive" else "")
 
 
 def _defense_notes(columns: list[tuple[str, str]]) -> list[str]:
