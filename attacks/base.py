@@ -63,24 +63,39 @@ def input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor)
     that brings its logit gradient near 1 before it enters the model's backward; a power of
     two is exact in fp32, so on an fp32 model the signs equal torchattacks' bit for bit.
     Images whose scaled gradient overflows are retried with a smaller scale.
+
+    A model with `eot_draws` (a randomized defense in front of it) gives the mean gradient over
+    those draws of its randomness (EOT), every draw under the same per-image scale.
     """
     was_training = model.training
     model.eval()
+    draws = getattr(model, "eot_draws", None) or [None]
     scale = None
     for _ in range(4):
-        x = images.clone().detach().requires_grad_(True)
-        logits = model(x).float()
-        if scale is None:
-            scale = _loss_scale(logits.detach(), labels)
-        per_image = nn.functional.cross_entropy(logits, labels, reduction="none")
-        loss = (per_image * scale).sum() / len(labels)       # the mean, each term scaled
-        grad = torch.autograd.grad(loss, x)[0]
+        grads = []
+        for d in draws:
+            if d is not None:
+                model.draw = d
+            grad, scale = _scaled_gradient(model, images, labels, scale)
+            grads.append(grad)
+        grad = grads[0] if len(grads) == 1 else torch.stack(grads).mean(0)
         bad = ~torch.isfinite(grad).flatten(1).all(1)
         if not bad.any():
             break
         scale = torch.where(bad, scale * 2.0 ** -16, scale)
     model.train(was_training)
     return grad
+
+
+def _scaled_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                     scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    x = images.clone().detach().requires_grad_(True)
+    logits = model(x).float()
+    if scale is None:
+        scale = _loss_scale(logits.detach(), labels)
+    per_image = nn.functional.cross_entropy(logits, labels, reduction="none")
+    loss = (per_image * scale).sum() / len(labels)       # the mean, each term scaled
+    return torch.autograd.grad(loss, x)[0], scale
 
 
 def _loss_scale(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -29,12 +29,13 @@ DEFENSES = Registry("defense")
 
 def register_defense(name: str, reference: ReferenceFn, batched: BatchedFn,
                      params: dict[str, Param] | None = None, *, gradient: str = "bpda_identity",
-                     approx: BatchedFn | None = None) -> Defense:
+                     approx: BatchedFn | None = None, randomized: bool = False) -> Defense:
     """A defense with its parameters, their defaults and valid domains (the spec checks them), and
     the gradient an adaptive attacker takes through it: `exact`, `bpda_identity`, or `bpda_<name>`
-    with `approx(images, **params)`, a differentiable stand-in whose gradient replaces the real one."""
+    with `approx(images, **params)`, a differentiable stand-in whose gradient replaces the real one.
+    A randomized defense takes `draw=k` (its k-th draw of randomness; scoring uses draw 0)."""
     defense = Defense(name, reference, batched)
-    DEFENSES.add(name, defense, params, gradient=gradient, approx=approx)
+    DEFENSES.add(name, defense, params, gradient=gradient, approx=approx, randomized=randomized)
     return defense
 
 
@@ -103,3 +104,7 @@ class _BPDA(torch.autograd.Function):
             x = images.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(approx(x, **ctx.kwargs), x, grad_out)
         return grad, None, None, None
+
+
+def is_randomized(name: str) -> bool:
+    return DEFENSES.get(name).extras["randomized"]

@@ -37,5 +37,14 @@ def batched(images: torch.Tensor, quality: int = 30) -> torch.Tensor:
     return (torch.from_numpy(out).permute(0, 3, 1, 2).to(torch.float32) / 255).to(images.device)
 
 
+def differentiable(images: torch.Tensor, quality: int = 30) -> torch.Tensor:
+    """A differentiable JPEG (kornia's, after Reich et al. 2023): the adaptive attacker's stand-in. On
+    CIFAR-10 images at q30 it lands ~2.4 levels (of 255) from OpenCV's codec on average, the identity ~16."""
+    from kornia.enhance import jpeg_codec_differentiable
+    q = torch.tensor([float(quality)], device=images.device, dtype=images.dtype)
+    return jpeg_codec_differentiable(images.contiguous(), q)
+
+
 DEFENSE = register_defense("jpeg", reference, batched,
-                           {"quality": Param(30, int, lambda q: 1 <= q <= 100, "an integer in [1, 100]")})
+                           {"quality": Param(30, int, lambda q: 1 <= q <= 100, "an integer in [1, 100]")},
+                           gradient="bpda_jpeg", approx=differentiable)

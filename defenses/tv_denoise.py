@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..registry import Param
 from .base import register_defense, to_uint8
@@ -78,7 +79,33 @@ def batched(images: torch.Tensor, weight: float = 0.1, eps: float = 2e-4, max_nu
     return out.reshape(n, c, h, w).to(torch.float32)
 
 
-DEFENSE = register_defense("tv_denoise", reference, batched, {
+UNROLLED_ITERATIONS = 20
+
+
+def unrolled(images: torch.Tensor, weight: float = 0.1, eps: float = 2e-4, max_num_iter: int = 200) -> torch.Tensor:
+    """Chambolle's iterations unrolled, differentiable: the adaptive attacker's stand-in for TV.
+
+    The first UNROLLED_ITERATIONS of skimage's updates (without its stop test, in the images' dtype),
+    out-of-place so autograd follows them; the forward value stays the real defense's (BPDA).
+    """
+    n, c, h, w = images.shape
+    img = images.reshape(n * c, h, w)
+    p = torch.zeros((2, n * c, h, w), dtype=img.dtype, device=img.device)
+    out = img
+    for i in range(min(UNROLLED_ITERATIONS, max_num_iter)):
+        if i > 0:
+            d = -p[0] - p[1]
+            d = d + F.pad(p[0, :, :-1, :], (0, 0, 1, 0)) + F.pad(p[1, :, :, :-1], (1, 0))
+            out = img + d
+        g0 = F.pad(out[:, 1:, :] - out[:, :-1, :], (0, 0, 0, 1))
+        g1 = F.pad(out[:, :, 1:] - out[:, :, :-1], (0, 1))
+        norm = 1 + (0.25 / weight) * torch.sqrt(g0 * g0 + g1 * g1 + 1e-12)
+        p = torch.stack([(p[0] - 0.25 * g0) / norm, (p[1] - 0.25 * g1) / norm])
+    return out.reshape(n, c, h, w)
+
+
+DEFENSE = register_defense("tv_denoise", reference, batched, gradient=f"bpda_tv_unrolled{UNROLLED_ITERATIONS}",
+                           approx=unrolled, params={
     "weight": Param(0.1, float, lambda w: w > 0, "> 0"),
     "eps": Param(2e-4, float, lambda e: e > 0, "> 0 (the relative energy change that stops a plane)"),
     "max_num_iter": Param(200, int, lambda n: n >= 1, ">= 1"),

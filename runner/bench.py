@@ -27,7 +27,8 @@ from .evaluate import Engine, plan_cells, reference_rows, run_cells
 from .spec import DataSpec, EvaluateSpec
 from .train import train
 
-GRIDS = {"quickstart": ("quickstart.yaml", "simple_cnn"), "notebook": ("cifar10_notebook.yaml", "improved_cnn")}
+GRIDS = {"quickstart": ("quickstart.yaml", "simple_cnn"), "notebook": ("cifar10_notebook.yaml", "improved_cnn"),
+         "adaptive": ("adaptive.yaml", "simple_cnn")}
 
 
 def _bench_dataset() -> str:
@@ -84,7 +85,8 @@ def bench_pipeline(model, images, labels, device, grid: str = "quickstart") -> d
         t_engine = clock(device) - t0
 
     def cells_of(rs):
-        return {(r["quant"], r["attack_source"], r["eps"], r["defense"]): r["correct"] for r in rs}
+        return {(r["quant"], r["attack"], r["attack_params"], r["attack_source"], r["threat"], r["eps"], r["defense"]):
+                r["correct"] for r in rs}
     ref, eng = cells_of(ref_rows), cells_of(rows)
     differing = sum(ref.get(k) != v for k, v in eng.items())
     return {"grid": grid, "quant": ev.quant, "images": len(images), "cells": len(cells), "reference_s": t_ref, "engine_s": t_engine,

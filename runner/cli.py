@@ -62,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small sizes: about a minute on 2 CPU cores")
     bench.add_argument("--json", help="write the measurements as JSON here")
     bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    bench.add_argument("--grid", default="quickstart", choices=["quickstart", "notebook"],
-                       help="(a) on this sweep's grid: quickstart (simple_cnn) or the CIFAR-10 notebook's (improved_cnn)")
+    bench.add_argument("--grid", default="quickstart", choices=["quickstart", "notebook", "adaptive"],
+                       help="(a) on this sweep's grid: quickstart (simple_cnn), the CIFAR-10 notebook's (improved_cnn), "
+                            "or adaptive (FGSM + PGD-10, oblivious and adaptive, simple_cnn)")
     bench.add_argument("--images", type=int, help="test images for (a) and (b) (default 200 with --quick, else 1000)")
     bench.add_argument("--ray-overhead", action="store_true",
                        help="instead: a 4-trial sweep through Ray, wall time outside trials and evaluation")

@@ -159,6 +159,9 @@ class Scheduler(Strict):
     reduction_factor: float = Field(2, gt=1)
 
 
+NOTEBOOK_DEFENSES = ["none", "gaussian_blur", "jpeg", "median", "tv_denoise"]   # the default grid
+
+
 class AttackChoice(Strict):
     """One attack of the grid with its parameters (in the sweep file: `fgsm` or `{pgd: {steps: 20}}`)."""
     name: str
@@ -186,9 +189,10 @@ class EvaluateSpec(Strict):
     attacks: list[AttackChoice] = [AttackChoice(name="fgsm")]
     # oblivious: the attacker differentiates the model alone; adaptive: model o defense (BPDA)
     threats: list[Literal["oblivious", "adaptive"]] = ["oblivious"]
+    eot_samples: int = Field(10, ge=1)   # adaptive, through a randomized defense: draws per gradient (EOT)
     eps: list[float] = [0.0, 2 / 255, 4 / 255, 8 / 255]
     sources: list[Literal["self", "fp32"]] = ["self", "fp32"]
-    defenses: dict[str, dict[str, Any]] = Field(default_factory=lambda: {n: {} for n in defense_names()})
+    defenses: dict[str, dict[str, Any]] = Field(default_factory=lambda: {n: {} for n in NOTEBOOK_DEFENSES})
     quant: list[str] = ["fp32", "dynamic_int8"]
     defense_backend: Literal["reference", "batched"] = "batched"
     batch_size: int = Field(500, gt=0)

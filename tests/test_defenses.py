@@ -81,7 +81,7 @@ def test_unknown_backend_and_defense():
         apply_defense("blur", torch.rand(1, 3, 4, 4))
 
 
-@pytest.mark.parametrize("name", ["none", "gaussian_blur", "jpeg", "median", "tv_denoise"])
+@pytest.mark.parametrize("name", ["none", "gaussian_blur", "jpeg", "median", "tv_denoise", "random_resize_pad"])
 def test_bpda_forward_is_the_real_defense_and_backward_the_declared_gradient(name, images):
     """An adaptive attacker sees the real defense and differentiates its declared stand-in."""
     from robustgrid.defenses import DEFENSES, defend_differentiably, defense_gradient
@@ -98,7 +98,8 @@ def test_bpda_forward_is_the_real_defense_and_backward_the_declared_gradient(nam
         (want,) = torch.autograd.grad((approx(x2) * w).sum(), x2)
         assert torch.equal(got, want)
     assert defense_gradient(name) == {"none": "exact", "gaussian_blur": "exact", "median": "bpda_median",
-                                      "jpeg": "bpda_identity", "tv_denoise": "bpda_identity"}[name]
+                                      "jpeg": "bpda_jpeg", "tv_denoise": "bpda_tv_unrolled20",
+                                      "random_resize_pad": "exact"}[name]
 
 
 def test_blur_and_median_stand_ins_are_the_defenses_before_rounding(images):
@@ -106,3 +107,38 @@ def test_blur_and_median_stand_ins_are_the_defenses_before_rounding(images):
     from robustgrid.defenses.median import window_median
     assert (smooth(images) - apply_defense("gaussian_blur", images)).abs().max() <= 0.5 / 255 + 1e-6
     assert torch.equal(torch.round(window_median(images) * 255), torch.round(apply_defense("median", images) * 255))
+
+
+def test_random_resize_pad_reference_batched_and_batch_independence(images):
+    """The randomized defense: batched equal to its per-image reference for every draw, an image's
+    draw independent of its batch, draws that differ, and every size in its range drawn."""
+    from robustgrid.defenses.resize_pad import draws_torch
+    for draw in (0, 1, 5):
+        p = {"draw": draw, "min_size": 24}
+        full = apply_defense("random_resize_pad", images, p)
+        assert torch.equal(full, apply_defense("random_resize_pad", images, p, backend="reference"))
+        assert torch.equal(apply_defense("random_resize_pad", images[7:11], p), full[7:11])
+    assert not torch.equal(apply_defense("random_resize_pad", images, {"draw": 0}),
+                           apply_defense("random_resize_pad", images, {"draw": 1}))
+    many = torch.round(torch.rand(2000, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
+    size, top, left = draws_torch(many, seed=0, draw=0, min_size=26)
+    assert set(size.tolist()) == set(range(26, 33)) and (top + size <= 32).all() and (left + size <= 32).all()
+
+
+def test_eot_averages_the_declared_number_of_draws(tiny_model, images):
+    """An adaptive attacker through a randomized defense: its gradient is the mean over draws 1..k."""
+    from robustgrid.attacks import input_gradient
+    from robustgrid.runner.evaluate.engine import ThroughDefense
+    labels = torch.arange(len(images)) % 10
+    through = ThroughDefense(tiny_model, "random_resize_pad", {}, "batched", eot_samples=4)
+    assert through.eot_draws == [1, 2, 3, 4]
+    eot = input_gradient(through, images, labels)
+    singles = []
+    for d in through.eot_draws:
+        one = ThroughDefense(tiny_model, "random_resize_pad", {}, "batched", eot_samples=1)
+        one.draw, one.eot_draws = d, None
+        singles.append(input_gradient(one, images, labels))
+    # the same per-image scale for every draw: the mean up to that (positive) scale
+    signs_equal = (eot.sign() == torch.stack(singles).mean(0).sign()).float().mean()
+    assert signs_equal > 0.999
+    assert not torch.equal(singles[0].sign(), singles[1].sign())

@@ -43,21 +43,25 @@ def test_one_image_set_per_source_and_eps():
 
 
 ADAPTIVE = {**GRID, "eps": [0, "8/255"], "attacks": ["fgsm", {"pgd": {"steps": 3, "restarts": 2}}],
-            "threats": ["oblivious", "adaptive"]}
+            "threats": ["oblivious", "adaptive"], "defenses": GRID["defenses"] + ["random_resize_pad"],
+            "eot_samples": 3}
 
 
 def test_adaptive_engine_equals_reference_pipeline_cell_by_cell(tiny_model, images):
-    """Adaptive cells (FGSM and PGD through each defense: exact blur, median subgradient, identity BPDA
-    for JPEG and TV) made once per defense in the engine and cell by cell through the per-image
-    OpenCV / scikit-image defense in the reference: the same images, so the same counts."""
+    """Adaptive cells (FGSM and PGD through each defense: exact blur, median subgradient, differentiable
+    JPEG, unrolled Chambolle for TV, EOT through the random resize-and-pad) made once per defense in the
+    engine and cell by cell through the per-image OpenCV / scikit-image / numpy defense in the
+    reference: the same images, so the same counts."""
     with torch.no_grad():
         labels = tiny_model(images).argmax(1)
     ev = EvaluateSpec.model_validate(ADAPTIVE)
     cells = plan_cells(ev)
     adaptive = [c for c in cells if c.threat == "adaptive"]
-    # through 4 defenses (not 'none'), eps 8/255, 2 attacks, (fp32 self + int8 transfer)
-    assert len(adaptive) == 4 * 2 * 2 and all(c.eps > 0 and c.defense != "none" for c in adaptive)
-    assert {json.loads(c.attack_params)["gradient"] for c in adaptive} == {"exact", "bpda_median", "bpda_identity"}
+    # through 5 defenses (not 'none'), eps 8/255, 2 attacks, (fp32 self + int8 transfer)
+    assert len(adaptive) == 5 * 2 * 2 and all(c.eps > 0 and c.defense != "none" for c in adaptive)
+    assert {json.loads(c.attack_params)["gradient"] for c in adaptive} == {"exact", "bpda_median", "bpda_jpeg",
+                                                                             "bpda_tv_unrolled20"}
+    assert {json.loads(c.attack_params).get("eot_samples") for c in adaptive if c.defense == "random_resize_pad"} == {3}
     engine_rows = run_cells(Engine(tiny_model, ev, images, labels, torch.device("cpu")), cells, META)
     ref_rows = reference_rows(tiny_model, ev, images, labels, torch.device("cpu"), META)
     key = lambda r: (r["quant"], r["attack"], r["attack_params"], r["attack_source"], r["threat"], r["eps"], r["defense"])  # noqa: E731
@@ -67,4 +71,4 @@ def test_adaptive_engine_equals_reference_pipeline_cell_by_cell(tiny_model, imag
 def test_adaptive_images_are_made_once_per_defense():
     ev = EvaluateSpec.model_validate(ADAPTIVE)
     keys = {image_key(c) for c in plan_cells(ev) if c.threat == "adaptive"}
-    assert len(keys) == 2 * 4 and all(k[0] == "fp32" and k[4] == "adaptive" for k in keys)
+    assert len(keys) == 2 * 5 and all(k[0] == "fp32" and k[4] == "adaptive" for k in keys)

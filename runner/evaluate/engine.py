@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ...attacks import gradient_step, input_gradient, random_starts, to_8bit_grid
-from ...defenses import defend_differentiably
+from ...defenses import defend_differentiably, is_randomized
 from ...models import quant_mode, quantize, state_dict_bytes
 from ..device import clock, fp32_precision, ieee_fp32
 from ..provenance import images_digest
@@ -70,6 +70,7 @@ class Engine:
         self._adv: dict[tuple, tuple[torch.Tensor, float]] = {}
         self._grad: dict[tuple, torch.Tensor] = {}   # (source model[, adaptive defense]) -> input gradients
         self._unit_starts: torch.Tensor | None = None
+        self.dead_gradients: dict[tuple, int] = {}   # image key -> images whose input gradient was all 0 / NaN
         self._correct: dict[tuple, torch.Tensor] = {}    # (quant, image key, defense, params) -> right or not
 
     def adversarial(self, key: tuple) -> tuple[torch.Tensor, float]:
@@ -85,10 +86,10 @@ class Engine:
 
     def _make_adversarial(self, key: tuple) -> torch.Tensor:
         source, attack, params_json, eps = key[:4]
-        params = {k: v for k, v in json.loads(params_json).items() if k != "gradient"}
+        params, eot_samples = split_attack_params(params_json)
         model, dev, bs = self.models[source], self.devices[source], self.ev.batch_size
-        if len(key) > 4:          # adaptive: the attacker differentiates model o defense (BPDA)
-            model = ThroughDefense(model, key[5], json.loads(key[6]), self.ev.defense_backend)
+        if len(key) > 4:          # adaptive: the attacker differentiates model o defense (BPDA, EOT)
+            model = ThroughDefense(model, key[5], json.loads(key[6]), self.ev.defense_backend, eot_samples)
         step = gradient_step(attack)
         if step is None:
             starts = self._starts(params, eps)
@@ -96,7 +97,10 @@ class Engine:
         grad_key = (source,) + key[4:]
         if grad_key not in self._grad:      # single-step attack: one gradient serves every eps
             self._grad = {grad_key: over_batches(input_gradient, model, self.images, self.labels, dev, bs)}
-        return to_8bit_grid(step(self.images, self._grad[grad_key], eps))
+        grad = self._grad[grad_key]
+        dead = ~(torch.isfinite(grad) & (grad != 0)).flatten(1).any(1)   # no usable gradient at all
+        self.dead_gradients[key] = int(dead.sum())
+        return to_8bit_grid(step(self.images, grad, eps))
 
     def _starts(self, params: dict, eps: float) -> torch.Tensor | None:
         """Random starts per image for the whole set (the same on any batch size), shared by every
@@ -146,14 +150,26 @@ def _order(c: Cell) -> tuple:
 
 
 class ThroughDefense(nn.Module):
-    """model o defense for an adaptive attacker: the real defense forward, its declared gradient backward."""
+    """model o defense for an adaptive attacker: the real defense forward, its declared gradient backward.
+    Through a randomized defense the attacker averages its gradient over draws 1..eot_samples of the
+    defense's randomness (EOT; input_gradient reads `eot_draws`); draw 0 is the defender's, used to score."""
 
-    def __init__(self, model: nn.Module, defense: str, params: dict, backend: str):
+    def __init__(self, model: nn.Module, defense: str, params: dict, backend: str, eot_samples: int = 1):
         super().__init__()
         self.model, self.defense, self.params, self.backend = model, defense, params, backend
+        self.randomized = is_randomized(defense)
+        self.eot_draws = list(range(1, eot_samples + 1)) if self.randomized else None
+        self.draw = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(defend_differentiably(self.defense, x, self.params, self.backend))
+        params = {**self.params, "draw": self.draw} if self.randomized else self.params
+        return self.model(defend_differentiably(self.defense, x, params, self.backend))
+
+
+def split_attack_params(params_json: str) -> tuple[dict, int]:
+    """(the attack's own parameters, EOT samples) of a cell's attack_params."""
+    params = {k: v for k, v in json.loads(params_json).items() if k != "gradient"}
+    return params, int(params.pop("eot_samples", 1))
 
 
 def run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any],
@@ -184,7 +200,7 @@ def _run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any], on_rows,
                 rows.append(make_row(c, ok, clean_ok, time.perf_counter() - t1 + shared, meta,
                                      model_bytes=engine.sizes[c.quant], device=engine.devices[c.quant],
                                      precision=engine.precision(c.quant), seed=engine.ev.seed,
-                                     data_digest=engine.data_digest))
+                                     data_digest=engine.data_digest, dead_gradients=engine.dead_gradients.get(key)))
         all_rows += rows
         if on_rows:
             on_rows(rows)

@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ...defenses import DEFENSES, defense_gradient
+from ...defenses import DEFENSES, defense_gradient, is_randomized
 from ...models import quant_mode
 from ..spec import EvaluateSpec
 
@@ -37,9 +37,13 @@ def defense_params_json(name: str, overrides: dict[str, Any]) -> str:
     return json.dumps(DEFENSES.resolve(name, overrides), sort_keys=True)
 
 
-def adaptive_params_json(attack_params: str, defense: str) -> str:
-    """An adaptive cell's attack parameters name the gradient taken through the defense."""
-    return json.dumps({**json.loads(attack_params), "gradient": defense_gradient(defense)}, sort_keys=True)
+def adaptive_params_json(attack_params: str, defense: str, eot_samples: int) -> str:
+    """An adaptive cell's attack parameters name the gradient taken through the defense (and, through
+    a randomized defense, the draws its expectation is taken over)."""
+    extra = {"gradient": defense_gradient(defense)}
+    if is_randomized(defense):
+        extra["eot_samples"] = eot_samples
+    return json.dumps({**json.loads(attack_params), **extra}, sort_keys=True)
 
 
 def plan_cells(ev: EvaluateSpec) -> list[Cell]:
@@ -64,7 +68,7 @@ def plan_cells(ev: EvaluateSpec) -> list[Cell]:
                             adaptive = threat == "adaptive"
                             if adaptive and (eps == 0 or name == "none"):
                                 continue
-                            a_params = adaptive_params_json(attack.params_json, name) if adaptive else attack.params_json
+                            a_params = adaptive_params_json(attack.params_json, name, ev.eot_samples) if adaptive else attack.params_json
                             cells.append(Cell(quant, attack.name, source, float(eps), name,
                                               defense_params_json(name, params), a_params, threat))
     return cells

@@ -20,7 +20,7 @@ from ..device import ieee_fp32
 from ..provenance import images_digest
 from ..spec import EvaluateSpec
 from .batching import attack_images, defend_images, predict
-from .engine import Models, ThroughDefense
+from .engine import Models, ThroughDefense, split_attack_params
 from .plan import plan_cells
 from .rows import make_row
 
@@ -64,9 +64,9 @@ def _attack(m: Models, ev: EvaluateSpec, c, defense_params: dict, images: torch.
     """The cell's adversarial images, made for it alone; adaptive: through the per-image reference
     defense (OpenCV / scikit-image) in the forward pass, its declared gradient in the backward."""
     model, dev = m.models[c.source_model], m.devices[c.source_model]
+    params, eot_samples = split_attack_params(c.attack_params)
     if c.threat == "adaptive":
-        model = ThroughDefense(model, c.defense, defense_params, "reference")
-    params = {k: v for k, v in json.loads(c.attack_params).items() if k != "gradient"}
+        model = ThroughDefense(model, c.defense, defense_params, "reference", eot_samples)
     starts = None
     if params.get("random_start"):
         unit = random_starts(len(images), tuple(images.shape[1:]), int(params.get("restarts", 1)), ev.seed)

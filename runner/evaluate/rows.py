@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import numpy as np
 import torch
 
 from ..provenance import software
@@ -13,7 +14,8 @@ META_KEYS = ("sweep", "run_id", "trial_id", "model", "dataset")
 
 
 def make_row(c: Cell, ok: torch.Tensor, clean_ok: torch.Tensor, seconds: float, meta: dict, *,
-             model_bytes: int, device: torch.device, precision: str, seed: int, data_digest: str) -> dict:
+             model_bytes: int, device: torch.device, precision: str, seed: int, data_digest: str,
+             dead_gradients: int | None = None) -> dict:
     """ok / clean_ok: which images the model gets right in this cell / without attack (same defense)."""
     n, correct = len(ok), int(ok.sum())
     lo, hi = wilson_interval(correct, n)
@@ -28,4 +30,15 @@ def make_row(c: Cell, ok: torch.Tensor, clean_ok: torch.Tensor, seconds: float, 
         "attack_success_rate": flipped / base if base else float("nan"),
         "seconds": seconds, "device": str(device), "precision": precision, "seed": seed,
         "created_at": datetime.now(timezone.utc), "data_digest": data_digest, **software(),
+        "correct_mask": pack_mask(ok),
+        "dead_gradients": dead_gradients,   # images with an all-zero / NaN input gradient (single-step attacks)
     }
+
+
+def pack_mask(ok: torch.Tensor) -> bytes:
+    """Which images the cell got right, one bit an image in test-set order (numpy's packbits)."""
+    return np.packbits(ok.cpu().numpy().astype(bool)).tobytes()
+
+
+def unpack_mask(mask: bytes, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(mask, dtype=np.uint8), count=n).astype(bool)

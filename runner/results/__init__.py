@@ -2,8 +2,10 @@
 from .plots import plot_all
 from .render import FORMATS, render
 from .report import show, views_of
+from .robustness import masking_flags, worst_case
 from .store import EPOCH_SCHEMA, EVAL_KEY, EVAL_SCHEMA, TRIAL_KEY, ResultStore, trials_schema
 from .views import View, eps_label, pivot_view, pivot_views, trials_views
 
 __all__ = ["EPOCH_SCHEMA", "EVAL_KEY", "EVAL_SCHEMA", "FORMATS", "ResultStore", "TRIAL_KEY", "View", "eps_label",
-           "pivot_view", "pivot_views", "plot_all", "render", "show", "trials_schema", "trials_views", "views_of"]
+           "pivot_view", "pivot_views", "plot_all", "render", "show", "trials_schema", "trials_views", "views_of",
+           "masking_flags", "worst_case"]

@@ -6,8 +6,9 @@ from pathlib import Path
 from rich.console import Console
 
 from .render import render
+from .robustness import masking_flags, worst_case
 from .store import ResultStore
-from .views import View, grid_axes, pivot_views, provenance_view, trials_views
+from .views import View, flags_view, grid_axes, pivot_views, provenance_view, trials_views
 
 
 def views_of(root: Path, quant: list[str] | None = None, defense: list[str] | None = None,
@@ -23,7 +24,9 @@ def views_of(root: Path, quant: list[str] | None = None, defense: list[str] | No
         ev = ev[ev["quant"].isin(quant)]
     if defense:
         ev = ev[ev["defense"].isin(defense)]
-    return views + pivot_views(ev)
+    worst = worst_case(ev)
+    several_attacks = len(worst) and ev[ev["eps"] > 0].groupby(["quant", "eps"])["attack"].nunique().max() > 1
+    return views + pivot_views(ev) + (pivot_views(worst) if several_attacks else []) + flags_view(masking_flags(ev))
 
 
 def show(root: Path, quant: list[str] | None = None, defense: list[str] | None = None,

@@ -34,6 +34,8 @@ EVAL_SCHEMA = pa.schema([
     ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("attack_success_rate", pa.float64()),
     ("seconds", pa.float64()), ("device", pa.string()), ("precision", pa.string()), ("seed", pa.int64()),
     ("created_at", pa.timestamp("us", tz="UTC")), *PROVENANCE_FIELDS,
+    ("correct_mask", pa.binary()),   # which images were right, a bit each (evaluate.rows.unpack_mask)
+    ("dead_gradients", pa.int64()),  # images whose input gradient was all zero or NaN (single-step attacks)
 ])
 
 EPOCH_SCHEMA = pa.schema([

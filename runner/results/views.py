@@ -122,11 +122,25 @@ def pivot_views(ev: pd.DataFrame) -> list[View]:
     keys = ["quant", "attack_source", "attack", "attack_setting", *IMAGE_SET]
     several_digests = ev.groupby(["n", "seed"])["data_digest"].nunique().max() > 1
     for (q, src, attack, setting, n, seed, digest), part in ev.groupby(keys, sort=False):
-        title = f"{attack}{_setting(setting)} accuracy %, quant={q}, source={src}, n={n} images"
+        what = "worst case over every attack" if attack == "worst_case" else f"{attack}{_setting(setting)}"
+        title = f"{what} accuracy %, quant={q}, source={src}, n={n} images"
         if several_digests and digest:
             title += f" (images {digest[:8]})"
         views.append(pivot_view(part, title))
     return views
+
+
+def flags_view(flags: pd.DataFrame) -> list[View]:
+    """The gradient-masking checks that fired, as a warning table (nothing when none did)."""
+    if not len(flags):
+        return []
+    rows = [[str(i + 1), r["trial_id"], r["quant"], eps_label(r["eps"]), r["defense"], r["check"]]
+            for i, r in enumerate(flags.to_dict("records"))]
+    notes = [f"[{i + 1}] {d}" for i, d in enumerate(flags["detail"])]
+    notes.append("checks of Carlini et al. 2019, 'On Evaluating Adversarial Robustness': a flagged cell may "
+                 "overstate robustness; it is shown, never dropped")
+    return [View(f"WARNING: {len(flags)} gradient-masking flag(s)", ["#", "trial", "quant", "eps", "defense", "check"],
+                 rows, notes)]
 
 
 def _setting(params: str) -> str:
