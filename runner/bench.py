@@ -202,12 +202,10 @@ def _write_json(path: str, data: dict) -> None:
 
 
 def _print_table(title: str, rows: list[dict], columns: dict[str, str]) -> None:
-    t = Table(title=title)
-    for c in columns:
-        t.add_column(c.replace("_", " "), justify="right")
-    for r in rows:
-        t.add_row(*("-" if r[c] is None else fmt.format(r[c]) for c, fmt in columns.items()))
-    console.print(t)
+    """The bench's tables as robustgrid's views: they fit the terminal without cutting a figure."""
+    from .results import View, render
+    cells = [["-" if r[c] is None else fmt.format(r[c]) for c, fmt in columns.items()] for r in rows]
+    render([View(title, [c.replace("_", " ") for c in columns], cells)], "rich", console)
 
 
 def bench_ray_overhead(json_path: str | None = None, epochs: int = 3, train_subset: int = 24000) -> int:

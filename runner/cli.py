@@ -16,6 +16,7 @@ from .console import console
 from .results.render import FORMATS
 
 EXIT_BAD_INPUT = 2
+EXIT_TRIALS_FAILED = 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,10 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from ..models import CheckpointError
     from .data import DataError, DownloadError
+    from .results.store import DamagedTable
     from .spec import SpecError
     try:
         return COMMANDS[args.command](args) or 0
-    except (SpecError, CheckpointError, DataError, DownloadError) as e:
+    except (SpecError, CheckpointError, DataError, DownloadError, DamagedTable) as e:
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -89,20 +91,38 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_run(args) -> int:
     from .bundled import resolve_sweep
-    from .execute import Sweep, resolve_out
+    from .execute import FolderLock, Sweep, check_out, resolve_out
     from .spec import load_spec
     spec, raw = load_spec(resolve_sweep(args.sweep), args.overrides)   # validates everything before anything is written
     sweep = Sweep(spec, raw, resolve_out(spec, args.out))
+    check_out(sweep.out)
     _check_checkpoints_readable(sweep)
-    sweep.write_spec()
-    console.print(f"sweep [bold]{spec.name}[/bold]: {len(spec.trial_configs())} trial(s) -> {sweep.out}")
-    if args.executor == "inline":
-        from .execute import run_inline
-        run_inline(sweep, resume=True)
-    else:
-        from .execute import run_ray
-        run_ray(sweep, address=args.address, resume=args.resume)
-    _views(sweep.out)
+    if args.executor == "ray":        # the cluster is checked before a file is written
+        from .execute import check_cluster, init_ray
+        init_ray(args.address)
+        check_cluster(sweep, args.address)
+    with FolderLock(sweep.out):
+        sweep.write_spec()
+        console.print(f"sweep [bold]{spec.name}[/bold]: {len(spec.trial_configs())} trial(s) -> {sweep.out}")
+        if args.executor == "inline":
+            from .execute import run_inline
+            run_inline(sweep, resume=True)
+        else:
+            from .execute import run_ray
+            run_ray(sweep, address=args.address, resume=args.resume)
+        _views(sweep.out)
+    return _status(sweep)
+
+
+def _status(sweep) -> int:
+    """0 only when every trial of the sweep finished; the failed ones are listed by `show`."""
+    trials = sweep.store.read("trials")
+    ids = {t["trial_id"] for t in sweep.trials()}
+    failed = trials[trials["trial_id"].isin(ids) & (trials["status"] == "failed")]
+    if len(failed):
+        console.print(f"[red]{len(failed)} trial(s) failed[/red] ({', '.join(failed['trial_id'])}); their errors: "
+                      f"robustgrid show {sweep.out}")
+        return EXIT_TRIALS_FAILED
     return 0
 
 
@@ -114,7 +134,7 @@ def _check_checkpoints_readable(sweep) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .execute import Sweep
+    from .execute import FolderLock, Sweep
     from .spec import SpecError, load_spec
     root = Path(args.results).resolve()
     if not (root / "sweep.yaml").exists():
@@ -127,13 +147,14 @@ def cmd_eval(args) -> int:
         raise SpecError(f"{root}: no trained checkpoints to evaluate")
     for trial in selected:
         read_checkpoint(trial["checkpoint"])
-    if args.executor == "inline":
-        from .execute import evaluate_inline
-        evaluate_inline(sweep)
-    else:
-        from .execute import evaluate_ray
-        evaluate_ray(sweep, address=args.address)
-    _views(root)
+    with FolderLock(root):
+        if args.executor == "inline":
+            from .execute import evaluate_inline
+            evaluate_inline(sweep)
+        else:
+            from .execute import evaluate_ray
+            evaluate_ray(sweep, address=args.address)
+        _views(root)
     return 0
 
 

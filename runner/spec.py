@@ -27,6 +27,8 @@ from ..attacks import ATTACKS, ZOO_PREFIX, attack_names, attack_params_json
 from ..defenses import DEFENSES, defense_names
 from ..models import QUANT, model_names
 
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}   # imagefolder's images
+
 
 class SpecError(ValueError):
     """A bad sweep file or override: the message starts with the key path."""
@@ -200,6 +202,13 @@ class EvaluateSpec(Strict):
     seed: int = 0
     examples: int = Field(4, ge=0)            # images in the example panel plot
 
+    @field_validator("attacks", "eps", "sources", "defenses", "quant")
+    @classmethod
+    def _not_empty(cls, v):
+        if not v:
+            raise ValueError("is empty: the grid would hold no cell")
+        return v
+
     @field_validator("eps", mode="before")
     @classmethod
     def _eps_values(cls, v):
@@ -361,7 +370,10 @@ def set_override(raw: dict, assignment: str) -> None:
         if not isinstance(node.setdefault(p, {}), dict):
             raise SpecError(f"{key}: {p} is not a section")
         node = node[p]
-    node[parts[-1]] = yaml.safe_load(value)
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise SpecError(f"{key}: --set value {value!r} is not valid YAML ({str(e).splitlines()[0]})") from None
 
 
 def validate(raw: Any, source: str = "sweep") -> SweepSpec:
@@ -373,7 +385,27 @@ def validate(raw: Any, source: str = "sweep") -> SweepSpec:
         raise SpecError(_format(e)) from None
     _validate_train(spec)
     _check_paths(spec)
+    _check_n_images(spec)
     return spec
+
+
+def _check_n_images(spec: SweepSpec) -> None:
+    """n_images beyond the test split would silently give cells of fewer images."""
+    n, have = spec.evaluate.n_images, count_test_images(spec.data)
+    if n is not None and have is not None and n > have:
+        raise SpecError(f"evaluate.n_images: {n} asked for, but the {spec.data.dataset} test split has {have} images")
+
+
+def count_test_images(data: DataSpec) -> int | None:
+    """The test split's size without loading it (None where it cannot be known cheaply)."""
+    if data.dataset == "cifar10":
+        return 10000
+    if data.dataset == "synthetic":
+        return data.synthetic_test
+    if data.path:
+        test = Path(data.path).expanduser() / "test"
+        return sum(1 for f in test.glob("*/*") if f.suffix.lower() in IMAGE_EXTENSIONS) if test.is_dir() else None
+    return None
 
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> tuple[SweepSpec, dict]:
@@ -383,6 +415,12 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> tuple[SweepSpec, d
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise SpecError(f"{path}: sweep file not found") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a directory, not a sweep file") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file (a sweep file is YAML)") from None
+    except OSError as e:
+        raise SpecError(f"{path}: cannot be read ({e.strerror})") from None
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     raw = copy.deepcopy(raw) if isinstance(raw, dict) else raw

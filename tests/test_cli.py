@@ -249,3 +249,123 @@ def test_notebook_api_runs_a_dict_and_loads_the_folder(tmp_path):
     with pytest.raises(robustgrid.runner.spec.SpecError, match="evaluate.eps"):
         robustgrid.run(sweep, out=tmp_path / "bad", overrides=["evaluate.eps=[-1]"], executor="inline")
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("mutate,expect", [
+    (lambda s: s["evaluate"].update(eps=[]), "evaluate.eps: is empty"),
+    (lambda s: s["evaluate"].update(sources=[]), "evaluate.sources: is empty"),
+    (lambda s: s["evaluate"].update(defenses={}), "evaluate.defenses: is empty"),
+    (lambda s: s["evaluate"].update(n_images=1000000), "evaluate.n_images: 1000000 asked for, but the synthetic test split has 64"),
+    (lambda s: s["evaluate"].update(defenses={"gaussian_blur": {"ksize": 2}}), "evaluate.defenses.gaussian_blur.ksize"),
+    (lambda s: s["evaluate"].update(defenses={"median": {"ksize": -3}}), "evaluate.defenses.median.ksize"),
+    (lambda s: s["evaluate"].update(defenses={"jpeg": {"quality": 101}}), "evaluate.defenses.jpeg.quality"),
+])
+def test_grids_that_would_do_nothing_or_the_wrong_thing_are_refused(tmp_path, capsys, mutate, expect):
+    sweep = yaml.safe_load(yaml.safe_dump(SWEEP))
+    mutate(sweep)
+    out = tmp_path / "out"
+    assert main(["run", str(write(tmp_path, sweep)), "--out", str(out), "--executor", "inline"]) == 2
+    err = capsys.readouterr().err
+    assert expect in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_bad_paths_and_values_are_one_line_not_a_traceback(tmp_path, capsys):
+    p = write(tmp_path, SWEEP)
+    (tmp_path / "a_file").write_text("x")
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
+    cases = [
+        (["run", str(p), "--set", "evaluate.eps=[0,"], "evaluate.eps: --set value"),
+        (["run", str(p), "--out", str(tmp_path / "a_file"), "--executor", "inline"], "exists and is not a folder"),
+        (["run", str(tmp_path), "--executor", "inline"], "is a directory, not a sweep file"),
+        (["run", str(tmp_path / "binary.yaml"), "--executor", "inline"], "not a text file"),
+    ]
+    import os
+    if os.geteuid() != 0:      # root writes anywhere: the read-only case means nothing there
+        cases.append((["run", str(p), "--out", str(readonly / "o"), "--executor", "inline"], "not writable"))
+    for args, expect in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert expect in err and len(err.strip().splitlines()) == 1, err
+    assert list(readonly.iterdir()) == []
+
+
+def test_one_run_at_a_time_per_results_folder(tiny_run, capsys):
+    from robustgrid.runner.execute import FolderLock
+    tmp, out = tiny_run
+    parts = sorted((out / "eval").glob("part-*"))
+    with FolderLock(out):          # another run holds the folder
+        assert main(["run", str(write(tmp, SWEEP)), "--out", str(out), "--executor", "inline"]) == 2
+        err = capsys.readouterr().err
+        assert "in use by another robustgrid run (pid" in err
+        assert main(["eval", str(out), "--executor", "inline", "--set", "evaluate.eps=[0.05]"]) == 2
+    assert sorted((out / "eval").glob("part-*")) == parts       # nothing written meanwhile
+    assert main(["eval", str(out), "--executor", "inline", "--set", "evaluate.eps=[0]"]) == 0   # free again
+
+
+def test_a_failed_trial_makes_the_run_exit_nonzero(tmp_path, capsys):
+    """A folder that validates but holds a broken image: the trial fails while loading it."""
+    import numpy as np
+    from PIL import Image
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            d = tmp_path / "set" / split / cls
+            d.mkdir(parents=True)
+            for i in range(20):
+                Image.fromarray(np.full((32, 32, 3), 60 * i % 255, np.uint8)).save(d / f"{i}.png")
+    (tmp_path / "set" / "train" / "a" / "broken.png").write_bytes(b"not a png")
+    sweep = yaml.safe_load(yaml.safe_dump(SWEEP))
+    sweep["train"]["lr"] = 0.01
+    sweep["data"] = {"dataset": "imagefolder", "path": str(tmp_path / "set")}
+    sweep["evaluate"]["n_images"] = 20
+    out = tmp_path / "out"
+    assert main(["run", str(write(tmp_path, sweep)), "--out", str(out), "--executor", "inline"]) == 1
+    assert "1 trial(s) failed" in capsys.readouterr().err
+    assert main(["show", str(out)]) == 0
+    assert "broken.png" in capsys.readouterr().out or ResultStore(out).read("trials")["status"].tolist() == ["failed"]
+
+
+def test_a_moved_results_folder_still_evaluates_and_resumes(tiny_run, tmp_path, capsys):
+    import shutil
+    tmp, out = tiny_run
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.copytree(out, moved)
+    stored = ResultStore(moved).read("trials")["checkpoint"]
+    assert all(not p.startswith("/") for p in stored)                    # relative to the folder
+    shutil.rmtree(out / "checkpoints")                                    # the original is gone
+    try:
+        assert main(["eval", str(moved), "--executor", "inline", "--set", "evaluate.eps=[0.02]",
+                     "--set", "evaluate.defenses=[none]"]) == 0
+        assert (ResultStore(moved).read_eval()["eps"].round(4) == 0.02).sum() == 2 * 2
+        parts = sorted((moved / "eval").glob("part-*"))
+        assert main(["run", str(write(tmp, SWEEP)), "--out", str(moved), "--executor", "inline"]) == 0
+        assert sorted((moved / "eval").glob("part-*")) == parts            # resume: nothing retrained or recomputed
+    finally:
+        shutil.copytree(moved / "checkpoints", out / "checkpoints")
+
+
+def test_a_damaged_part_is_left_out_named_and_recomputed(tiny_run, tmp_path, capsys):
+    import shutil
+    tmp, out = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = ResultStore(copy).read_eval()
+    # a part of the sweep's own grid (other tests added cells of other grids to this folder)
+    grid = {0.0, round(8 / 255, 6)}
+    part = next(p for p in sorted((copy / "eval").glob("part-*"))
+                if set(pd.read_parquet(p)["eps"].round(6)) <= grid and set(pd.read_parquet(p)["n"]) == {48})
+    lost = len(pd.read_parquet(part))
+    part.write_bytes(part.read_bytes()[:200])                              # cut short
+    assert len(ResultStore(copy).read_eval()) == len(before) - lost
+    assert part.name in capsys.readouterr().err
+    assert main(["run", str(write(tmp, SWEEP)), "--out", str(copy), "--executor", "inline"]) == 0
+    after = ResultStore(copy).read_eval()
+    assert len(after) == len(before) and not after.duplicated(["trial_id", "quant", "attack_source", "eps", "defense"]).any()
+    (copy / "trials.parquet").write_bytes(b"garbage")
+    capsys.readouterr()
+    assert main(["show", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert "trials.parquet: damaged" in err and len(err.strip().splitlines()) == 1

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..spec import DataSpec
+from ..spec import IMAGE_EXTENSIONS, DataSpec
 from .download import CIFAR_DIR, cifar10_present, fetch_cifar10
 from .download import CLASSES as CIFAR10_CLASSES
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 class DataError(RuntimeError):

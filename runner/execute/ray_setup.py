@@ -53,10 +53,14 @@ def init_ray(address: str | None) -> None:
         return
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # a small checkpoint an epoch is intended
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # Tune's boxed experiment header and TensorBoard hint
+    # The first Ctrl-C stops the run: Tune's own handler would take it, fail the running trial and go on.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     # Workers given no GPU get CUDA_VISIBLE_DEVICES="" from Ray as well (hide_unassigned_gpus is the
     # guarantee; this makes Ray do it before our code runs, in this job's workers on any node).
     env = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
-    ray.init(address=address or None, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env},
+    # Local mode is always a private Ray of this process ('local'), never one found on the machine:
+    # ray.init() alone would join a stranger's (or a dead test cluster's) from Ray's current-cluster file.
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env},
              logging_level=logging.ERROR if address is None else logging.WARNING)
 
 

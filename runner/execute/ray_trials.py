@@ -198,7 +198,7 @@ def record_result(sweep: Sweep, trial: dict, metrics: dict | None, error: str | 
         where = {k: metrics.get(k, "") for k in ("node", "node_ip", "node_id", "gpu_ids", "cuda_visible_devices")}
         sweep.record_trial(trial, result, where=where)
     else:
-        sweep.record_trial(trial, None, error=error or "stopped before it finished (scheduler or interrupt)")
+        sweep.record_trial(trial, None, error=error)   # no error: stopped (scheduler, interrupt), not failed
 
 
 _RESULT_KEYS = {"best_val_accuracy", "best_epoch", "test_accuracy", "epochs_run", "seconds", "world_size",

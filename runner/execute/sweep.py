@@ -20,7 +20,7 @@ import yaml
 from ...files import atomic_write
 from ..evaluate import EvalTask, plan_cells
 from ..results import TRIAL_KEY, ResultStore
-from ..spec import DataSpec, SweepSpec
+from ..spec import DataSpec, SweepSpec, count_test_images
 
 IGNORED_IN_TRIAL_ID = ("out_dir", "threads")
 
@@ -65,7 +65,28 @@ class Sweep:
     def finished_trials(self) -> dict[str, dict]:
         df = self.store.read("trials")
         ok = df[df["status"] == "ok"] if len(df) else df
-        return {r["trial_id"]: r for r in ok.to_dict("records") if Path(r["checkpoint"]).exists()}
+        return {r["trial_id"]: r for r in self._located(ok) if Path(r["checkpoint"]).exists()}
+
+    def _located(self, trials) -> list[dict]:
+        """Trial rows with their checkpoint as an absolute path inside this folder, wherever it now lies."""
+        return [dict(r, checkpoint=str(self.locate_checkpoint(r))) for r in trials.to_dict("records")]
+
+    def locate_checkpoint(self, row: dict) -> Path:
+        """Checkpoints are stored relative to the results folder, so a moved or copied folder works;
+        an absolute path (written by an earlier release) falls back to the same place in this folder."""
+        stored = row.get("checkpoint")
+        if not isinstance(stored, str) or not stored:
+            return self.out / "checkpoints" / row["trial_id"] / "best.pt"
+        path = Path(stored)
+        if not path.is_absolute():
+            return self.out / path
+        return path if path.exists() else self.out / "checkpoints" / row["trial_id"] / path.name
+
+    def relative_checkpoint(self, path: str) -> str:
+        try:
+            return str(Path(path).resolve().relative_to(self.out))
+        except ValueError:      # a checkpoint outside the folder stays absolute
+            return path
 
     # --- rows ---
     def trial_row(self, trial: dict, result: dict | None, error: str | None = None, where: dict | None = None) -> dict:
@@ -74,9 +95,12 @@ class Sweep:
         names = set(trials_schema().names)
         row = {("config_" + k if "config_" + k in names else k): v for k, v in cfg.items()}
         row.update(sweep=self.spec.name, run_id=self.run_id, trial_id=trial["trial_id"],
-                   status="ok" if error is None else "failed", error=error)
+                   status="ok" if result else ("failed" if error else "stopped"),
+                   error=error if result or error else "stopped before it finished (scheduler or interrupt)")
         if result:
             row.update({k: v for k, v in result.items() if k != "history"})
+            if row.get("checkpoint"):
+                row["checkpoint"] = self.relative_checkpoint(row["checkpoint"])
         row.update(where or {})
         return row
 
@@ -91,7 +115,9 @@ class Sweep:
     # --- evaluation ---
     def selected_checkpoints(self) -> list[dict]:
         df = self.store.read("trials")
-        df = df[(df["status"] == "ok") & df["checkpoint"].map(lambda p: isinstance(p, str) and Path(p).exists())]
+        df = df[df["status"] == "ok"]
+        df = df.assign(checkpoint=[str(self.locate_checkpoint(r)) for r in df.to_dict("records")])
+        df = df[df["checkpoint"].map(lambda p: Path(p).exists())]
         if self.spec.evaluate.select != "all":
             k = 1 if self.spec.evaluate.select == "best" else self.spec.evaluate.top_k
             df = df.sort_values("best_val_accuracy", ascending=False).head(k)
@@ -100,6 +126,8 @@ class Sweep:
     def eval_progress(self, done: set[tuple], checkpoints: list[dict]) -> dict[str, int]:
         """The cells this evaluation computes: the grid's cells of the selected checkpoints that
         are not in the table yet (cells of other grids already there do not count)."""
+        if not checkpoints:
+            return {"total": 0, "completed": 0}
         n = self.n_test_images()
         todo = 0
         for t in checkpoints:
@@ -108,9 +136,11 @@ class Sweep:
         return {"total": todo, "completed": 0}
 
     def n_test_images(self) -> int:
-        """How many test images each cell sees: n_images, or the whole test split (read once)."""
-        from ..data import load_splits
-        n_test = len(load_splits(self.data()).test_y)
+        """How many test images each cell sees: n_images, or the whole test split."""
+        n_test = count_test_images(self.data())
+        if n_test is None:
+            from ..data import load_splits
+            n_test = len(load_splits(self.data()).test_y)
         return min(self.spec.evaluate.n_images or n_test, n_test)
 
     def eval_task(self, trial: dict) -> EvalTask:

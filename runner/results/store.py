@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ...files import atomic_write
+from ..console import console
 
 # Provenance (runner/provenance.py): which code and libraries made a row, and which images it saw.
 PROVENANCE_FIELDS = [
@@ -94,6 +95,10 @@ def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=schema)
 
 
+class DamagedTable(ValueError):
+    """A results table that cannot be read; the message says what to do."""
+
+
 class ResultStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
@@ -122,13 +127,31 @@ class ResultStore:
         parts = sorted(self.eval_dir.glob("part-*.parquet")) if self.eval_dir.is_dir() else []
         if not parts:
             return EVAL_SCHEMA.empty_table().select(columns or EVAL_SCHEMA.names).to_pandas()
-        df = pq.ParquetDataset(parts, schema=EVAL_SCHEMA).read(columns=columns).to_pandas()
+        try:
+            df = pq.ParquetDataset(parts, schema=EVAL_SCHEMA).read(columns=columns).to_pandas()
+        except (pa.ArrowException, OSError):
+            df = self._read_readable_parts(parts, columns)
         df = df.fillna({k: v for k, v in EVAL_DEFAULTS.items() if k in df})   # rows of an earlier release
         if columns is None or set(EVAL_KEY) <= set(columns):
             # Two writers racing on the same cell is prevented upstream; keep reads exact anyway.
             df = df.assign(_k=df["eps"].round(10)).drop_duplicates(subset=[c if c != "eps" else "_k" for c in EVAL_KEY])
             df = df.drop(columns="_k").reset_index(drop=True)
         return df
+
+    def _read_readable_parts(self, parts: list[Path], columns: list[str] | None) -> pd.DataFrame:
+        """Part by part, leaving out (and naming) the damaged ones: their cells count as not done, so a
+        rerun computes exactly those again."""
+        good = []
+        for part in parts:
+            try:
+                pq.read_metadata(part)
+                good.append(part)
+            except (pa.ArrowException, OSError) as e:
+                console.print(f"[yellow]warning: {part} is unreadable and left out "
+                              f"({type(e).__name__}); its cells will be computed again[/yellow]", highlight=False, soft_wrap=True)
+        if not good:
+            return EVAL_SCHEMA.empty_table().select(columns or EVAL_SCHEMA.names).to_pandas()
+        return pq.ParquetDataset(good, schema=EVAL_SCHEMA).read(columns=columns).to_pandas()
 
     # --- trials / epochs: small tables, upserted by key ---
     def upsert(self, table: str, rows: Iterable[dict], key: list[str]) -> None:
@@ -149,4 +172,8 @@ class ResultStore:
         if not p.exists():
             schema = trials_schema() if table == "trials" else EPOCH_SCHEMA
             return schema.empty_table().to_pandas()
-        return pq.read_table(p).to_pandas()
+        try:
+            return pq.read_table(p).to_pandas()
+        except (pa.ArrowException, OSError) as e:
+            raise DamagedTable(f"{p}: damaged ({type(e).__name__}); restore it from a copy, or move it away "
+                               "and rerun to retrain (checkpoints and eval cells are kept)") from None

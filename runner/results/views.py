@@ -102,11 +102,14 @@ def _int(v) -> str:
 IMAGE_SET = ["n", "seed", "data_digest"]
 
 
+PER_DEFENSE_KEYS = ("gradient", "eot_samples", "over")   # set per defense (adaptive) or per cell set (worst case)
+
+
 def _without_gradient(params: str) -> str:
-    """An adaptive cell's attack parameters name the gradient per defense; its attack is the same."""
+    """The attack's own setting: an adaptive cell's parameters also name the gradient (and EOT draws)
+    it took through its defense; the attack is the same in every defense's column."""
     p = json.loads(params) if isinstance(params, str) and params else {}
-    p.pop("gradient", None)
-    return json.dumps(p, sort_keys=True)
+    return json.dumps({k: v for k, v in p.items() if k not in PER_DEFENSE_KEYS}, sort_keys=True)
 
 
 def pivot_views(ev: pd.DataFrame) -> list[View]:
@@ -145,7 +148,8 @@ def flags_view(flags: pd.DataFrame) -> list[View]:
 
 def _setting(params: str) -> str:
     p = json.loads(params)
-    return f" ({', '.join(f'{k}={v}' for k, v in p.items())})" if p else ""
+    shown = ", ".join(f"{k}={'auto' if v is None else v}" for k, v in p.items())
+    return f" ({shown})" if p else ""
 
 
 def pivot_view(ev: pd.DataFrame, title: str) -> View:
