@@ -102,6 +102,7 @@ def cmd_run(args) -> int:
         init_ray(args.address)
         check_cluster(sweep, args.address)
     with FolderLock(sweep.out):
+        sweep.store.set_aside_damaged()
         sweep.write_spec()
         console.print(f"sweep [bold]{spec.name}[/bold]: {len(spec.trial_configs())} trial(s) -> {sweep.out}")
         if args.executor == "inline":
@@ -148,6 +149,7 @@ def cmd_eval(args) -> int:
     for trial in selected:
         read_checkpoint(trial["checkpoint"])
     with FolderLock(root):
+        sweep.store.set_aside_damaged()
         if args.executor == "inline":
             from .execute import evaluate_inline
             evaluate_inline(sweep)

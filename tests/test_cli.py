@@ -362,8 +362,10 @@ def test_a_damaged_part_is_left_out_named_and_recomputed(tiny_run, tmp_path, cap
     assert len(ResultStore(copy).read_eval()) == len(before) - lost
     assert part.name in capsys.readouterr().err
     assert main(["run", str(write(tmp, SWEEP)), "--out", str(copy), "--executor", "inline"]) == 0
-    after = ResultStore(copy).read_eval()
-    assert len(after) == len(before) and not after.duplicated(["trial_id", "quant", "attack_source", "eps", "defense"]).any()
+    after = pd.read_parquet(copy / "eval")       # the README's plain reader: the damaged part is set aside
+    assert len(after) == len(before) and not after.duplicated(["trial_id", "quant", "attack_source", "eps", "defense",
+                                                               "n", "attack_params", "threat"]).any()
+    assert (copy / "eval" / f".damaged-{part.name}").exists()
     (copy / "trials.parquet").write_bytes(b"garbage")
     capsys.readouterr()
     assert main(["show", str(copy)]) == 2

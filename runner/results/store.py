@@ -138,6 +138,21 @@ class ResultStore:
             df = df.drop(columns="_k").reset_index(drop=True)
         return df
 
+    def set_aside_damaged(self) -> list[Path]:
+        """Rename unreadable part files to a dot-name that Parquet readers skip (`pd.read_parquet(eval/)`
+        included); their bytes are kept, their cells count as not done. Call with the folder's lock held."""
+        moved = []
+        for part in sorted(self.eval_dir.glob("part-*.parquet")) if self.eval_dir.is_dir() else []:
+            try:
+                pq.read_metadata(part)
+            except (pa.ArrowException, OSError):
+                target = part.with_name(f".damaged-{part.name}")
+                os.replace(part, target)
+                moved.append(target)
+                console.print(f"[yellow]warning: {part.name} is unreadable; set aside as {target.name}, its cells "
+                              "are computed again[/yellow]", highlight=False, soft_wrap=True)
+        return moved
+
     def _read_readable_parts(self, parts: list[Path], columns: list[str] | None) -> pd.DataFrame:
         """Part by part, leaving out (and naming) the damaged ones: their cells count as not done, so a
         rerun computes exactly those again."""
