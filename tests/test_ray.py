@@ -153,3 +153,37 @@ def test_int8_cells_split_by_defense_over_free_cpus():
     assert _int8_tasks_per_checkpoint(8, 2, 5, has_gpu=False) == 3       # 4 slots a model: fp32 task + 3
     chunks = _split(defenses, 3)
     assert len(chunks) == 3 and sorted(n for c in chunks for n in c) == sorted(defenses)   # each defense once
+
+
+def test_first_ctrl_c_stops_the_run_and_resume_finishes_it(tmp_path):
+    """A private local Ray in a child process (no --address): the first SIGINT during training ends
+    the run with 130 and the resume line; --resume then finishes with nothing lost, nothing twice,
+    the finished trial not retrained. (Run after the module's cluster fixture, it also shows that local
+    mode starts its own Ray rather than joining the one on the machine.)"""
+    p = sweep_file(tmp_path, "sigint", train__lr={"grid_search": [0.001, 0.002, 0.003]}, train__epochs=6,
+                   data__synthetic_train=3000, resources__gpus_per_trial=0, resources__cpus_per_trial=1,
+                   resources__max_concurrent_trials=1)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-m", "robustgrid.runner.cli", "run", str(p), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (out / "trials.parquet").exists():
+            time.sleep(0.5)
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "--resume" in output
+    done = ResultStore(out).read("trials")
+    assert len(done) < 3 and set(done["status"]) == {"ok"}
+    mtime = (out / "checkpoints" / done["trial_id"].iloc[0] / "best.pt").stat().st_mtime
+    assert subprocess.run(cmd + ["--resume"], env=env, capture_output=True, timeout=400).returncode == 0
+    trials, ev = pd.read_parquet(out / "trials.parquet"), pd.read_parquet(out / "eval")
+    assert sorted(trials["status"]) == ["ok"] * 3 and len(ev) == 3 * 5 * 2
+    assert not ev.duplicated(["trial_id", "quant", "attack_source", "eps", "defense"]).any()
+    assert (out / "checkpoints" / done["trial_id"].iloc[0] / "best.pt").stat().st_mtime == mtime
