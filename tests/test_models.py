@@ -57,3 +57,37 @@ def test_truncated_or_bad_checkpoint_is_a_clear_error(tmp_path, tiny_model):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a robustgrid checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_dynamic_int8_cells_do_not_depend_on_the_batch_size(tiny_model):
+    """quantize_dynamic scales activations over the whole batch; robustgrid's int8 mode scales each
+    image on its own. Bit-equal logits are out of reach (the fp32 convolutions before the Linear layers
+    already differ by an ulp between batch sizes, and a quantization step can amplify that), but the
+    batch's own influence is gone: predictions and every cell are equal for batch sizes 1, 7 and 500."""
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    from robustgrid.runner.evaluate import Engine, plan_cells, run_cells
+    from robustgrid.runner.spec import EvaluateSpec
+    g = torch.Generator().manual_seed(0)
+    x = torch.round(torch.rand(40, 3, 32, 32, generator=g) * 255) / 255
+    q = quantize(tiny_model, "dynamic_int8")
+    with torch.no_grad():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plain = quantize_dynamic(tiny_model, {torch.nn.Linear}, dtype=torch.qint8)
+
+        def spread(model):   # largest logit change between one image at a time and the whole batch
+            return (torch.cat([model(x[i:i + 1]) for i in range(len(x))]) - model(x)).abs().max().item()
+        assert spread(q) * 4 < spread(plain)                                  # the batch's influence is gone
+        assert torch.equal(torch.cat([q(x[i:i + 7]) for i in range(0, len(x), 7)]).argmax(1), q(x).argmax(1))
+    labels = tiny_model(x).argmax(1)
+    meta = {"sweep": "", "run_id": "", "trial_id": "t", "model": "", "dataset": ""}
+    counts = []
+    for bs in (1, 7, 500):
+        ev = EvaluateSpec.model_validate({"eps": [0, "8/255"], "quant": ["fp32", "dynamic_int8"], "batch_size": bs,
+                                          "defenses": ["none", "median"], "examples": 0})
+        rows = run_cells(Engine(tiny_model, ev, x, labels, torch.device("cpu")), plan_cells(ev), meta)
+        counts.append({(r["quant"], r["attack_source"], r["eps"], r["defense"]): r["correct"] for r in rows})
+    assert counts[0] == counts[1] == counts[2]
