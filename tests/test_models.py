@@ -66,10 +66,9 @@ def test_dynamic_int8_cells_do_not_depend_on_the_batch_size(tiny_model):
     batch's own influence is gone: predictions and every cell are equal for batch sizes 1, 7 and 500."""
     import warnings
 
-    from torch.ao.quantization import quantize_dynamic
-
     from robustgrid.runner.evaluate import Engine, plan_cells, run_cells
     from robustgrid.runner.spec import EvaluateSpec
+    from torch.ao.quantization import quantize_dynamic
     g = torch.Generator().manual_seed(0)
     x = torch.round(torch.rand(40, 3, 32, 32, generator=g) * 255) / 255
     q = quantize(tiny_model, "dynamic_int8")
