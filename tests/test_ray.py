@@ -187,3 +187,34 @@ def test_first_ctrl_c_stops_the_run_and_resume_finishes_it(tmp_path):
     assert sorted(trials["status"]) == ["ok"] * 3 and len(ev) == 3 * 5 * 2
     assert not ev.duplicated(["trial_id", "quant", "attack_source", "eps", "defense"]).any()
     assert (out / "checkpoints" / done["trial_id"].iloc[0] / "best.pt").stat().st_mtime == mtime
+
+
+def test_a_trial_worker_killed_mid_training_is_retried_from_its_checkpoint(cluster, tmp_path):
+    """SIGKILL of a trial's worker process after its first epoch: Tune retries it (max_failures: 1;
+    the retry continues from last.pt), the sweep finishes, and every table holds each row once."""
+    out = tmp_path / "out"
+    p = sweep_file(tmp_path, "fault", train__lr={"grid_search": [0.002]}, train__epochs=4,
+                   data__synthetic_train=3000, resources__gpus_per_trial=0, resources__cpus_per_trial=1,
+                   resources__max_failures=1)
+    cmd = [sys.executable, "-m", "robustgrid.runner.cli", "run", str(p), "--out", str(out), "--address", cluster.address]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    killed = None
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and killed is None:
+            if list((out / "checkpoints").glob("*/last.pt")):
+                pids = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout.split()
+                if pids:
+                    killed = int(pids[0])
+                    os.kill(killed, signal.SIGKILL)
+            time.sleep(0.2)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert killed is not None, "the trial's worker was never seen"
+    assert proc.returncode == 0, output[-2000:]
+    trials, epochs, ev = (pd.read_parquet(out / f) for f in ("trials.parquet", "epochs.parquet", "eval"))
+    assert trials["status"].tolist() == ["ok"] and trials["epochs_run"].tolist() == [4]
+    assert sorted(epochs["epoch"]) == [1, 2, 3, 4]                       # resumed, not restarted twice over
+    assert len(ev) == 5 * 2 and not ev.duplicated(["quant", "attack_source", "eps", "defense"]).any()
