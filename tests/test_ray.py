@@ -218,3 +218,33 @@ def test_a_trial_worker_killed_mid_training_is_retried_from_its_checkpoint(clust
     assert trials["status"].tolist() == ["ok"] and trials["epochs_run"].tolist() == [4]
     assert sorted(epochs["epoch"]) == [1, 2, 3, 4]                       # resumed, not restarted twice over
     assert len(ev) == 5 * 2 and not ev.duplicated(["quant", "attack_source", "eps", "defense"]).any()
+
+
+def test_no_ray_process_outlives_a_killed_run(tmp_path):
+    """kill -9 of a local-mode run: Ray's agents would stay behind (reparented to init); the watchdog
+    started with the private Ray removes every process of it within seconds."""
+    psutil = pytest.importorskip("psutil")
+    p = sweep_file(tmp_path, "orphans", train__lr={"grid_search": [0.001]}, train__epochs=20,
+                   data__synthetic_train=3000, resources__gpus_per_trial=0, resources__cpus_per_trial=1)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "robustgrid.runner.cli", "run", str(p), "--out", str(tmp_path / "o")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        me = psutil.Process(proc.pid)
+        deadline, agents = time.time() + 120, []
+        while time.time() < deadline and not agents:
+            agents = [c for c in me.children(recursive=True) if c.name().startswith("ray::") and "Agent" in c.name()]
+            time.sleep(0.5)
+        assert agents, "no Ray agent seen"
+        time.sleep(2)      # the watchdog polls twice a second
+        ray_procs = [c for c in me.children(recursive=True)]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.time() + 30
+        while time.time() < deadline and any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in ray_procs):
+            time.sleep(0.5)
+        left = [c.name() for c in ray_procs if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        assert left == [], left
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

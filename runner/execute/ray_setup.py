@@ -60,6 +60,9 @@ def init_ray(address: str | None) -> None:
     env = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
     # Local mode is always a private Ray of this process ('local'), never one found on the machine:
     # ray.init() alone would join a stranger's (or a dead test cluster's) from Ray's current-cluster file.
+    if address is None:
+        from .reaper import reap_local_ray_on_exit
+        reap_local_ray_on_exit()
     ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env},
              logging_level=logging.ERROR if address is None else logging.WARNING)
 
