@@ -248,3 +248,35 @@ def test_no_ray_process_outlives_a_killed_run(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_an_evaluation_task_killed_mid_flight_is_retried(cluster, tmp_path):
+    """SIGKILL of an evaluation task's worker: Ray retries the task, every cell lands exactly once."""
+    out = tmp_path / "out"
+    p = sweep_file(tmp_path, "evalfault", train__lr={"grid_search": [0.002]}, data__synthetic_test=400,
+                   resources__gpus_per_trial=0, resources__cpus_per_trial=1,
+                   evaluate__n_images=400, evaluate__defenses=["none", "tv_denoise"],
+                   evaluate__attacks=["fgsm", {"pgd": {"steps": 10}}])
+    cmd = [sys.executable, "-m", "robustgrid.runner.cli", "run", str(p), "--out", str(out), "--address", cluster.address]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    killed = None
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and killed is None and proc.poll() is None:
+            pids = subprocess.run(["pgrep", "-f", "ray::run_task"], capture_output=True, text=True).stdout.split()
+            if pids:
+                time.sleep(1.0)          # mid-flight
+                killed = int(pids[0])
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.2)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert killed is not None, "no evaluation task was seen"
+    assert proc.returncode == 0, output[-2000:]
+    ev = pd.read_parquet(out / "eval")
+    from robustgrid.runner.evaluate import count_cells
+    from robustgrid.runner.spec import load_spec
+    assert len(ev) == count_cells(load_spec(p)[0].evaluate)
+    assert not ev.duplicated(["quant", "attack", "attack_params", "attack_source", "eps", "defense"]).any()
