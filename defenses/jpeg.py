@@ -39,7 +39,8 @@ def batched(images: torch.Tensor, quality: int = 30) -> torch.Tensor:
 
 def differentiable(images: torch.Tensor, quality: int = 30) -> torch.Tensor:
     """A differentiable JPEG (kornia's, after Reich et al. 2023): the adaptive attacker's stand-in. On
-    CIFAR-10 images at q30 it lands ~2.4 levels (of 255) from OpenCV's codec on average, the identity ~16."""
+    the first 1000 CIFAR-10 test images at q30 it lands 2.0 levels (of 255) from OpenCV's codec on
+    average, the identity 8.9."""
     from kornia.enhance import jpeg_codec_differentiable
     q = torch.tensor([float(quality)], device=images.device, dtype=images.dtype)
     return jpeg_codec_differentiable(images.contiguous(), q)

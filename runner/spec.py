@@ -236,9 +236,9 @@ class EvaluateSpec(Strict):
                                      f"or {ZOO_PREFIX}<Name> (the torchattacks extra)")
                 else:
                     ATTACKS.resolve(a.name, a.params)
-            except ValueError as e:
-                sub = f".{a.name}" if str(e).startswith(".") else ""
-                raise ValueError(f"[{i}]{sub}{'' if str(e).startswith('.') else ': '}{e}") from None
+            except ValueError as e:     # '.key: ...' names a parameter of the attack
+                msg = str(e)
+                raise ValueError(f"[{i}].{a.name}{msg}" if msg.startswith(".") else f"[{i}]: {msg}") from None
         return v
 
     @field_validator("threats")

@@ -197,23 +197,10 @@ def test_a_trial_worker_killed_mid_training_is_retried_from_its_checkpoint(clust
                    data__synthetic_train=3000, resources__gpus_per_trial=0, resources__cpus_per_trial=1,
                    resources__max_failures=1)
     cmd = [sys.executable, "-m", "robustgrid.runner.cli", "run", str(p), "--out", str(out), "--address", cluster.address]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    killed = None
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and killed is None:
-            if list((out / "checkpoints").glob("*/last.pt")):
-                pids = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout.split()
-                if pids:
-                    killed = int(pids[0])
-                    os.kill(killed, signal.SIGKILL)
-            time.sleep(0.2)
-        output, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    killed, returncode, output = _kill_once_and_finish(cmd, "ray::ImplicitFunc",
+                                                       lambda: bool(list((out / "checkpoints").glob("*/last.pt"))))
     assert killed is not None, "the trial's worker was never seen"
-    assert proc.returncode == 0, output[-2000:]
+    assert returncode == 0, output[-2000:]
     trials, epochs, ev = (pd.read_parquet(out / f) for f in ("trials.parquet", "epochs.parquet", "eval"))
     assert trials["status"].tolist() == ["ok"] and trials["epochs_run"].tolist() == [4]
     assert sorted(epochs["epoch"]) == [1, 2, 3, 4]                       # resumed, not restarted twice over
@@ -258,12 +245,25 @@ def test_an_evaluation_task_killed_mid_flight_is_retried(cluster, tmp_path):
                    evaluate__n_images=400, evaluate__defenses=["none", "tv_denoise"],
                    evaluate__attacks=["fgsm", {"pgd": {"steps": 10}}])
     cmd = [sys.executable, "-m", "robustgrid.runner.cli", "run", str(p), "--out", str(out), "--address", cluster.address]
+    killed, returncode, output = _kill_once_and_finish(cmd, "ray::run_task", lambda: True)
+    assert killed is not None, "no evaluation task was seen"
+    assert returncode == 0, output[-2000:]
+    ev = pd.read_parquet(out / "eval")
+    from robustgrid.runner.evaluate import count_cells
+    from robustgrid.runner.spec import load_spec
+    assert len(ev) == count_cells(load_spec(p)[0].evaluate)
+    assert not ev.duplicated(["quant", "attack", "attack_params", "attack_source", "eps", "defense"]).any()
+
+
+def _kill_once_and_finish(cmd: list[str], find: str, ready) -> tuple[int | None, int, str]:
+    """Run cmd; once ready() and a process matching `find` exist, SIGKILL that process once; then let
+    the run finish. Returns (killed pid, exit status, output)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     killed = None
     try:
         deadline = time.time() + 240
         while time.time() < deadline and killed is None and proc.poll() is None:
-            pids = subprocess.run(["pgrep", "-f", "ray::run_task"], capture_output=True, text=True).stdout.split()
+            pids = subprocess.run(["pgrep", "-f", find], capture_output=True, text=True).stdout.split() if ready() else []
             if pids:
                 time.sleep(1.0)          # mid-flight
                 killed = int(pids[0])
@@ -273,10 +273,4 @@ def test_an_evaluation_task_killed_mid_flight_is_retried(cluster, tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert killed is not None, "no evaluation task was seen"
-    assert proc.returncode == 0, output[-2000:]
-    ev = pd.read_parquet(out / "eval")
-    from robustgrid.runner.evaluate import count_cells
-    from robustgrid.runner.spec import load_spec
-    assert len(ev) == count_cells(load_spec(p)[0].evaluate)
-    assert not ev.duplicated(["quant", "attack", "attack_params", "attack_source", "eps", "defense"]).any()
+    return killed, proc.returncode, output

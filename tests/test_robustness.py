@@ -84,3 +84,11 @@ def test_show_warns_and_lists_worst_case(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "WARNING: 1 gradient-masking flag(s)" in out and "adaptive_above_oblivious" in out
     assert "worst case over every attack" in out
+
+
+def test_adaptive_cells_through_a_randomized_defense_pair_with_their_oblivious_cells():
+    """EOT draws are part of an adaptive cell's parameters, not of its attack: the check still pairs them."""
+    ev = pd.DataFrame([_row("pgd", eps=8 / 255, defense="random_resize_pad", correct=60, params='{"steps": 10}'),
+                       _row("pgd", "adaptive", eps=8 / 255, defense="random_resize_pad", correct=300,
+                            params='{"eot_samples": 10, "gradient": "exact", "steps": 10}')])
+    assert set(masking_flags(ev)["check"]) == {"adaptive_above_oblivious"}

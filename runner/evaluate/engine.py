@@ -23,7 +23,7 @@ from ..device import clock, fp32_precision, ieee_fp32
 from ..provenance import images_digest
 from ..spec import EvaluateSpec
 from .batching import attack_images, defend_images, over_batches, predict
-from .plan import Cell, image_key
+from .plan import Cell, attack_setting, image_key
 from .rows import make_row
 
 
@@ -68,7 +68,7 @@ class Engine:
         self.models, self.devices, self.sizes = self.built.models, self.built.devices, self.built.sizes
         self.precision = self.built.precision
         self._adv: dict[tuple, tuple[torch.Tensor, float]] = {}
-        self._grad: dict[tuple, torch.Tensor] = {}   # (source model[, adaptive defense]) -> input gradients
+        self._grad: dict[tuple, tuple] = {}   # (source model[, adaptive defense]) -> (input gradients, dead images)
         self._unit_starts: torch.Tensor | None = None
         self.dead_gradients: dict[tuple, int] = {}   # image key -> images whose input gradient was all 0 / NaN
         self._correct: dict[tuple, torch.Tensor] = {}    # (quant, image key, defense, params) -> right or not
@@ -96,10 +96,10 @@ class Engine:
             return attack_images(model, attack, self.images, self.labels, eps, dev, bs, params, starts)
         grad_key = (source,) + key[4:]
         if grad_key not in self._grad:      # single-step attack: one gradient serves every eps
-            self._grad = {grad_key: over_batches(input_gradient, model, self.images, self.labels, dev, bs)}
-        grad = self._grad[grad_key]
-        dead = ~(torch.isfinite(grad) & (grad != 0)).flatten(1).any(1)   # no usable gradient at all
-        self.dead_gradients[key] = int(dead.sum())
+            grad = over_batches(input_gradient, model, self.images, self.labels, dev, bs)
+            dead = ~(torch.isfinite(grad) & (grad != 0)).flatten(1).any(1)   # no usable gradient at all
+            self._grad = {grad_key: (grad, int(dead.sum()))}
+        grad, self.dead_gradients[key] = self._grad[grad_key]
         return to_8bit_grid(step(self.images, grad, eps))
 
     def _starts(self, params: dict, eps: float) -> torch.Tensor | None:
@@ -168,8 +168,7 @@ class ThroughDefense(nn.Module):
 
 def split_attack_params(params_json: str) -> tuple[dict, int]:
     """(the attack's own parameters, EOT samples) of a cell's attack_params."""
-    params = {k: v for k, v in json.loads(params_json).items() if k != "gradient"}
-    return params, int(params.pop("eot_samples", 1))
+    return attack_setting(params_json), int(json.loads(params_json).get("eot_samples", 1))
 
 
 def run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any],

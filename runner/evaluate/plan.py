@@ -37,6 +37,15 @@ def defense_params_json(name: str, overrides: dict[str, Any]) -> str:
     return json.dumps(DEFENSES.resolve(name, overrides), sort_keys=True)
 
 
+ADAPTIVE_KEYS = ("gradient", "eot_samples")   # what adaptive_params_json adds for the defense attacked through
+
+
+def attack_setting(params_json: str) -> dict:
+    """The attack's own parameters in a cell's attack_params (without what names the defense's gradient)."""
+    params = json.loads(params_json) if isinstance(params_json, str) and params_json else {}
+    return {k: v for k, v in params.items() if k not in ADAPTIVE_KEYS}
+
+
 def adaptive_params_json(attack_params: str, defense: str, eot_samples: int) -> str:
     """An adaptive cell's attack parameters name the gradient taken through the defense (and, through
     a randomized defense, the draws its expectation is taken over)."""

@@ -63,13 +63,15 @@ class Sweep:
             f.write(yaml.safe_dump(self.raw, sort_keys=False))
 
     def finished_trials(self) -> dict[str, dict]:
-        df = self.store.read("trials")
-        ok = df[df["status"] == "ok"] if len(df) else df
-        return {r["trial_id"]: r for r in self._located(ok) if Path(r["checkpoint"]).exists()}
+        return {r["trial_id"]: r for r in self._trained().to_dict("records")}
 
-    def _located(self, trials) -> list[dict]:
-        """Trial rows with their checkpoint as an absolute path inside this folder, wherever it now lies."""
-        return [dict(r, checkpoint=str(self.locate_checkpoint(r))) for r in trials.to_dict("records")]
+    def _trained(self):
+        """Trials that finished, with their checkpoint as an absolute path inside this folder (wherever
+        the folder now lies), where that checkpoint exists."""
+        df = self.store.read("trials")
+        df = df[df["status"] == "ok"]
+        df = df.assign(checkpoint=[str(self.locate_checkpoint(r)) for r in df.to_dict("records")])
+        return df[df["checkpoint"].map(lambda p: Path(p).exists())]
 
     def locate_checkpoint(self, row: dict) -> Path:
         """Checkpoints are stored relative to the results folder, so a moved or copied folder works;
@@ -114,10 +116,7 @@ class Sweep:
 
     # --- evaluation ---
     def selected_checkpoints(self) -> list[dict]:
-        df = self.store.read("trials")
-        df = df[df["status"] == "ok"]
-        df = df.assign(checkpoint=[str(self.locate_checkpoint(r)) for r in df.to_dict("records")])
-        df = df[df["checkpoint"].map(lambda p: Path(p).exists())]
+        df = self._trained()
         if self.spec.evaluate.select != "all":
             k = 1 if self.spec.evaluate.select == "best" else self.spec.evaluate.top_k
             df = df.sort_values("best_val_accuracy", ascending=False).head(k)
@@ -128,11 +127,8 @@ class Sweep:
         are not in the table yet (cells of other grids already there do not count)."""
         if not checkpoints:
             return {"total": 0, "completed": 0}
-        n = self.n_test_images()
-        todo = 0
-        for t in checkpoints:
-            todo += sum(1 for c in plan_cells(self.spec.evaluate)
-                        if c.key(t["trial_id"], n, self.spec.evaluate.seed) not in done)
+        n, seed, cells = self.n_test_images(), self.spec.evaluate.seed, plan_cells(self.spec.evaluate)
+        todo = sum(c.key(t["trial_id"], n, seed) not in done for t in checkpoints for c in cells)
         return {"total": todo, "completed": 0}
 
     def n_test_images(self) -> int:

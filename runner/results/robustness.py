@@ -15,6 +15,7 @@ import json
 import numpy as np
 import pandas as pd
 
+from ..evaluate.plan import attack_setting
 from ..evaluate.rows import unpack_mask
 from ..evaluate.stats import wilson_interval
 
@@ -24,13 +25,7 @@ CELL_SET = ["trial_id", "quant", "eps", "defense", "defense_params", "n", "seed"
 def _prepared(ev: pd.DataFrame) -> pd.DataFrame:
     fill = {"attack_params": "{}", "threat": "oblivious", "data_digest": ""}
     ev = ev.assign(**{k: ev[k].fillna(v) if k in ev else v for k, v in fill.items()})
-    return ev.assign(setting=ev["attack_params"].map(_without_gradient))
-
-
-def _without_gradient(params: str) -> str:
-    p = json.loads(params) if params else {}
-    p.pop("gradient", None)
-    return json.dumps(p, sort_keys=True)
+    return ev.assign(setting=ev["attack_params"].map(lambda p: json.dumps(attack_setting(p), sort_keys=True)))
 
 
 def worst_case(ev: pd.DataFrame) -> pd.DataFrame:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ..evaluate.plan import attack_setting
 from ..evaluate.stats import wilson_interval
 
 ABBREVIATIONS = {"gaussian_blur": "blur", "tv_denoise": "tv", "dynamic_int8": "int8"}
@@ -102,14 +103,12 @@ def _int(v) -> str:
 IMAGE_SET = ["n", "seed", "data_digest"]
 
 
-PER_DEFENSE_KEYS = ("gradient", "eot_samples", "over")   # set per defense (adaptive) or per cell set (worst case)
-
-
-def _without_gradient(params: str) -> str:
-    """The attack's own setting: an adaptive cell's parameters also name the gradient (and EOT draws)
-    it took through its defense; the attack is the same in every defense's column."""
-    p = json.loads(params) if isinstance(params, str) and params else {}
-    return json.dumps({k: v for k, v in p.items() if k not in PER_DEFENSE_KEYS}, sort_keys=True)
+def _setting_json(params: str) -> str:
+    """The attack's own setting: the same in every defense's column (an adaptive cell's parameters also
+    name its defense's gradient; a worst-case row lists the attacks it is over)."""
+    p = attack_setting(params)
+    p.pop("over", None)
+    return json.dumps(p, sort_keys=True)
 
 
 def pivot_views(ev: pd.DataFrame) -> list[View]:
@@ -120,7 +119,7 @@ def pivot_views(ev: pd.DataFrame) -> list[View]:
     ev = ev.assign(data_digest=ev["data_digest"].fillna("") if "data_digest" in ev else "",
                    attack_params=ev["attack_params"].fillna("{}") if "attack_params" in ev else "{}",
                    threat=ev["threat"].fillna("oblivious") if "threat" in ev else "oblivious")
-    ev = ev.assign(attack_setting=ev["attack_params"].map(_without_gradient))
+    ev = ev.assign(attack_setting=ev["attack_params"].map(_setting_json))
     views = []
     keys = ["quant", "attack_source", "attack", "attack_setting", *IMAGE_SET]
     several_digests = ev.groupby(["n", "seed"])["data_digest"].nunique().max() > 1
