@@ -6,6 +6,7 @@ one line that names the problem and its key path; nothing is written.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,9 @@ from .results.render import FORMATS
 
 EXIT_BAD_INPUT = 2
 EXIT_TRIALS_FAILED = 1
+EXIT_WRITE_FAILED = 3
+# A write the machine refused: the run stops with one line; atomic writes leave finished files intact.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, CheckpointError, DataError, DownloadError, DamagedTable) as e:
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        console.print(f"[red]error:[/red] a write failed{where}: {escape(e.strerror or str(e))}. Every finished file is "
+                      "intact; free space and rerun the same command with --resume.", highlight=False, soft_wrap=True)
+        return EXIT_WRITE_FAILED
     except KeyboardInterrupt:
         console.print("[yellow]interrupted.[/yellow] Finished trials and eval cells are saved; "
                       "continue with the same command and --resume.")

@@ -360,3 +360,55 @@ def test_a_damaged_part_is_left_out_named_and_recomputed(tiny_run, tmp_path, cap
     assert main(["show", str(copy)]) == 2
     err = capsys.readouterr().err
     assert "trials.parquet: damaged" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_failed_write_is_one_line_keeps_finished_files_and_resume_completes(tmp_path, monkeypatch, capsys):
+    """Disk full, simulated where the bytes reach the disk: the fsync of the third eval part file
+    fails with ENOSPC. One line, status 3, no temporary left behind, every file written before
+    untouched; the rerun with --resume computes the missing cells and nothing twice."""
+    import errno
+    import hashlib
+    import os
+
+    import robustgrid.files
+    opened, failed = {}, []
+
+    class DiskFullAfterTwoParts:               # the real os, except fsync of a third eval part
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        def open(self, path, *args):
+            fd = os.open(path, *args)
+            opened[fd] = str(path)
+            return fd
+
+        def fsync(self, fd):
+            path = opened.pop(fd, "")
+            parts = sorted((out / "eval").glob("part-*")) if (out / "eval").exists() else []
+            if ".part-" in path and len(parts) >= 2 and not failed:
+                failed.append(path)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return os.fsync(fd)
+
+    out = tmp_path / "out"
+    sweep = write(tmp_path, SWEEP)
+    args = ["run", str(sweep), "--out", str(out), "--executor", "inline", "--set", "evaluate.defenses=[none,median]"]
+    monkeypatch.setattr(robustgrid.files, "os", DiskFullAfterTwoParts())
+    capsys.readouterr()
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    line = [line for line in err.splitlines() if line.startswith("error:")]
+    assert failed and len(line) == 1 and "No space left on device" in line[0] and "--resume" in line[0], err
+    assert "Traceback" not in err
+    assert not list(out.rglob("*.tmp"))
+    digest = lambda f: hashlib.sha256(f.read_bytes()).hexdigest()   # noqa: E731
+    before = {f: digest(f) for f in [*(out / "eval").glob("part-*"), *(out / "checkpoints").glob("*/best.pt")]}
+    assert len([f for f in before if "part-" in f.name]) == 2
+    monkeypatch.setattr(robustgrid.files, "os", os)                  # space freed
+    assert main([*args, "--resume"]) == 0
+    assert {f: digest(f) for f in before} == before
+    ev = pd.read_parquet(out / "eval")
+    from robustgrid.runner.evaluate import count_cells
+    from robustgrid.runner.spec import load_spec
+    assert len(ev) == 2 * count_cells(load_spec(out / "sweep.yaml")[0].evaluate)
+    assert not ev.duplicated(["trial_id", "quant", "attack", "attack_params", "attack_source", "eps", "defense"]).any()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -274,3 +275,170 @@ def _kill_once_and_finish(cmd: list[str], find: str, ready) -> tuple[int | None,
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     return killed, proc.returncode, output
+
+
+def _run_cli(args: list[str], timeout: float, **env_extra) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | env_extra
+    return subprocess.run([sys.executable, "-m", "robustgrid.runner.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def test_an_address_that_does_not_answer_is_one_line_and_exit_2(tmp_path):
+    """No Ray at the address: refused in seconds. Something listening that never answers like a Ray
+    head (Ray itself would retry it for ever): the bounded wait ends the run with status 2."""
+    import socket
+    p, out = sweep_file(tmp_path, "noray", resources__gpus_per_trial=0), tmp_path / "out"
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    done = _run_cli(["run", str(p), "--out", str(out), "--address", f"127.0.0.1:{port}"], timeout=60)
+    assert done.returncode == 2 and "cannot reach Ray at" in done.stderr + done.stdout
+    with socket.socket() as mute:          # accepts, says nothing
+        mute.bind(("0.0.0.0", 0))     # Ray dials the node IP for 127.0.0.1
+        mute.listen()
+        done = _run_cli(["run", str(p), "--out", str(out), "--address", f"127.0.0.1:{mute.getsockname()[1]}"],
+                        timeout=90, ROBUSTGRID_RAY_INIT_TIMEOUT_S="15")
+    assert done.returncode == 2 and "did not start or answer within 15 s" in done.stderr, done.stderr[-2000:]
+    assert not out.exists()                 # nothing written
+
+
+def test_local_mode_never_joins_a_ray_found_on_the_machine(tmp_path):
+    """Someone's `ray start --head` (1 CPU) on the machine: a local run starts its own Ray (its trial
+    needs 2 CPUs, which only a private Ray of this machine has). Then that Ray dies without cleaning
+    up (kill -9: its current-cluster file stays): the next local run neither hangs nor fails."""
+    psutil = pytest.importorskip("psutil")
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    started = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
+                              "--include-dashboard=false", "--disable-usage-stats"],
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr[-2000:]
+
+    # its GCS and raylet name the port; its agents are the raylet's children
+    heads = [q for q in psutil.process_iter(["cmdline"])
+             if any(a.endswith((f"={port}", f":{port}")) for a in (q.info["cmdline"] or []))]
+    strangers = heads + [c for q in heads for c in q.children(recursive=True)]
+
+    def kill_strangers():
+        for q in strangers:
+            try:
+                q.kill()
+            except psutil.Error:
+                pass
+    try:
+        p = sweep_file(tmp_path, "private", train__lr={"grid_search": [0.002]}, resources__gpus_per_trial=0,
+                       resources__cpus_per_trial=2)
+        done = _run_cli(["run", str(p), "--out", str(tmp_path / "a")], timeout=300)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+        kill_strangers()
+        done = _run_cli(["run", str(p), "--out", str(tmp_path / "b")], timeout=300)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+        assert len(pd.read_parquet(tmp_path / "b" / "eval")) == 5 * 2
+    finally:
+        kill_strangers()
+
+
+@pytest.mark.parametrize("fault", ["kill -9 in evaluation", "ctrl-c in evaluation", "a second run meanwhile"])
+def test_fault_matrix_loses_nothing_and_duplicates_nothing(cluster, tmp_path, fault):
+    """A small real sweep hit mid-evaluation (the training-time cases are the tests above): the rerun
+    with --resume ends with every trial and every cell exactly once (plain pd.read_parquet), and no
+    trial that had finished is trained again. A second run on the same folder is refused at once."""
+    out = tmp_path / "out"
+    p = sweep_file(tmp_path, "matrix", train__lr={"grid_search": [0.002, 0.003]}, data__synthetic_test=400,
+                   resources__gpus_per_trial=0, resources__cpus_per_trial=1, evaluate__n_images=400,
+                   evaluate__defenses=["none", "tv_denoise"], evaluate__attacks=["fgsm", {"pgd": {"steps": 10}}])
+    cmd = [sys.executable, "-m", "robustgrid.runner.cli", "run", str(p), "--out", str(out), "--address", cluster.address]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not list((out / "eval").glob("part-*")):
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before its evaluation could be hit"
+        mtimes = {c: c.stat().st_mtime for c in (out / "checkpoints").glob("*/best.pt")}
+        if fault == "a second run meanwhile":
+            second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            assert second.returncode == 2 and "in use by another robustgrid run" in second.stdout + second.stderr
+            output, _ = proc.communicate(timeout=400)
+            assert proc.returncode == 0, output[-2000:]
+        else:
+            os.killpg(proc.pid, signal.SIGKILL if fault.startswith("kill") else signal.SIGINT)
+            output, _ = proc.communicate(timeout=90)
+            if fault.startswith("ctrl-c"):
+                assert proc.returncode == 130 and "--resume" in output, output[-2000:]
+            resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=400)
+            assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-2000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    trials, ev = pd.read_parquet(out / "trials.parquet"), pd.read_parquet(out / "eval")
+    assert sorted(trials["status"]) == ["ok", "ok"] and trials["trial_id"].is_unique
+    from robustgrid.runner.evaluate import count_cells
+    from robustgrid.runner.spec import load_spec
+    assert len(ev) == 2 * count_cells(load_spec(p)[0].evaluate)
+    assert not ev.duplicated(["trial_id", "quant", "attack", "attack_params", "attack_source", "eps", "defense"]).any()
+    assert {c: c.stat().st_mtime for c in mtimes} == mtimes          # nothing finished was retrained
+
+
+def test_a_node_removed_mid_sweep_has_its_trial_and_its_evaluation_rerun_elsewhere(tmp_path):
+    """A cluster of three 2-CPU worker nodes (the head takes no work). The node running a trial is
+    removed mid-training, then the node running an evaluation task is removed mid-evaluation: Tune
+    retries the trial from its last checkpoint and Ray the task, on the nodes left; every trial and
+    every cell ends up exactly once."""
+    psutil = pytest.importorskip("psutil")
+    from ray import ray_constants
+    from ray.cluster_utils import Cluster
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        nodes = [c.add_node(num_cpus=2) for _ in range(3)]
+        c.wait_for_nodes()
+        raylets = {n: psutil.Process(n.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid) for n in nodes}
+
+        def node_running(name: str):
+            for n, raylet in raylets.items():
+                try:
+                    if any(name in q.name() for q in raylet.children(recursive=True)):
+                        return n
+                except psutil.Error:
+                    pass
+            return None
+        out = tmp_path / "out"
+        p = sweep_file(tmp_path, "nodes", train__lr={"grid_search": [0.002, 0.003]}, train__epochs=3,
+                       data__synthetic_train=3000, data__synthetic_test=400, resources__gpus_per_trial=0,
+                       resources__cpus_per_trial=2, resources__max_failures=2, evaluate__n_images=400,
+                       evaluate__defenses=["none", "tv_denoise"], evaluate__attacks=["fgsm", {"pgd": {"steps": 10}}])
+        cmd = [sys.executable, "-m", "robustgrid.runner.cli", "run", str(p), "--out", str(out), "--address", c.address]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        removed = []
+        try:
+            for phase, name, ready in [
+                    ("training", "ImplicitFunc", lambda: bool(list((out / "checkpoints").glob("*/last.pt")))),
+                    ("evaluation", "run_task", lambda: (out / "trials.parquet").exists()
+                     and len(pd.read_parquet(out / "trials.parquet")) == 2)]:
+                deadline, victim = time.time() + 300, None
+                while time.time() < deadline and victim is None and proc.poll() is None:
+                    victim = node_running(name) if ready() else None
+                    time.sleep(0.2)
+                assert victim is not None, f"no {name} seen on a worker node during {phase}"
+                time.sleep(1.0)                                       # mid-flight
+                c.remove_node(victim, allow_graceful=False)
+                raylets.pop(victim)
+                removed.append(victim.node_id)
+            output, _ = proc.communicate(timeout=400)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert len(removed) == 2 and proc.returncode == 0, output[-3000:]
+    finally:
+        c.shutdown()
+    trials, ev = pd.read_parquet(out / "trials.parquet"), pd.read_parquet(out / "eval")
+    assert sorted(trials["status"]) == ["ok", "ok"] and trials["trial_id"].is_unique
+    assert removed[0] not in set(trials["node_id"])                       # the trial finished on another node
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    assert len(epochs) == 2 * 3 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    from robustgrid.runner.evaluate import count_cells
+    from robustgrid.runner.spec import load_spec
+    assert len(ev) == 2 * count_cells(load_spec(p)[0].evaluate)
+    assert not ev.duplicated(["trial_id", "quant", "attack", "attack_params", "attack_source", "eps", "defense"]).any()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import threading
 from pathlib import Path
 
 from ..console import console
@@ -63,8 +65,47 @@ def init_ray(address: str | None) -> None:
     if address is None:
         from .reaper import reap_local_ray_on_exit
         reap_local_ray_on_exit()
-    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env},
-             logging_level=logging.ERROR if address is None else logging.WARNING)
+    else:
+        _check_reachable(address)
+    # Ray retries an address that stopped answering for ever (a dead head, a stale current-cluster
+    # file): bound the wait, say why, and leave with the bad-input status before anything is written.
+    bound = float(os.environ.get("ROBUSTGRID_RAY_INIT_TIMEOUT_S", INIT_TIMEOUT_S if address else LOCAL_INIT_TIMEOUT_S))
+    timer = threading.Timer(bound, _give_up, args=(address, bound))
+    timer.daemon = True
+    timer.start()
+    try:
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": env}, logging_level=logging.ERROR if address is None else logging.WARNING)
+    finally:
+        timer.cancel()
+
+
+INIT_TIMEOUT_S = 45.0          # joining a cluster that answered the probe
+LOCAL_INIT_TIMEOUT_S = 180.0   # starting a private Ray on a loaded laptop
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """--address (or RAY_ADDRESS) must name a Ray that answers; Ray itself would wait for ever."""
+    from ray._private.services import canonicalize_bootstrap_address
+    try:
+        target = address.removeprefix("ray://") if address.startswith("ray://") \
+            else canonicalize_bootstrap_address(address)
+    except ConnectionError:
+        raise SpecError(f"--address {address}: no running Ray found on this machine "
+                        "(start one with `ray start --head`, or leave out --address to run locally)") from None
+    host, _, port = (target or "").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as e:
+        raise SpecError(f"--address {address}: cannot reach Ray at {target} ({e}); is the head node up? "
+                        "Leave out --address (and RAY_ADDRESS) to run locally") from None
+
+
+def _give_up(address: str | None, bound: float) -> None:
+    where = f"the Ray at {address}" if address else "a local Ray"
+    print(f"error: {where} did not start or answer within {bound:.0f} s; nothing was written. "
+          "Check `ray status` on the head node, or leave out --address to run locally.", file=sys.stderr, flush=True)
+    os._exit(2)
 
 
 def check_cluster(sweep: Sweep, address: str | None) -> None:
