@@ -10,10 +10,11 @@ from .base import (
                    get_attack,
                    gradient_step,
                    input_gradient,
+                   input_gradients_only,
                    register_attack,
                    to_8bit_grid,
 )
 from .pgd import random_starts
 
 __all__ = ["ATTACKS", "ZOO_PREFIX", "Attack", "attack_names", "attack_params_json", "get_attack", "gradient_step",
-           "input_gradient", "random_starts", "register_attack", "to_8bit_grid"]
+           "input_gradient", "input_gradients_only", "random_starts", "register_attack", "to_8bit_grid"]

@@ -6,7 +6,8 @@ cell are its `attack_params` column.
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol
+import contextlib
+from typing import Callable, Iterator, Protocol
 
 import torch
 import torch.nn as nn
@@ -104,6 +105,21 @@ def _loss_scale(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     top = (p - nn.functional.one_hot(labels, p.shape[1]).to(p.dtype)).abs().amax(1) / len(labels)
     k = -torch.floor(torch.log2(top.clamp_min(2.0 ** -140)))
     return torch.exp2(k.clamp(0, 126))          # 2**126: the largest power of two a float32 holds with room
+
+
+@contextlib.contextmanager
+def input_gradients_only(model: nn.Module) -> Iterator[nn.Module]:
+    """The model with its weights frozen while an attack runs: autograd then skips the weights'
+    gradients, which no attack reads (a third of a simple_cnn's backward on a CPU). The input
+    gradient is the same, bit for bit; the weights' flags are restored afterwards."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def to_8bit_grid(images: torch.Tensor) -> torch.Tensor:

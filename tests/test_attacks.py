@@ -120,3 +120,14 @@ def test_zoo_backend_runs_torchattacks_by_name(tiny_model, images):
         check_zoo_attack("NoSuch", {})
     with pytest.raises(ValueError, match=".stepz: unknown parameter"):
         check_zoo_attack("PGD", {"stepz": 3})
+
+
+def test_frozen_weights_give_the_same_input_gradient_and_are_restored(tiny_model, images):
+    from robustgrid.attacks import input_gradient, input_gradients_only
+    labels = torch.arange(len(images)) % 10
+    plain = input_gradient(tiny_model, images, labels)
+    with input_gradients_only(tiny_model):
+        assert not any(p.requires_grad for p in tiny_model.parameters())
+        frozen = input_gradient(tiny_model, images, labels)
+    assert torch.equal(frozen, plain)
+    assert all(p.requires_grad for p in tiny_model.parameters())

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn as nn
 
-from ...attacks import gradient_step, input_gradient, random_starts, to_8bit_grid
+from ...attacks import gradient_step, input_gradient, input_gradients_only, random_starts, to_8bit_grid
 from ...defenses import defend_differentiably, is_randomized
 from ...models import quant_mode, quantize, state_dict_bytes
 from ..device import clock, fp32_precision, ieee_fp32
@@ -86,6 +86,10 @@ class Engine:
 
     def _make_adversarial(self, key: tuple) -> torch.Tensor:
         source, attack, params_json, eps = key[:4]
+        with input_gradients_only(self.models[source]):
+            return self._attack(key, source, attack, params_json, eps)
+
+    def _attack(self, key: tuple, source: str, attack: str, params_json: str, eps: float) -> torch.Tensor:
         params, eot_samples = split_attack_params(params_json)
         model, dev, bs = self.models[source], self.devices[source], self.ev.batch_size
         if len(key) > 4:          # adaptive: the attacker differentiates model o defense (BPDA, EOT)
