@@ -123,6 +123,29 @@ def bench_defenses(images: torch.Tensor, device: torch.device) -> list[dict]:
     return rows
 
 
+def bench_quant_modes(model, images: torch.Tensor, labels: torch.Tensor, calibration: torch.Tensor,
+                      device: torch.device) -> list[dict]:
+    """(d) Each quant mode's inference: images/s (batches of 500, fastest of repeats, after a warm-up
+    that includes int8_static's compilation), accuracy, bytes shipped and its int8 share."""
+    from ..models import QUANT, int8_share, quant_mode, quantize, shipped_bytes
+    from .evaluate.batching import predict
+    rows = []
+    for mode in QUANT.names():
+        qm = quant_mode(mode)
+        if qm.needs_cuda and device.type != "cuda":
+            continue
+        dev = torch.device("cpu") if qm.cpu_only else device
+        t0 = time.perf_counter()
+        q = quantize(model.cpu(), mode, calibration).to(dev) if mode != "fp32" else model.to(dev)
+        convert_s = time.perf_counter() - t0
+        predict(q, images, dev, 500)                                   # warm-up (compiles int8_static)
+        seconds, preds = _best_seconds(lambda: predict(q, images, dev, 500), min_total=2.0, max_reps=5)
+        rows.append({"mode": mode, "device": str(dev), "img_per_s": len(images) / seconds,
+                     "accuracy": (preds == labels).float().mean().item(), "mb": shipped_bytes(q) / 1e6,
+                     "int8_share": int8_share(model, q), "convert_s": convert_s})
+    return rows
+
+
 def bench_training(device: torch.device, quick: bool, dataset: str | None = None, train_subset: int | None = None,
                    target: float = 0.867, variants: tuple[str, ...] | None = None) -> list[dict]:
     """(c) Training input paths side by side on the notebook's recipe (ImprovedCNN, AdamW, bf16 on CUDA):
@@ -164,6 +187,25 @@ def bench_training(device: torch.device, quick: bool, dataset: str | None = None
 def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}"
+
+
+def run_quant_bench(json_path: str | None = None, device: str = "auto", images: int | None = None,
+                    model_name: str = "simple_cnn") -> int:
+    """(d) alone: every quant mode's speed, accuracy and size on this machine."""
+    from .data import load_splits, to_float
+    dev = pick_device(device)
+    model, x, y, dataset = _model_and_images(images or 2000, False, model_name, dev.type)
+    calibration = to_float(load_splits(DataSpec(dataset=dataset, synthetic_train=2000,
+                                                synthetic_test=max(len(x), 500))).train_x[:1000])
+    console.print(f"bench on {machine()}; {model_name}, {dataset}, {len(x)} test images")
+    with torch.no_grad():
+        rows = bench_quant_modes(model.eval(), x, y, calibration, dev)
+    _print_table(f"(d) quant modes: inference ({model_name}, batches of 500)", rows,
+                 {"mode": "{}", "device": "{}", "img_per_s": "{:.0f}", "accuracy": "{:.4f}", "mb": "{:.2f}",
+                  "int8_share": "{:.2%}", "convert_s": "{:.1f}"})
+    if json_path:
+        _write_json(json_path, {"machine": machine(), "device": str(dev), "dataset": dataset, "quant_modes": rows})
+    return 0
 
 
 def run_bench(quick: bool = False, json_path: str | None = None, device: str = "auto", grid: str = "quickstart",

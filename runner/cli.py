@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="(a) on this sweep's grid: quickstart (simple_cnn), the CIFAR-10 notebook's (improved_cnn), "
                             "or adaptive (FGSM + PGD-10, oblivious and adaptive, simple_cnn)")
     bench.add_argument("--images", type=int, help="test images for (a) and (b) (default 200 with --quick, else 1000)")
+    bench.add_argument("--quant-modes", action="store_true",
+                       help="instead: every quant mode's inference images/s, accuracy and size (simple_cnn)")
     bench.add_argument("--ray-overhead", action="store_true",
                        help="instead: a 4-trial sweep through Ray, wall time outside trials and evaluation")
     return p
@@ -191,18 +193,29 @@ def cmd_show(args) -> int:
 
 
 def cmd_models(args) -> int:
+    """Every registered model in every quant mode: the bytes shipped (torch.save of what the mode
+    stores, measured) and the share of the parameters held in 8 bits (what the mode quantizes)."""
+    import torch
+    from rich.console import Console
     from rich.table import Table
 
-    from ..models import create_model, model_names, quantize, state_dict_bytes
-    t = Table(title="models")
-    for col in ["name", "parameters", "fp32 MB", "dynamic_int8 MB"]:
-        t.add_column(col, justify="left" if col == "name" else "right")
+    from ..models import QUANT, create_model, int8_share, model_names, quant_mode, quantize, shipped_bytes
+    modes = QUANT.names()
+    t = Table(title="models: MB shipped per quant mode (int8 share of the parameters)", title_justify="left")
+    t.add_column("model", no_wrap=True)
+    t.add_column("parameters", justify="right")
+    for q in modes:
+        t.add_column(q + (" (notebook)" if quant_mode(q).notebook else ""), justify="right")
+    # int8_static's scales come from calibration; their number (so the size) does not depend on the images
+    calibration = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     for name in model_names():
-        m = create_model(name)
-        params = sum(p.numel() for p in m.parameters())
-        t.add_row(name, f"{params:,}", f"{state_dict_bytes(m) / 1e6:.2f}",
-                  f"{state_dict_bytes(quantize(m, 'dynamic_int8')) / 1e6:.2f}")
-    from rich.console import Console
+        m = create_model(name).eval()
+        row = [name, f"{sum(p.numel() for p in m.parameters()):,}"]
+        for q in modes:
+            qm = quantize(m, q, calibration)
+            share = int8_share(m, qm)
+            row.append(f"{shipped_bytes(qm) / 1e6:.2f}" + (f" ({share:.2%})" if share else ""))
+        t.add_row(*row)
     Console().print(t)
     return 0
 
@@ -230,9 +243,11 @@ def cmd_data(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench_ray_overhead, run_bench
+    from .bench import bench_ray_overhead, run_bench, run_quant_bench
     if args.ray_overhead:
         return bench_ray_overhead(json_path=args.json)
+    if args.quant_modes:
+        return run_quant_bench(json_path=args.json, device=args.device, images=args.images)
     return run_bench(quick=args.quick, json_path=args.json, device=args.device, grid=args.grid, images=args.images)
 
 

@@ -196,6 +196,7 @@ class EvaluateSpec(Strict):
     sources: list[Literal["self", "fp32"]] = ["self", "fp32"]
     defenses: dict[str, dict[str, Any]] = Field(default_factory=lambda: {n: {} for n in NOTEBOOK_DEFENSES})
     quant: list[str] = ["fp32", "dynamic_int8"]
+    calibration_images: int = Field(1000, gt=0)   # int8_static: the first N training images calibrate it
     defense_backend: Literal["reference", "batched"] = "batched"
     batch_size: int = Field(500, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -34,9 +34,11 @@ def test_run_writes_tables_with_the_design_schema(tiny_run):
     assert list(ev.columns) == EVAL_SCHEMA.names
     assert len(trials) == 2 and set(trials["status"]) == {"ok"} and set(trials["lr"]) == {0.003, 0.01}
     assert len(epochs) == 4 and set(epochs["epoch"]) == {1, 2}
-    # cells per trial: eps 0 -> fp32/self, int8/self, int8/fp32; eps>0 -> fp32/self, int8/fp32 (no faked int8 white-box)
-    assert len(ev) == 2 * 5 * 5
-    assert not ((ev["quant"] == "dynamic_int8") & (ev["attack_source"] == "self") & (ev["eps"] > 0)).any()
+    # cells per trial: eps 0 -> fp32/self, int8/self, int8/fp32; eps>0 -> fp32/self, int8/fp32, int8/self through
+    # the int8 model's fake-quant twin (STE, said in attack_params)
+    assert len(ev) == 2 * 6 * 5
+    ste = ev[(ev["quant"] == "dynamic_int8") & (ev["attack_source"] == "self") & (ev["eps"] > 0)]
+    assert len(ste) == 2 * 5 and set(ste["attack_params"]) == {'{"model_gradient": "ste"}'}
     assert not ((ev["quant"] == "fp32") & (ev["attack_source"] == "fp32")).any()
     assert ((ev["ci_low"] <= ev["accuracy"]) & (ev["accuracy"] <= ev["ci_high"])).all()
     assert (ev["n"] == 48).all() and (ev["correct"] == (ev["accuracy"] * 48).round()).all()
@@ -237,8 +239,8 @@ def test_progress_counts_what_will_be_computed(tiny_run):
     progress = sweep.eval_progress(ResultStore(out).eval_keys(), checkpoints)
     # nothing at n=20 exists yet: every planned cell is to be computed, none of the n=48 cells counts
     from robustgrid.runner.evaluate import count_cells
-    assert count_cells(spec.evaluate) == 25 and len(checkpoints) == 2
-    assert progress == {"total": 50, "completed": 0}
+    assert count_cells(spec.evaluate) == 30 and len(checkpoints) == 2
+    assert progress == {"total": 60, "completed": 0}
 
 
 def test_notebook_api_runs_a_dict_and_loads_the_folder(tmp_path):
@@ -328,7 +330,7 @@ def test_a_moved_results_folder_still_evaluates_and_resumes(tiny_run, tmp_path, 
     try:
         assert main(["eval", str(moved), "--executor", "inline", "--set", "evaluate.eps=[0.02]",
                      "--set", "evaluate.defenses=[none]"]) == 0
-        assert (ResultStore(moved).read_eval()["eps"].round(4) == 0.02).sum() == 2 * 2
+        assert (ResultStore(moved).read_eval()["eps"].round(4) == 0.02).sum() == 2 * 3
         parts = sorted((moved / "eval").glob("part-*"))
         assert main(["run", str(write(tmp, SWEEP)), "--out", str(moved), "--executor", "inline"]) == 0
         assert sorted((moved / "eval").glob("part-*")) == parts            # resume: nothing retrained or recomputed

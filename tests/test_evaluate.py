@@ -29,7 +29,8 @@ def test_engine_equals_reference_pipeline_cell_by_cell(tiny_model, images):
     ev = EvaluateSpec.model_validate(GRID)
     engine_rows = run_cells(Engine(tiny_model, ev, images, labels, torch.device("cpu")), plan_cells(ev), META)
     ref_rows = reference_rows(tiny_model, ev, images, labels, torch.device("cpu"), META)
-    assert len(engine_rows) == len(ref_rows) == len(plan_cells(ev)) == 35  # 15 fp32 + 5 int8 clean + 15 int8 transfer
+    # 15 fp32 + 5 int8 clean + 15 int8 transfer + 10 int8 white-box through the fake-quant twin (STE)
+    assert len(engine_rows) == len(ref_rows) == len(plan_cells(ev)) == 45
     assert _cells(engine_rows) == _cells(ref_rows)
     accs = {r["accuracy"] for r in engine_rows}
     assert len(accs) > 3, "a grid where every cell scores the same would prove nothing"
@@ -38,8 +39,10 @@ def test_engine_equals_reference_pipeline_cell_by_cell(tiny_model, images):
 def test_one_image_set_per_source_and_eps():
     ev = EvaluateSpec.model_validate(GRID)
     keys = {image_key(c) for c in plan_cells(ev)}
-    # clean, fp32-made at two eps (shared by fp32 white-box and int8 transfer); no int8 white-box
-    assert keys == {("clean",), ("fp32", "fgsm", "{}", 2 / 255), ("fp32", "fgsm", "{}", 8 / 255)}
+    # clean, fp32-made at two eps (shared by fp32 white-box and int8 transfer), int8-made through its twin
+    ste = '{"model_gradient": "ste"}'
+    assert keys == {("clean",), ("fp32", "fgsm", "{}", 2 / 255), ("fp32", "fgsm", "{}", 8 / 255),
+                    ("dynamic_int8", "fgsm", ste, 2 / 255), ("dynamic_int8", "fgsm", ste, 8 / 255)}
 
 
 ADAPTIVE = {**GRID, "eps": [0, "8/255"], "attacks": ["fgsm", {"pgd": {"steps": 3, "restarts": 2}}],
@@ -57,8 +60,8 @@ def test_adaptive_engine_equals_reference_pipeline_cell_by_cell(tiny_model, imag
     ev = EvaluateSpec.model_validate(ADAPTIVE)
     cells = plan_cells(ev)
     adaptive = [c for c in cells if c.threat == "adaptive"]
-    # through 5 defenses (not 'none'), eps 8/255, 2 attacks, (fp32 self + int8 transfer)
-    assert len(adaptive) == 5 * 2 * 2 and all(c.eps > 0 and c.defense != "none" for c in adaptive)
+    # through 5 defenses (not 'none'), eps 8/255, 2 attacks, (fp32 self + int8 transfer + int8 STE)
+    assert len(adaptive) == 5 * 2 * 3 and all(c.eps > 0 and c.defense != "none" for c in adaptive)
     assert {json.loads(c.attack_params)["gradient"] for c in adaptive} == {"exact", "bpda_median", "bpda_jpeg",
                                                                              "bpda_tv_unrolled20"}
     assert {json.loads(c.attack_params).get("eot_samples") for c in adaptive if c.defense == "random_resize_pad"} == {3}
@@ -71,4 +74,5 @@ def test_adaptive_engine_equals_reference_pipeline_cell_by_cell(tiny_model, imag
 def test_adaptive_images_are_made_once_per_defense():
     ev = EvaluateSpec.model_validate(ADAPTIVE)
     keys = {image_key(c) for c in plan_cells(ev) if c.threat == "adaptive"}
-    assert len(keys) == 2 * 5 and all(k[0] == "fp32" and k[4] == "adaptive" for k in keys)
+    assert len(keys) == 2 * 5 * 2 and all(k[4] == "adaptive" for k in keys)
+    assert {k[0] for k in keys} == {"fp32", "dynamic_int8"}          # fp32-made, and made through the int8 twin

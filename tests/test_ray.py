@@ -62,8 +62,8 @@ def test_simulated_cluster_runs_trials_on_distinct_gpus(cluster, tmp_path):
     assert (trials["cuda_visible_devices"] == trials["gpu_ids"]).all()    # each trial sees its own GPU alone
     assert (out / "ray").is_dir() and any((out / "ray").iterdir())       # Ray's experiment folder
     ev = ResultStore(out).read_eval()
-    # per trial: eps0 fp32/self, int8/self, int8/fp32 + eps>0 fp32/self, int8/fp32 -> 5 x 2 defenses
-    assert len(ev) == 4 * 5 * 2
+    # per trial: eps0 fp32/self, int8/self, int8/fp32 + eps>0 fp32/self, int8/fp32, int8/self (STE) -> 6 x 2 defenses
+    assert len(ev) == 4 * 6 * 2
 
 
 def test_inline_executor_gives_the_same_tables(cluster, tmp_path):
@@ -142,7 +142,7 @@ def test_kill_and_resume_loses_and_duplicates_nothing(cluster, tmp_path):
     epochs = ResultStore(out).read("epochs")
     assert len(epochs) == 9 and not epochs.duplicated(["trial_id", "epoch"]).any()
     ev = ResultStore(out).read_eval()
-    assert len(ev) == 3 * 5 * 2 and not ev.duplicated(["trial_id", "quant", "attack_source", "eps", "defense"]).any()
+    assert len(ev) == 3 * 6 * 2 and not ev.duplicated(["trial_id", "quant", "attack_source", "eps", "defense"]).any()
 
 
 def test_int8_cells_split_by_defense_over_free_cpus():
@@ -161,7 +161,7 @@ def test_first_ctrl_c_stops_the_run_and_resume_finishes_it(tmp_path):
     the run with 130 and the resume line; --resume then finishes with nothing lost, nothing twice,
     the finished trial not retrained. (Run after the module's cluster fixture, it also shows that local
     mode starts its own Ray rather than joining the one on the machine.)"""
-    p = sweep_file(tmp_path, "sigint", train__lr={"grid_search": [0.001, 0.002, 0.003]}, train__epochs=6,
+    p = sweep_file(tmp_path, "sigint", train__lr={"grid_search": [0.001, 0.002, 0.003]}, train__epochs=4,
                    data__synthetic_train=3000, resources__gpus_per_trial=0, resources__cpus_per_trial=1,
                    resources__max_concurrent_trials=1)
     out = tmp_path / "out"
@@ -185,7 +185,7 @@ def test_first_ctrl_c_stops_the_run_and_resume_finishes_it(tmp_path):
     mtime = (out / "checkpoints" / done["trial_id"].iloc[0] / "best.pt").stat().st_mtime
     assert subprocess.run(cmd + ["--resume"], env=env, capture_output=True, timeout=400).returncode == 0
     trials, ev = pd.read_parquet(out / "trials.parquet"), pd.read_parquet(out / "eval")
-    assert sorted(trials["status"]) == ["ok"] * 3 and len(ev) == 3 * 5 * 2
+    assert sorted(trials["status"]) == ["ok"] * 3 and len(ev) == 3 * 6 * 2
     assert not ev.duplicated(["trial_id", "quant", "attack_source", "eps", "defense"]).any()
     assert (out / "checkpoints" / done["trial_id"].iloc[0] / "best.pt").stat().st_mtime == mtime
 
@@ -205,7 +205,7 @@ def test_a_trial_worker_killed_mid_training_is_retried_from_its_checkpoint(clust
     trials, epochs, ev = (pd.read_parquet(out / f) for f in ("trials.parquet", "epochs.parquet", "eval"))
     assert trials["status"].tolist() == ["ok"] and trials["epochs_run"].tolist() == [4]
     assert sorted(epochs["epoch"]) == [1, 2, 3, 4]                       # resumed, not restarted twice over
-    assert len(ev) == 5 * 2 and not ev.duplicated(["quant", "attack_source", "eps", "defense"]).any()
+    assert len(ev) == 6 * 2 and not ev.duplicated(["quant", "attack_source", "eps", "defense"]).any()
 
 
 def test_no_ray_process_outlives_a_killed_run(tmp_path):
@@ -297,8 +297,8 @@ def test_an_address_that_does_not_answer_is_one_line_and_exit_2(tmp_path):
         mute.bind(("0.0.0.0", 0))     # Ray dials the node IP for 127.0.0.1
         mute.listen()
         done = _run_cli(["run", str(p), "--out", str(out), "--address", f"127.0.0.1:{mute.getsockname()[1]}"],
-                        timeout=90, ROBUSTGRID_RAY_INIT_TIMEOUT_S="15")
-    assert done.returncode == 2 and "did not start or answer within 15 s" in done.stderr, done.stderr[-2000:]
+                        timeout=90, ROBUSTGRID_RAY_INIT_TIMEOUT_S="8")
+    assert done.returncode == 2 and "did not start or answer within 8 s" in done.stderr, done.stderr[-2000:]
     assert not out.exists()                 # nothing written
 
 
@@ -336,18 +336,18 @@ def test_local_mode_never_joins_a_ray_found_on_the_machine(tmp_path):
         kill_strangers()
         done = _run_cli(["run", str(p), "--out", str(tmp_path / "b")], timeout=300)
         assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
-        assert len(pd.read_parquet(tmp_path / "b" / "eval")) == 5 * 2
+        assert len(pd.read_parquet(tmp_path / "b" / "eval")) == 6 * 2
     finally:
         kill_strangers()
 
 
-@pytest.mark.parametrize("fault", ["kill -9 in evaluation", "ctrl-c in evaluation", "a second run meanwhile"])
+@pytest.mark.parametrize("fault", ["kill -9 in evaluation", "ctrl-c in evaluation"])
 def test_fault_matrix_loses_nothing_and_duplicates_nothing(cluster, tmp_path, fault):
-    """A small real sweep hit mid-evaluation (the training-time cases are the tests above): the rerun
-    with --resume ends with every trial and every cell exactly once (plain pd.read_parquet), and no
-    trial that had finished is trained again. A second run on the same folder is refused at once."""
+    """A small real sweep hit mid-evaluation (the training-time cases are the tests above): a second
+    run on the same folder meanwhile is refused at once; the rerun with --resume ends with every
+    trial and every cell exactly once (plain pd.read_parquet), no finished trial trained again."""
     out = tmp_path / "out"
-    p = sweep_file(tmp_path, "matrix", train__lr={"grid_search": [0.002, 0.003]}, data__synthetic_test=400,
+    p = sweep_file(tmp_path, "matrix", train__lr={"grid_search": [0.002]}, data__synthetic_test=400,
                    resources__gpus_per_trial=0, resources__cpus_per_trial=1, evaluate__n_images=400,
                    evaluate__defenses=["none", "tv_denoise"], evaluate__attacks=["fgsm", {"pgd": {"steps": 10}}])
     cmd = [sys.executable, "-m", "robustgrid.runner.cli", "run", str(p), "--out", str(out), "--address", cluster.address]
@@ -358,26 +358,24 @@ def test_fault_matrix_loses_nothing_and_duplicates_nothing(cluster, tmp_path, fa
             time.sleep(0.2)
         assert proc.poll() is None, "the run ended before its evaluation could be hit"
         mtimes = {c: c.stat().st_mtime for c in (out / "checkpoints").glob("*/best.pt")}
-        if fault == "a second run meanwhile":
+        if fault.startswith("kill"):
             second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
             assert second.returncode == 2 and "in use by another robustgrid run" in second.stdout + second.stderr
-            output, _ = proc.communicate(timeout=400)
-            assert proc.returncode == 0, output[-2000:]
-        else:
-            os.killpg(proc.pid, signal.SIGKILL if fault.startswith("kill") else signal.SIGINT)
-            output, _ = proc.communicate(timeout=90)
-            if fault.startswith("ctrl-c"):
-                assert proc.returncode == 130 and "--resume" in output, output[-2000:]
-            resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=400)
-            assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-2000:]
+            assert proc.poll() is None, "the refused second run must leave the first alone"
+        os.killpg(proc.pid, signal.SIGKILL if fault.startswith("kill") else signal.SIGINT)
+        output, _ = proc.communicate(timeout=90)
+        if fault.startswith("ctrl-c"):
+            assert proc.returncode == 130 and "--resume" in output, output[-2000:]
+        resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=400)
+        assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-2000:]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     trials, ev = pd.read_parquet(out / "trials.parquet"), pd.read_parquet(out / "eval")
-    assert sorted(trials["status"]) == ["ok", "ok"] and trials["trial_id"].is_unique
+    assert trials["status"].tolist() == ["ok"]
     from robustgrid.runner.evaluate import count_cells
     from robustgrid.runner.spec import load_spec
-    assert len(ev) == 2 * count_cells(load_spec(p)[0].evaluate)
+    assert len(ev) == count_cells(load_spec(p)[0].evaluate)
     assert not ev.duplicated(["trial_id", "quant", "attack", "attack_params", "attack_source", "eps", "defense"]).any()
     assert {c: c.stat().st_mtime for c in mtimes} == mtimes          # nothing finished was retrained
 

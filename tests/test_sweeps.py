@@ -7,7 +7,7 @@ from robustgrid.runner.spec import load_spec
 SWEEPS = Path(__file__).parent.parent / "sweeps"
 
 
-@pytest.mark.parametrize("name", ["quickstart", "cifar10_notebook", "cifar10_cluster", "adaptive"])
+@pytest.mark.parametrize("name", ["quickstart", "cifar10_notebook", "cifar10_cluster", "adaptive", "quant"])
 def test_sweep_files_validate(name):
     spec, _ = load_spec(SWEEPS / f"{name}.yaml")
     assert spec.name == name
@@ -40,7 +40,7 @@ def test_linnaeus_sweep_needs_its_folder(tmp_path):
 def test_bundled_sweeps_are_listed_with_descriptions_and_run_by_name():
     from robustgrid.runner.bundled import bundled_sweeps, resolve_sweep
     bundled = bundled_sweeps()
-    assert set(bundled) == {"quickstart", "cifar10_notebook", "cifar10_cluster", "linnaeus5", "adaptive"}
+    assert set(bundled) == {"quickstart", "cifar10_notebook", "cifar10_cluster", "linnaeus5", "adaptive", "quant"}
     assert all(desc for _, desc in bundled.values())
     assert resolve_sweep("quickstart") == bundled["quickstart"][0]
     assert load_spec(resolve_sweep("quickstart"))[0].name == "quickstart"

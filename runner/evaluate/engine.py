@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ...attacks import gradient_step, input_gradient, input_gradients_only, random_starts, to_8bit_grid
 from ...defenses import defend_differentiably, is_randomized
-from ...models import quant_mode, quantize, state_dict_bytes
+from ...models import fake_quant_twin, quant_mode, quantize, shipped_bytes
 from ..device import clock, fp32_precision, ieee_fp32
 from ..provenance import images_digest
 from ..spec import EvaluateSpec
@@ -29,22 +29,31 @@ from .rows import make_row
 
 @dataclass
 class Models:
-    """The models of one checkpoint under evaluation, one per quant mode, where each runs."""
+    """The models of one checkpoint under evaluation, one per quant mode, where each runs, what each
+    weighs as shipped, and the fake-quant twins white-box attacks on the int8 modes differentiate."""
     models: dict[str, nn.Module]
     devices: dict[str, torch.device]
     sizes: dict[str, int]
+    twins: dict[str, nn.Module]
 
     @classmethod
-    def build(cls, fp32: nn.Module, quants: Iterable[str], device: torch.device) -> "Models":
+    def build(cls, fp32: nn.Module, quants: Iterable[str], device: torch.device,
+              calibration: torch.Tensor | None = None) -> "Models":
         fp32 = fp32.to(device, memory_format=torch.channels_last).eval()
-        models, devices = {"fp32": fp32}, {"fp32": device}
+        models, devices, twins = {"fp32": fp32}, {"fp32": device}, {}
         for q in quants:
             mode = quant_mode(q)
             if mode.needs_cuda and device.type != "cuda":
                 raise RuntimeError(f"evaluate.quant: {q} needs a CUDA device (running on {device})")
-            models[q] = quantize(fp32, q)   # a converted copy; int8 lands on the CPU
+            models[q] = quantize(fp32, q, calibration)   # a converted copy; int8 lands on the CPU
             devices[q] = torch.device("cpu") if mode.cpu_only else device
-        return cls(models, devices, {q: state_dict_bytes(m) for q, m in models.items()})
+            if not mode.has_input_grad and mode.twin is not None:
+                twins[q] = fake_quant_twin(fp32, models[q], q).to(devices[q])
+        return cls(models, devices, {q: shipped_bytes(m) for q, m in models.items()}, twins)
+
+    def attacker(self, source: str) -> nn.Module:
+        """The model an attacker differentiates for `source`: itself, or its fake-quant twin (STE)."""
+        return self.twins.get(source, self.models[source])
 
     def precision(self, quant: str) -> str:
         """The arithmetic behind a quant mode's predictions (fp32 on a GPU: IEEE unless TF32 is on)."""
@@ -60,11 +69,11 @@ class Engine:
     """
 
     def __init__(self, fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor,
-                 device: torch.device):
+                 device: torch.device, calibration: torch.Tensor | None = None):
         # Images stay on the device (defenses run there); labels stay on the CPU, with the predictions.
         self.ev, self.images, self.labels, self.device = ev, images.to(device), labels.cpu(), device
         self.data_digest = images_digest(images, labels)       # which test images every row saw
-        self.built = Models.build(fp32, ev.quant, device)
+        self.built = Models.build(fp32, ev.quant, device, calibration)
         self.models, self.devices, self.sizes = self.built.models, self.built.devices, self.built.sizes
         self.precision = self.built.precision
         self._adv: dict[tuple, tuple[torch.Tensor, float]] = {}
@@ -86,12 +95,12 @@ class Engine:
 
     def _make_adversarial(self, key: tuple) -> torch.Tensor:
         source, attack, params_json, eps = key[:4]
-        with input_gradients_only(self.models[source]):
+        with input_gradients_only(self.built.attacker(source)):
             return self._attack(key, source, attack, params_json, eps)
 
     def _attack(self, key: tuple, source: str, attack: str, params_json: str, eps: float) -> torch.Tensor:
         params, eot_samples = split_attack_params(params_json)
-        model, dev, bs = self.models[source], self.devices[source], self.ev.batch_size
+        model, dev, bs = self.built.attacker(source), self.devices[source], self.ev.batch_size
         if len(key) > 4:          # adaptive: the attacker differentiates model o defense (BPDA, EOT)
             model = ThroughDefense(model, key[5], json.loads(key[6]), self.ev.defense_backend, eot_samples)
         step = gradient_step(attack)

@@ -37,7 +37,9 @@ def defense_params_json(name: str, overrides: dict[str, Any]) -> str:
     return json.dumps(DEFENSES.resolve(name, overrides), sort_keys=True)
 
 
-ADAPTIVE_KEYS = ("gradient", "eot_samples")   # what adaptive_params_json adds for the defense attacked through
+# What a cell's attack_params say beyond the attack's own settings: the gradient through the defense
+# and its EOT draws (adaptive), and the model gradient (ste: through an int8 model's fake-quant twin).
+ADAPTIVE_KEYS = ("gradient", "eot_samples", "model_gradient")
 
 
 def attack_setting(params_json: str) -> dict:
@@ -58,7 +60,9 @@ def adaptive_params_json(attack_params: str, defense: str, eot_samples: int) -> 
 def plan_cells(ev: EvaluateSpec) -> list[Cell]:
     """Every meaningful cell of the grid.
 
-    - int8 has no input gradient in torch: no white-box ('self') row for eps > 0, never faked;
+    - an int8 model has no input gradient: its white-box ('self') rows for eps > 0 attack its
+      fake-quant twin (straight-through estimator, attack_params model_gradient: ste) and are scored
+      on the real int8 model; a mode without a twin has no such row, never a faked one;
     - on the fp32 model, source 'fp32' is the white-box row itself: recorded once, as 'self';
     - adaptive cells exist where there is an attack (eps > 0) and a defense to attack through
       (through 'none' the adaptive attacker is the oblivious one).
@@ -68,7 +72,9 @@ def plan_cells(ev: EvaluateSpec) -> list[Cell]:
         for eps in ev.eps:
             for source in ev.sources:
                 for quant in ev.quant:
-                    if source == "self" and eps > 0 and not quant_mode(quant).has_input_grad:
+                    mode = quant_mode(quant)
+                    ste = source == "self" and eps > 0 and not mode.has_input_grad
+                    if ste and mode.twin is None:
                         continue
                     if source == "fp32" and quant == "fp32":
                         continue
@@ -78,6 +84,8 @@ def plan_cells(ev: EvaluateSpec) -> list[Cell]:
                             if adaptive and (eps == 0 or name == "none"):
                                 continue
                             a_params = adaptive_params_json(attack.params_json, name, ev.eot_samples) if adaptive else attack.params_json
+                            if ste:
+                                a_params = json.dumps({**json.loads(a_params), "model_gradient": "ste"}, sort_keys=True)
                             cells.append(Cell(quant, attack.name, source, float(eps), name,
                                               defense_params_json(name, params), a_params, threat))
     return cells

@@ -26,14 +26,14 @@ from .rows import make_row
 
 
 def reference_rows(fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor,
-                   device: torch.device, meta: dict[str, Any]) -> list[dict]:
+                   device: torch.device, meta: dict[str, Any], calibration: torch.Tensor | None = None) -> list[dict]:
     with ieee_fp32():
-        return _reference_rows(fp32, ev, images, labels, device, meta)
+        return _reference_rows(fp32, ev, images, labels, device, meta, calibration)
 
 
 def _reference_rows(fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor,
-                    device: torch.device, meta: dict[str, Any]) -> list[dict]:
-    m = Models.build(fp32, ev.quant, device)
+                    device: torch.device, meta: dict[str, Any], calibration: torch.Tensor | None) -> list[dict]:
+    m = Models.build(fp32, ev.quant, device, calibration)
     digest = images_digest(images, labels)
     clean_ok: dict[tuple, torch.Tensor] = {}
 
@@ -63,7 +63,7 @@ def _attack(m: Models, ev: EvaluateSpec, c, defense_params: dict, images: torch.
             labels: torch.Tensor) -> torch.Tensor:
     """The cell's adversarial images, made for it alone; adaptive: through the per-image reference
     defense (OpenCV / scikit-image) in the forward pass, its declared gradient in the backward."""
-    model, dev = m.models[c.source_model], m.devices[c.source_model]
+    model, dev = m.attacker(c.source_model), m.devices[c.source_model]
     params, eot_samples = split_attack_params(c.attack_params)
     if c.threat == "adaptive":
         model = ThroughDefense(model, c.defense, defense_params, "reference", eot_samples)

@@ -52,12 +52,25 @@ def test_images(data: DataSpec, n_images: int | None) -> tuple[torch.Tensor, tor
     return to_float(x), y, splits.classes
 
 
+def calibration_images(data: DataSpec, ev: EvaluateSpec) -> torch.Tensor | None:
+    """The first evaluate.calibration_images training images, where a quant mode calibrates on them."""
+    from ...models import quant_mode
+    if not any(quant_mode(q).needs_calibration for q in ev.quant):
+        return None
+    return to_float(load_splits(data).train_x[:ev.calibration_images])
+
+
 def _prepare(task: EvalTask, done: Iterable[tuple]):
     if task.threads:
         torch.set_num_threads(int(task.threads))
     torch.manual_seed(task.evaluate.seed)
     images, labels, classes = test_images(task.data, task.evaluate.n_images)
     return images, labels, classes, task.cells_left(done, len(images))
+
+
+def _engine(task: EvalTask, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor) -> Engine:
+    return Engine(load_checkpoint(task.checkpoint), ev, images, labels, pick_device(ev.device),
+                  calibration_images(task.data, ev))
 
 
 def evaluate_checkpoint(task: EvalTask, done: Iterable[tuple] = (),
@@ -73,7 +86,7 @@ def evaluate_checkpoint(task: EvalTask, done: Iterable[tuple] = (),
     if not cells:
         return []
     ev = task.evaluate
-    engine = Engine(load_checkpoint(task.checkpoint), ev, images, labels, pick_device(ev.device))
+    engine = _engine(task, ev, images, labels)
     if adversarials:
         engine.import_adversarials(adversarials)
     rows = run_cells(engine, cells, task.meta, on_rows, progress)
@@ -91,6 +104,6 @@ def make_adversarials(task: EvalTask, done: Iterable[tuple] = ()) -> dict[tuple,
     if not wanted:
         return {}
     ev = task.evaluate.model_copy(update={"quant": ["fp32"]})
-    engine = Engine(load_checkpoint(task.checkpoint), ev, images, labels, pick_device(ev.device))
+    engine = _engine(task, ev, images, labels)
     with ieee_fp32():
         return engine.export_adversarials(sorted(wanted))
