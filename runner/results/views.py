@@ -125,6 +125,8 @@ def pivot_views(ev: pd.DataFrame) -> list[View]:
     several_digests = ev.groupby(["n", "seed"])["data_digest"].nunique().max() > 1
     for (q, src, attack, setting, n, seed, digest), part in ev.groupby(keys, sort=False):
         what = "worst case over every attack" if attack == "worst_case" else f"{attack}{_setting(setting)}"
+        if src == "self" and part["attack_params"].str.contains('"model_gradient": "ste"').any():
+            src = "self (white-box through its fake-quant twin, STE)"
         title = f"{what} accuracy %, quant={q}, source={src}, n={n} images"
         if several_digests and digest:
             title += f" (images {digest[:8]})"
