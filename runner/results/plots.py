@@ -30,8 +30,13 @@ def plot_accuracy_vs_eps(ev: pd.DataFrame, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
     ev = ev.assign(threat=ev["threat"].fillna("oblivious"))
     panels = list(ev.groupby(["quant", "attack_source", "attack"], sort=False))
-    fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False, sharey=True)
-    for ax, ((q, src, attack), part) in zip(axs[0], panels):
+    cols = min(4, len(panels))                    # wrap: a quant sweep has two dozen panels
+    rows = -(-len(panels) // cols)
+    fig, axs = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False, sharey=True)
+    axes = list(axs.flat)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax, ((q, src, attack), part) in zip(axes, panels):
         several_n = part["n"].nunique() > 1      # cells that saw different images are separate lines
         colours = {d: f"C{i}" for i, d in enumerate(dict.fromkeys(part["defense"]))}
         for (d, _, n, threat), sub in part.groupby(["defense", "defense_params", "n", "threat"], sort=False):
@@ -40,13 +45,16 @@ def plot_accuracy_vs_eps(ev: pd.DataFrame, path: Path, title: str) -> Path:
             style = "--" if threat == "adaptive" else "-"
             ax.plot(sub["eps"], 100 * sub["accuracy"], style, marker="o", color=colours[d], label=label)
             ax.fill_between(sub["eps"], 100 * sub["ci_low"], 100 * sub["ci_high"], alpha=0.15, color=colours[d])
-        ax.set_title(f"{attack}: {q}, source={src}")
+        params = part["attack_params"] if "attack_params" in part else pd.Series([], dtype=str)
+        ste = src == "self" and params.fillna("").str.contains('"model_gradient": "ste"').any()
+        ax.set_title(f"{attack}: {q}, source={src}" + (" (STE twin)" if ste else ""))
         ax.set_xlabel("eps (pixel scale [0,1])")
         ax.grid(alpha=0.3)
-    axs[0][0].set_ylabel("accuracy %")
-    axs[0][-1].legend(fontsize=7)
+    for row in axs:
+        row[0].set_ylabel("accuracy %")
+    axes[len(panels) - 1].legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (3.6 * rows)))   # room for the suptitle
     _save(fig, path)
     return path
 
