@@ -4,7 +4,8 @@
     git_commit        the commit of the checkout robustgrid runs from ('' when it is not a checkout)
     git_dirty         whether that checkout had uncommitted changes to tracked files
     data_digest       sha256 (first 16 hex digits) of the images and labels the row saw
-    torch_version, torchvision_version, opencv_version, skimage_version, ray_version
+    torch_version, torchvision_version, opencv_version, skimage_version, ray_version,
+    torchao_version (the int8 modes), kornia_version (the adaptive JPEG gradient)
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent     # robustgrid's own folder (the checkout, editable)
 
 SOFTWARE_FIELDS = ("code_version", "git_commit", "git_dirty", "torch_version", "torchvision_version",
-                   "opencv_version", "skimage_version", "ray_version")
+                   "opencv_version", "skimage_version", "ray_version", "torchao_version", "kornia_version")
 PROVENANCE_KEYS = ("data_digest", *SOFTWARE_FIELDS)
 
 
@@ -55,7 +56,8 @@ def software() -> dict[str, object]:
     return {"code_version": _version("robustgrid") or "0+unknown", "git_commit": commit, "git_dirty": dirty,
             "torch_version": torch.__version__, "torchvision_version": _version("torchvision"),
             "opencv_version": cv2.__version__, "skimage_version": _version("scikit-image"),
-            "ray_version": _version("ray")}
+            "ray_version": _version("ray"), "torchao_version": _version("torchao"),   # the int8 modes
+            "kornia_version": _version("kornia")}                                      # the JPEG gradient
 
 
 def images_digest(images: torch.Tensor, labels: torch.Tensor) -> str:

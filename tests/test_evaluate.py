@@ -76,3 +76,14 @@ def test_adaptive_images_are_made_once_per_defense():
     keys = {image_key(c) for c in plan_cells(ev) if c.threat == "adaptive"}
     assert len(keys) == 2 * 5 * 2 and all(k[4] == "adaptive" for k in keys)
     assert {k[0] for k in keys} == {"fp32", "dynamic_int8"}          # fp32-made, and made through the int8 twin
+
+
+def test_quant_parameters_are_part_of_the_cell():
+    """int8_static calibrated on 500 images is another model than on 1000: its cells are new ones;
+    every other mode's cells stay the same (done cells are not computed again)."""
+    a = EvaluateSpec.model_validate({**GRID, "quant": ["fp32", "dynamic_int8", "int8_static"]})
+    b = a.model_copy(update={"calibration_images": 500})
+    ka = {c.key("t", 10, 0) for c in plan_cells(a)}
+    kb = {c.key("t", 10, 0) for c in plan_cells(b)}
+    assert {k[1] for k in ka ^ kb} == {"int8_static"}
+    assert {k[2] for k in kb - ka} == {'{"calibration_images": 500}'}

@@ -20,11 +20,12 @@ class Cell:
     defense_params: str  # canonical JSON of the defense's full parameters
     attack_params: str = "{}"   # canonical JSON of the attack's full parameters (+ the gradient, adaptive)
     threat: str = "oblivious"   # oblivious: the attacker differentiates the model; adaptive: model o defense
+    quant_params: str = "{}"    # canonical JSON of what made the quantized model (int8_static: calibration_images)
 
     def key(self, trial_id: str, n: int, seed: int) -> tuple:
         """The cell's identity in the eval table (EVAL_KEY's order): never computed or written twice."""
-        return (trial_id, self.quant, self.attack, self.attack_params, self.attack_source, self.threat,
-                round(self.eps, 10), self.defense, self.defense_params, n, seed)
+        return (trial_id, self.quant, self.quant_params, self.attack, self.attack_params, self.attack_source,
+                self.threat, round(self.eps, 10), self.defense, self.defense_params, n, seed)
 
     @property
     def source_model(self) -> str:
@@ -87,8 +88,15 @@ def plan_cells(ev: EvaluateSpec) -> list[Cell]:
                             if ste:
                                 a_params = json.dumps({**json.loads(a_params), "model_gradient": "ste"}, sort_keys=True)
                             cells.append(Cell(quant, attack.name, source, float(eps), name,
-                                              defense_params_json(name, params), a_params, threat))
+                                              defense_params_json(name, params), a_params, threat,
+                                              quant_params_json(ev, quant)))
     return cells
+
+
+def quant_params_json(ev: EvaluateSpec, quant: str) -> str:
+    """What made a quant mode's model beyond its name: int8_static's calibration set size."""
+    params = {"calibration_images": ev.calibration_images} if quant_mode(quant).needs_calibration else {}
+    return json.dumps(params, sort_keys=True)
 
 
 def image_key(c: Cell) -> tuple:

@@ -23,7 +23,7 @@ def make_row(c: Cell, ok: torch.Tensor, clean_ok: torch.Tensor, seconds: float, 
     flipped = int((clean_ok & ~ok).sum())
     return {
         **{k: meta[k] for k in META_KEYS},
-        "quant": c.quant, "model_bytes": model_bytes, "attack": c.attack, "attack_params": c.attack_params,
+        "quant": c.quant, "quant_params": c.quant_params, "model_bytes": model_bytes, "attack": c.attack, "attack_params": c.attack_params,
         "attack_source": c.attack_source, "threat": c.threat,
         "eps": c.eps, "defense": c.defense, "defense_params": c.defense_params, "n": n, "correct": correct,
         "accuracy": correct / n, "ci_low": lo, "ci_high": hi,

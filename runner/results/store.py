@@ -24,11 +24,14 @@ PROVENANCE_FIELDS = [
     ("data_digest", pa.string()), ("code_version", pa.string()), ("git_commit", pa.string()),
     ("git_dirty", pa.bool_()), ("torch_version", pa.string()), ("torchvision_version", pa.string()),
     ("opencv_version", pa.string()), ("skimage_version", pa.string()), ("ray_version", pa.string()),
+    ("torchao_version", pa.string()), ("kornia_version", pa.string()),
 ]
 
 EVAL_SCHEMA = pa.schema([
     ("sweep", pa.string()), ("run_id", pa.string()), ("trial_id", pa.string()), ("model", pa.string()),
-    ("dataset", pa.string()), ("quant", pa.string()), ("model_bytes", pa.int64()), ("attack", pa.string()),
+    ("dataset", pa.string()), ("quant", pa.string()),
+    ("quant_params", pa.string()),   # canonical JSON of what made the quantized model (int8_static: calibration_images)
+    ("model_bytes", pa.int64()), ("attack", pa.string()),
     ("attack_params", pa.string()), ("attack_source", pa.string()), ("threat", pa.string()),
     ("eps", pa.float64()), ("defense", pa.string()),
     ("defense_params", pa.string()), ("n", pa.int64()), ("correct", pa.int64()), ("accuracy", pa.float64()),
@@ -69,10 +72,11 @@ def trials_schema() -> pa.Schema:
     return pa.schema(_TRIAL_RESULT_FIELDS + config_fields)
 
 
-EVAL_KEY = ["trial_id", "quant", "attack", "attack_params", "attack_source", "threat", "eps", "defense",
-            "defense_params", "n", "seed"]
-# What rows of an earlier release (before attack parameters and threat models) were: FGSM, oblivious.
-EVAL_DEFAULTS = {"attack_params": "{}", "threat": "oblivious"}
+EVAL_KEY = ["trial_id", "quant", "quant_params", "attack", "attack_params", "attack_source", "threat", "eps",
+            "defense", "defense_params", "n", "seed"]
+# What rows of an earlier release (before attack parameters, threat models, quant parameters) were:
+# FGSM, oblivious, a quant mode without parameters.
+EVAL_DEFAULTS = {"attack_params": "{}", "threat": "oblivious", "quant_params": "{}"}
 TRIAL_KEY = ["trial_id"]
 
 
