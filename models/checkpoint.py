@@ -51,11 +51,16 @@ def load_checkpoint(path: str | os.PathLike) -> nn.Module:
 
 
 def state_dict_bytes(model: nn.Module) -> int:
-    """Size as the notebooks measured it: torch.save of the state_dict into a buffer (tensors
-    made contiguous first, so a channels_last copy of a model weighs the same)."""
+    """Size as the notebooks measured it: torch.save of the state_dict into a buffer."""
+    return saved_bytes(model.state_dict())
+
+
+def saved_bytes(tensors: dict) -> int:
+    """Bytes of torch.save of a dict of tensors, plain tensors made contiguous first (a channels_last
+    copy of a model weighs the same); tensor subclasses (torchao's) are saved as they are."""
     buf = io.BytesIO()
-    sd = model.state_dict()
-    flat = type(sd)((k, v.contiguous() if isinstance(v, torch.Tensor) else v) for k, v in sd.items())
-    flat._metadata = getattr(sd, "_metadata", None)   # torch.save of a state_dict carries it
+    flat = type(tensors)((k, v.contiguous() if type(v) is torch.Tensor else v) for k, v in tensors.items())
+    if hasattr(tensors, "_metadata"):
+        flat._metadata = tensors._metadata   # torch.save of a state_dict carries it
     torch.save(flat, buf)
     return buf.getbuffer().nbytes

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import logging
 import warnings
 from dataclasses import dataclass
@@ -318,17 +317,10 @@ def shipped_tensors(model: nn.Module) -> dict:
 
 
 def shipped_bytes(model: nn.Module) -> int:
-    """Bytes of torch.save of what is shipped (tensors made contiguous: a channels_last copy weighs
-    the same), as the notebooks measured sizes."""
-    sd = shipped_tensors(model)
-    flat = type(sd)((k, v.contiguous() if isinstance(v, torch.Tensor) and v.layout == torch.strided
-                     and type(v) is torch.Tensor else v) for k, v in sd.items())
-    if hasattr(sd, "_metadata"):
-        flat._metadata = sd._metadata
-    buf = io.BytesIO()
+    """Bytes of torch.save of what is shipped, as the notebooks measured sizes."""
+    from .checkpoint import saved_bytes
     with quiet():
-        torch.save(flat, buf)
-    return buf.getbuffer().nbytes
+        return saved_bytes(shipped_tensors(model))
 
 
 INT8_DTYPES = {torch.int8, torch.qint8, torch.quint8}
@@ -337,7 +329,7 @@ INT8_DTYPES = {torch.int8, torch.qint8, torch.quint8}
 def int8_share(fp32: nn.Module, model: nn.Module) -> float:
     """Share of the FP32 model's parameters that the mode stores in 8 bits."""
     total = sum(p.numel() for p in fp32.parameters())
-    return min(1.0, sum(_int8_numel(v) for v in shipped_tensors(model).values()) / total)
+    return sum(_int8_numel(v) for v in shipped_tensors(model).values()) / total
 
 
 def _int8_numel(v) -> int:

@@ -94,13 +94,13 @@ class Engine:
         return self._adv[key]
 
     def _make_adversarial(self, key: tuple) -> torch.Tensor:
-        source, attack, params_json, eps = key[:4]
-        with input_gradients_only(self.built.attacker(source)):
-            return self._attack(key, source, attack, params_json, eps)
+        with input_gradients_only(self.built.attacker(key[0])) as model:
+            return self._attack(key, model)
 
-    def _attack(self, key: tuple, source: str, attack: str, params_json: str, eps: float) -> torch.Tensor:
+    def _attack(self, key: tuple, model: nn.Module) -> torch.Tensor:
+        source, attack, params_json, eps = key[:4]
         params, eot_samples = split_attack_params(params_json)
-        model, dev, bs = self.built.attacker(source), self.devices[source], self.ev.batch_size
+        dev, bs = self.devices[source], self.ev.batch_size
         if len(key) > 4:          # adaptive: the attacker differentiates model o defense (BPDA, EOT)
             model = ThroughDefense(model, key[5], json.loads(key[6]), self.ev.defense_backend, eot_samples)
         step = gradient_step(attack)

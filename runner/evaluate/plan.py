@@ -40,13 +40,14 @@ def defense_params_json(name: str, overrides: dict[str, Any]) -> str:
 
 # What a cell's attack_params say beyond the attack's own settings: the gradient through the defense
 # and its EOT draws (adaptive), and the model gradient (ste: through an int8 model's fake-quant twin).
-ADAPTIVE_KEYS = ("gradient", "eot_samples", "model_gradient")
+GRADIENT_KEYS = ("gradient", "eot_samples", "model_gradient")
+STE = {"model_gradient": "ste"}
 
 
 def attack_setting(params_json: str) -> dict:
     """The attack's own parameters in a cell's attack_params (without what names the defense's gradient)."""
     params = json.loads(params_json) if isinstance(params_json, str) and params_json else {}
-    return {k: v for k, v in params.items() if k not in ADAPTIVE_KEYS}
+    return {k: v for k, v in params.items() if k not in GRADIENT_KEYS}
 
 
 def adaptive_params_json(attack_params: str, defense: str, eot_samples: int) -> str:
@@ -86,11 +87,17 @@ def plan_cells(ev: EvaluateSpec) -> list[Cell]:
                                 continue
                             a_params = adaptive_params_json(attack.params_json, name, ev.eot_samples) if adaptive else attack.params_json
                             if ste:
-                                a_params = json.dumps({**json.loads(a_params), "model_gradient": "ste"}, sort_keys=True)
+                                a_params = json.dumps({**json.loads(a_params), **STE}, sort_keys=True)
                             cells.append(Cell(quant, attack.name, source, float(eps), name,
                                               defense_params_json(name, params), a_params, threat,
                                               quant_params_json(ev, quant)))
     return cells
+
+
+def through_twin(params_json: str) -> bool:
+    """Whether a cell's images were made on an int8 model's fake-quant twin (STE)."""
+    params = json.loads(params_json) if isinstance(params_json, str) and params_json else {}
+    return params.get("model_gradient") == STE["model_gradient"]
 
 
 def quant_params_json(ev: EvaluateSpec, quant: str) -> str:

@@ -46,31 +46,46 @@ class EvalTask:
 
 def test_images(data: DataSpec, n_images: int | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     splits = load_splits(data)
+    return (*_first_test_images(splits, n_images), splits.classes)
+
+
+def _first_test_images(splits, n_images: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = splits.test_x, splits.test_y
     if n_images:
         x, y = x[:n_images], y[:n_images]  # the first N test images: the same subset everywhere
-    return to_float(x), y, splits.classes
+    return to_float(x), y
 
 
-def calibration_images(data: DataSpec, ev: EvaluateSpec) -> torch.Tensor | None:
+def _calibration_images(splits, ev: EvaluateSpec) -> torch.Tensor | None:
     """The first evaluate.calibration_images training images, where a quant mode calibrates on them."""
     from ...models import quant_mode
     if not any(quant_mode(q).needs_calibration for q in ev.quant):
         return None
-    return to_float(load_splits(data).train_x[:ev.calibration_images])
+    return to_float(splits.train_x[:ev.calibration_images])
 
 
-def _prepare(task: EvalTask, done: Iterable[tuple]):
+@dataclass(frozen=True)
+class _Prepared:
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    calibration: torch.Tensor | None
+    cells: list[Cell]
+
+
+def _prepare(task: EvalTask, done: Iterable[tuple]) -> _Prepared:
+    """The task's test images, calibration images and cells still to do, the data read once."""
     if task.threads:
         torch.set_num_threads(int(task.threads))
     torch.manual_seed(task.evaluate.seed)
-    images, labels, classes = test_images(task.data, task.evaluate.n_images)
-    return images, labels, classes, task.cells_left(done, len(images))
+    splits = load_splits(task.data)
+    images, labels = _first_test_images(splits, task.evaluate.n_images)
+    return _Prepared(images, labels, splits.classes, _calibration_images(splits, task.evaluate),
+                     task.cells_left(done, len(images)))
 
 
-def _engine(task: EvalTask, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor) -> Engine:
-    return Engine(load_checkpoint(task.checkpoint), ev, images, labels, pick_device(ev.device),
-                  calibration_images(task.data, ev))
+def _engine(task: EvalTask, ev: EvaluateSpec, p: _Prepared) -> Engine:
+    return Engine(load_checkpoint(task.checkpoint), ev, p.images, p.labels, pick_device(ev.device), p.calibration)
 
 
 def evaluate_checkpoint(task: EvalTask, done: Iterable[tuple] = (),
@@ -82,28 +97,28 @@ def evaluate_checkpoint(task: EvalTask, done: Iterable[tuple] = (),
     adversarials: FP32-made images {image key: uint8} made elsewhere (make_adversarials),
     used instead of making them again.
     """
-    images, labels, classes, cells = _prepare(task, done)
-    if not cells:
+    p = _prepare(task, done)
+    if not p.cells:
         return []
     ev = task.evaluate
-    engine = _engine(task, ev, images, labels)
+    engine = _engine(task, ev, p)
     if adversarials:
         engine.import_adversarials(adversarials)
-    rows = run_cells(engine, cells, task.meta, on_rows, progress)
+    rows = run_cells(engine, p.cells, task.meta, on_rows, progress)
     if task.examples_path and ev.examples and "fp32" in engine.models:
         with ieee_fp32():
-            save_examples(engine, ev, classes, Path(task.examples_path))
+            save_examples(engine, ev, p.classes, Path(task.examples_path))
     return rows
 
 
 def make_adversarials(task: EvalTask, done: Iterable[tuple] = ()) -> dict[tuple, torch.Tensor]:
     """The FP32-made adversarial images {image key: uint8} of the cells still to do, for other
     tasks to share (an attack task on the GPU feeds the int8 CPU tasks and the GPU cells task)."""
-    images, labels, _, cells = _prepare(task, done)
-    wanted = {image_key(c) for c in cells if image_key(c)[0] == "fp32"}
+    p = _prepare(task, done)
+    wanted = {image_key(c) for c in p.cells if image_key(c)[0] == "fp32"}
     if not wanted:
         return {}
     ev = task.evaluate.model_copy(update={"quant": ["fp32"]})
-    engine = _engine(task, ev, images, labels)
+    engine = _engine(task, ev, p)
     with ieee_fp32():
         return engine.export_adversarials(sorted(wanted))

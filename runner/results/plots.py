@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ...files import atomic_write
+from ..evaluate.plan import through_twin
 from .store import ResultStore
 
 
@@ -45,8 +46,7 @@ def plot_accuracy_vs_eps(ev: pd.DataFrame, path: Path, title: str) -> Path:
             style = "--" if threat == "adaptive" else "-"
             ax.plot(sub["eps"], 100 * sub["accuracy"], style, marker="o", color=colours[d], label=label)
             ax.fill_between(sub["eps"], 100 * sub["ci_low"], 100 * sub["ci_high"], alpha=0.15, color=colours[d])
-        params = part["attack_params"] if "attack_params" in part else pd.Series([], dtype=str)
-        ste = src == "self" and params.fillna("").str.contains('"model_gradient": "ste"').any()
+        ste = src == "self" and "attack_params" in part and part["attack_params"].map(through_twin).any()
         ax.set_title(f"{attack}: {q}, source={src}" + (" (STE twin)" if ste else ""))
         ax.set_xlabel("eps (pixel scale [0,1])")
         ax.grid(alpha=0.3)

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ..evaluate.plan import attack_setting
+from ..evaluate.plan import attack_setting, through_twin
 from ..evaluate.stats import wilson_interval
 
-ABBREVIATIONS = {"gaussian_blur": "blur", "tv_denoise": "tv", "dynamic_int8": "int8"}
+ABBREVIATIONS = {"gaussian_blur": "blur", "tv_denoise": "tv"}   # defense column headers
 
 
 @dataclass
@@ -138,7 +138,7 @@ def pivot_views(ev: pd.DataFrame) -> list[View]:
     several_digests = ev.groupby(["n", "seed"])["data_digest"].nunique().max() > 1
     for (q, src, attack, setting, n, seed, digest), part in ev.groupby(keys, sort=False):
         what = "worst case over every attack" if attack == "worst_case" else f"{attack}{_setting(setting)}"
-        if src == "self" and part["attack_params"].str.contains('"model_gradient": "ste"').any():
+        if src == "self" and part["attack_params"].map(through_twin).any():
             src = "self (white-box through its fake-quant twin, STE)"
         title = f"{what} accuracy %, quant={q}, source={src}, n={n} images"
         if several_digests and digest:
