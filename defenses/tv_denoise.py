@@ -90,17 +90,17 @@ def unrolled(images: torch.Tensor, weight: float = 0.1, eps: float = 2e-4, max_n
     """
     n, c, h, w = images.shape
     img = images.reshape(n * c, h, w)
-    p = torch.zeros((2, n * c, h, w), dtype=img.dtype, device=img.device)
+    p0 = p1 = torch.zeros_like(img)   # the dual field's two components, kept apart: no stack per iteration
     out = img
     for i in range(min(UNROLLED_ITERATIONS, max_num_iter)):
         if i > 0:
-            d = -p[0] - p[1]
-            d = d + F.pad(p[0, :, :-1, :], (0, 0, 1, 0)) + F.pad(p[1, :, :, :-1], (1, 0))
+            d = -p0 - p1
+            d = d + F.pad(p0[:, :-1, :], (0, 0, 1, 0)) + F.pad(p1[:, :, :-1], (1, 0))
             out = img + d
         g0 = F.pad(out[:, 1:, :] - out[:, :-1, :], (0, 0, 0, 1))
         g1 = F.pad(out[:, :, 1:] - out[:, :, :-1], (0, 1))
         norm = 1 + (0.25 / weight) * torch.sqrt(g0 * g0 + g1 * g1 + 1e-12)
-        p = torch.stack([(p[0] - 0.25 * g0) / norm, (p[1] - 0.25 * g1) / norm])
+        p0, p1 = (p0 - 0.25 * g0) / norm, (p1 - 0.25 * g1) / norm
     return out.reshape(n, c, h, w)
 
 

@@ -10,11 +10,14 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from rich.table import Table
@@ -67,12 +70,14 @@ def _grid(name: str, batch_size: int, device: torch.device) -> EvaluateSpec:
                                             "quant": quant, "device": device.type})
 
 
-def bench_pipeline(model, images, labels, device, grid: str = "quickstart") -> dict:
-    """A sweep's grid through the reference pipeline (every cell on its own, defenses one
-    image at a time) and through the engine; both predict in the same batches, so the cells
-    must agree exactly."""
+def bench_pipeline(model, images, labels, device, grid: str = "quickstart", ev: EvaluateSpec | None = None) -> dict:
+    """A sweep's grid (or `ev`) through the reference pipeline (every cell on its own, defenses one
+    image at a time) and through the engine; both predict in the same batches, so the cells must
+    agree exactly. Also: the engine's attack passes (forward + backward of the attacked model, the
+    work an image set needs by definition) and their time alone, the floor under the engine's time,
+    and so the ceiling of the speedup on this machine."""
     meta = {"sweep": "bench", "run_id": "", "trial_id": "bench", "model": GRIDS[grid][1], "dataset": ""}
-    ev = _grid(grid, 1000 if device.type == "cuda" else 500, device)
+    ev = ev or _grid(grid, 1000 if device.type == "cuda" else 500, device)
     cells = plan_cells(ev)
     # cuDNN may pick non-deterministic gradient kernels; both paths must see one gradient. Scoped:
     # the training figures of (c) are measured in the mode sweeps use.
@@ -80,9 +85,12 @@ def bench_pipeline(model, images, labels, device, grid: str = "quickstart") -> d
         t0 = clock(device)
         ref_rows = reference_rows(model, ev, images, labels, device, meta)
         t_ref = clock(device) - t0
-        t0 = clock(device)
-        rows = run_cells(Engine(model, ev, images, labels, device), cells, meta)
-        t_engine = clock(device) - t0
+        engine = Engine(model, ev, images, labels, device)
+        with _counting_attack_passes(engine) as passes:
+            t0 = clock(device)
+            rows = run_cells(engine, cells, meta)
+            t_engine = clock(device) - t0
+        pass_s = sum(n * _seconds_per_pass_image(engine, source, images, labels) for source, n in passes.items())
 
     def cells_of(rs):
         return {(r["quant"], r["attack"], r["attack_params"], r["attack_source"], r["threat"], r["eps"], r["defense"]):
@@ -91,7 +99,39 @@ def bench_pipeline(model, images, labels, device, grid: str = "quickstart") -> d
     differing = sum(ref.get(k) != v for k, v in eng.items())
     return {"grid": grid, "quant": ev.quant, "images": len(images), "cells": len(cells), "reference_s": t_ref, "engine_s": t_engine,
             "reference_cells_per_s": len(cells) / t_ref, "engine_cells_per_s": len(cells) / t_engine,
-            "speedup": t_ref / t_engine, "all_cells_agree": ref == eng, "cells_differing": differing}
+            "speedup": t_ref / t_engine, "all_cells_agree": ref == eng, "cells_differing": differing,
+            "attack_passes": {s: n // len(images) for s, n in passes.items()}, "attack_pass_s": pass_s,
+            "speedup_ceiling": t_ref / pass_s if pass_s else float("inf")}
+
+
+@contextlib.contextmanager
+def _counting_attack_passes(engine: Engine) -> Iterator[Counter]:
+    """Images sent through each attacked model with an input gradient (by source), while the engine runs."""
+    passes: Counter = Counter()
+    handles = []
+    for source in engine.models:
+        def count(module, inputs, output, source=source):
+            if torch.is_grad_enabled() and inputs[0].requires_grad:
+                passes[source] += len(inputs[0])
+        handles.append(engine.built.attacker(source).register_forward_hook(count))
+    try:
+        yield passes
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _seconds_per_pass_image(engine: Engine, source: str, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """One attack pass (forward + input gradient) per image on `source`'s attacked model, in the
+    engine's batches: the fastest of repeats."""
+    from ..attacks import input_gradient, input_gradients_only
+    from .evaluate.batching import to_model
+    dev, n = engine.devices[source], min(len(images), engine.ev.batch_size)
+    x, y = to_model(images[:n], dev), labels[:n].to(dev)
+    with input_gradients_only(engine.built.attacker(source)) as model:
+        input_gradient(model, x, y)                                   # warm-up
+        seconds, _ = _best_seconds(lambda: (input_gradient(model, x, y), clock(dev)))
+    return seconds / n
 
 
 def _best_seconds(fn, min_total: float = 0.3, max_reps: int = 20) -> tuple[float, object]:
@@ -222,7 +262,10 @@ def run_bench(quick: bool = False, json_path: str | None = None, device: str = "
     _print_table(f"(a) {grid} grid ({', '.join(pipe['quant'])}): reference pipeline vs engine", [pipe],
                  {"cells": "{}", "images": "{}", "reference_s": "{:.1f}", "engine_s": "{:.1f}",
                   "reference_cells_per_s": "{:.2f}", "engine_cells_per_s": "{:.2f}", "speedup": "{:.1f}x",
-                  "all_cells_agree": "{}"})
+                  "all_cells_agree": "{}", "attack_pass_s": "{:.1f}", "speedup_ceiling": "{:.1f}x"})
+    console.print(f"attack passes per image: {pipe['attack_passes']} (forward + input gradient of the attacked "
+                  f"model; the engine makes each once) take {pipe['attack_pass_s']:.1f} s alone: no engine beats "
+                  f"{pipe['speedup_ceiling']:.1f}x the reference on this machine without making them cheaper")
     training = None
     if dev.type == "cuda":
         training = bench_training(dev, quick)

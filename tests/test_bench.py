@@ -16,3 +16,23 @@ def test_bench_training_compares_input_paths_on_the_notebook_recipe():
     for r in rows:
         assert r["epochs"] == 2 and r["train_images"] == 256 and r["img_per_s"] > 0
         assert 0 <= r["test_accuracy"] <= 1 and r["train_seconds"] >= r["first_epoch_s"]
+
+
+def test_bench_pipeline_counts_each_attack_pass_once(tiny_model, images):
+    """The engine's attack passes per image are the grid's minimum: FGSM one gradient per (source,
+    defense) whatever the eps; PGD `steps` per eps; through a randomized defense each times the EOT
+    draws. Both pipelines' cells agree, and the ceiling is the reference time over the passes' time."""
+    from robustgrid.runner.bench import bench_pipeline
+    from robustgrid.runner.spec import EvaluateSpec
+    with torch.no_grad():
+        labels = tiny_model(images).argmax(1)
+    ev = EvaluateSpec.model_validate({
+        "eps": [0, "2/255", "8/255"], "attacks": ["fgsm", {"pgd": {"steps": 2}}], "sources": ["self"],
+        "threats": ["oblivious", "adaptive"], "defenses": ["none", "gaussian_blur", "random_resize_pad"],
+        "eot_samples": 3, "quant": ["fp32"], "batch_size": 10, "examples": 0})
+    out = bench_pipeline(tiny_model, images, labels, torch.device("cpu"), ev=ev)
+    assert out["all_cells_agree"] and out["cells_differing"] == 0
+    # fgsm: 1 oblivious + 1 through the blur + 3 EOT draws; pgd: 2 eps x 2 steps x (1 + 1 + 3)
+    assert out["attack_passes"] == {"fp32": 1 + 1 + 3 + 2 * 2 * (1 + 1 + 3)}
+    assert out["attack_pass_s"] > 0
+    assert out["speedup_ceiling"] == out["reference_s"] / out["attack_pass_s"]

@@ -109,6 +109,20 @@ def test_blur_and_median_stand_ins_are_the_defenses_before_rounding(images):
     assert torch.equal(torch.round(window_median(images) * 255), torch.round(apply_defense("median", images) * 255))
 
 
+def test_tv_stand_in_is_skimages_first_iterations(images):
+    """The unrolled TV (the adaptive attacker's gradient) runs skimage's own Chambolle updates: with
+    its stop test out of reach, 20 of skimage's iterations give the same image to 1e-6 (the stand-in's
+    1e-12 under the square root, which keeps flat regions differentiable, moves it by ~2e-8; one
+    iteration more or fewer moves it by ~1e-3)."""
+    from robustgrid.defenses.tv_denoise import UNROLLED_ITERATIONS, unrolled
+    x = images[:4].double()
+    hwc = x.permute(0, 2, 3, 1).numpy()
+    want = np.stack([denoise_tv_chambolle(im, weight=0.1, eps=1e-300, max_num_iter=UNROLLED_ITERATIONS,
+                                          channel_axis=-1) for im in hwc])
+    got = unrolled(x).permute(0, 2, 3, 1).numpy()
+    assert np.abs(got - want).max() < 1e-6
+
+
 def test_random_resize_pad_reference_batched_and_batch_independence(images):
     """The randomized defense: batched equal to its per-image reference for every draw, an image's
     draw independent of its batch, draws that differ, and every size in its range drawn."""
