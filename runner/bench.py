@@ -5,6 +5,7 @@
     did) vs the engine (image sets and defended sets shared across cells, batched defenses),
     cells per second and whether every cell agrees;
 (b) each defense, reference vs batched, on the same images: images per second, max difference;
+    and what one adaptive step pays for it (real forward + backward through its declared gradient);
 (c) on CUDA, training: the GPU-resident path (with and without torch.compile) against the
     torchvision DataLoader path, images per second and time to the notebook's accuracy.
 """
@@ -22,7 +23,7 @@ from typing import Iterator
 import torch
 from rich.table import Table
 
-from ..defenses import apply_defense, defense_names
+from ..defenses import apply_defense, defend_differentiably, defense_names
 from ..files import atomic_write
 from .console import console
 from .device import clock, pick_device
@@ -157,10 +158,22 @@ def bench_defenses(images: torch.Tensor, device: torch.device) -> list[dict]:
                 torch.cuda.synchronize()
             return out
         t_fast, fast = _best_seconds(fast_fn)
+        t_adaptive, _ = _best_seconds(lambda name=name: _through_defense(name, x))
         rows.append({"defense": name, "images": len(images), "reference_img_per_s": len(images) / t_ref,
                      "batched_img_per_s": len(images) / t_fast, "speedup": t_ref / t_fast,
-                     "max_abs_diff": (fast.cpu().double() - ref.double()).abs().max().item()})
+                     "max_abs_diff": (fast.cpu().double() - ref.double()).abs().max().item(),
+                     "adaptive_img_per_s": len(images) / t_adaptive})
     return rows
+
+
+def _through_defense(name: str, images: torch.Tensor) -> torch.Tensor:
+    """What an adaptive attacker pays per step for the defense: the real defense forward (batched)
+    and the backward through its declared gradient (BPDA stand-in, or exact)."""
+    x = images.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(defend_differentiably(name, x).sum(), x)
+    if grad.is_cuda:
+        torch.cuda.synchronize()
+    return grad
 
 
 def bench_quant_modes(model, images: torch.Tensor, labels: torch.Tensor, calibration: torch.Tensor,
@@ -257,7 +270,7 @@ def run_bench(quick: bool = False, json_path: str | None = None, device: str = "
     defenses = bench_defenses(images, dev)
     _print_table(f"(b) defenses: reference (per image, OpenCV/skimage) vs batched ({dev})", defenses,
                  {"defense": "{}", "reference_img_per_s": "{:.0f}", "batched_img_per_s": "{:.0f}",
-                  "speedup": "{:.1f}x", "max_abs_diff": "{:.1e}"})
+                  "speedup": "{:.1f}x", "max_abs_diff": "{:.1e}", "adaptive_img_per_s": "{:.0f}"})
     pipe = bench_pipeline(model, images, labels, dev, grid)
     _print_table(f"(a) {grid} grid ({', '.join(pipe['quant'])}): reference pipeline vs engine", [pipe],
                  {"cells": "{}", "images": "{}", "reference_s": "{:.1f}", "engine_s": "{:.1f}",

@@ -5,7 +5,7 @@ from robustgrid.runner.bench import bench_defenses
 def test_bench_defenses_reports_equal_outputs():
     rows = bench_defenses(torch.round(torch.rand(6, 3, 32, 32) * 255) / 255, torch.device("cpu"))
     assert {r["defense"] for r in rows} == {"none", "gaussian_blur", "jpeg", "median", "tv_denoise", "random_resize_pad"}
-    assert all(r["max_abs_diff"] <= 1e-5 and r["batched_img_per_s"] > 0 for r in rows)
+    assert all(r["max_abs_diff"] <= 1e-5 and r["batched_img_per_s"] > 0 and r["adaptive_img_per_s"] > 0 for r in rows)
 
 
 def test_bench_training_compares_input_paths_on_the_notebook_recipe():

@@ -109,6 +109,25 @@ def test_blur_and_median_stand_ins_are_the_defenses_before_rounding(images):
     assert torch.equal(torch.round(window_median(images) * 255), torch.round(apply_defense("median", images) * 255))
 
 
+def test_blur_stand_in_is_opencvs_kernel_as_a_convolution(images):
+    """The blur's stand-in (shifted adds, for speed) is the convolution with OpenCV's kernel and
+    reflect-101 borders, forward and backward (its exact gradient), in float32 and float64."""
+    import torch.nn.functional as F
+    from robustgrid.defenses.gaussian_blur import smooth
+    for dtype, tol in ((torch.float32, 1e-6), (torch.float64, 1e-12)):
+        for ksize, sigma in ((3, 0.0), (5, 1.5)):
+            k = torch.from_numpy(cv2.getGaussianKernel(ksize, sigma)).to(dtype)
+            kernel = (k @ k.T).view(1, 1, ksize, ksize)
+            x = images.to(dtype).requires_grad_(True)
+            r = ksize // 2
+            want = F.conv2d(F.pad(x.reshape(-1, 1, 32, 32), (r, r, r, r), mode="reflect"), kernel).view_as(x)
+            got = smooth(x, ksize, sigma)
+            w = torch.randn_like(got)
+            (g_want,) = torch.autograd.grad((want * w).sum(), x)
+            (g_got,) = torch.autograd.grad((got * w).sum(), x)
+            assert (got - want).abs().max() < tol and (g_got - g_want).abs().max() < tol * 10
+
+
 def test_tv_stand_in_is_skimages_first_iterations(images):
     """The unrolled TV (the adaptive attacker's gradient) runs skimage's own Chambolle updates: with
     its stop test out of reach, 20 of skimage's iterations give the same image to 1e-6 (the stand-in's
