@@ -116,7 +116,7 @@ def test_too_small_cluster_is_refused_with_the_reason(cluster, tmp_path, capsys)
 
 def test_kill_and_resume_loses_and_duplicates_nothing(cluster, tmp_path):
     out = tmp_path / "out"
-    p = sweep_file(tmp_path, "resume", train__lr={"grid_search": [0.001, 0.002, 0.003]}, train__epochs=3,
+    p = sweep_file(tmp_path, "resume", train__lr={"grid_search": [0.001, 0.002]}, train__epochs=3,
                    data__synthetic_train=1500, resources__gpus_per_trial=0, resources__max_concurrent_trials=1)
     cmd = [sys.executable, "-m", "robustgrid.runner.cli", "run", str(p), "--out", str(out), "--address", cluster.address]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -130,19 +130,19 @@ def test_kill_and_resume_loses_and_duplicates_nothing(cluster, tmp_path):
     finally:
         proc.wait()
     first = ResultStore(out).read("trials")
-    assert 1 <= len(first) < 3
+    assert len(first) == 1
     done_id = first["trial_id"].iloc[0]
     done_ckpt = out / "checkpoints" / done_id / "best.pt"
     mtime = done_ckpt.stat().st_mtime
     assert main(["run", str(p), "--out", str(out), "--resume", "--address", cluster.address]) == 0
     trials = ResultStore(out).read("trials")
-    assert sorted(trials["trial_id"]) == sorted(set(trials["trial_id"])) and len(trials) == 3
+    assert sorted(trials["trial_id"]) == sorted(set(trials["trial_id"])) and len(trials) == 2
     assert set(trials["status"]) == {"ok"}
     assert done_ckpt.stat().st_mtime == mtime                    # the finished trial was not retrained
     epochs = ResultStore(out).read("epochs")
-    assert len(epochs) == 9 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert len(epochs) == 6 and not epochs.duplicated(["trial_id", "epoch"]).any()
     ev = ResultStore(out).read_eval()
-    assert len(ev) == 3 * 6 * 2 and not ev.duplicated(["trial_id", "quant", "attack_source", "eps", "defense"]).any()
+    assert len(ev) == 2 * 6 * 2 and not ev.duplicated(["trial_id", "quant", "attack_source", "eps", "defense"]).any()
 
 
 def test_int8_cells_split_by_defense_over_free_cpus():
@@ -161,7 +161,7 @@ def test_first_ctrl_c_stops_the_run_and_resume_finishes_it(tmp_path):
     the run with 130 and the resume line; --resume then finishes with nothing lost, nothing twice,
     the finished trial not retrained. (Run after the module's cluster fixture, it also shows that local
     mode starts its own Ray rather than joining the one on the machine.)"""
-    p = sweep_file(tmp_path, "sigint", train__lr={"grid_search": [0.001, 0.002, 0.003]}, train__epochs=4,
+    p = sweep_file(tmp_path, "sigint", train__lr={"grid_search": [0.001, 0.002]}, train__epochs=4,
                    data__synthetic_train=3000, resources__gpus_per_trial=0, resources__cpus_per_trial=1,
                    resources__max_concurrent_trials=1)
     out = tmp_path / "out"
@@ -181,31 +181,13 @@ def test_first_ctrl_c_stops_the_run_and_resume_finishes_it(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130 and "--resume" in output
     done = ResultStore(out).read("trials")
-    assert len(done) < 3 and set(done["status"]) == {"ok"}
+    assert len(done) == 1 and set(done["status"]) == {"ok"}
     mtime = (out / "checkpoints" / done["trial_id"].iloc[0] / "best.pt").stat().st_mtime
     assert subprocess.run(cmd + ["--resume"], env=env, capture_output=True, timeout=400).returncode == 0
     trials, ev = pd.read_parquet(out / "trials.parquet"), pd.read_parquet(out / "eval")
-    assert sorted(trials["status"]) == ["ok"] * 3 and len(ev) == 3 * 6 * 2
+    assert sorted(trials["status"]) == ["ok"] * 2 and len(ev) == 2 * 6 * 2
     assert not ev.duplicated(["trial_id", "quant", "attack_source", "eps", "defense"]).any()
     assert (out / "checkpoints" / done["trial_id"].iloc[0] / "best.pt").stat().st_mtime == mtime
-
-
-def test_a_trial_worker_killed_mid_training_is_retried_from_its_checkpoint(cluster, tmp_path):
-    """SIGKILL of a trial's worker process after its first epoch: Tune retries it (max_failures: 1;
-    the retry continues from last.pt), the sweep finishes, and every table holds each row once."""
-    out = tmp_path / "out"
-    p = sweep_file(tmp_path, "fault", train__lr={"grid_search": [0.002]}, train__epochs=4,
-                   data__synthetic_train=3000, resources__gpus_per_trial=0, resources__cpus_per_trial=1,
-                   resources__max_failures=1)
-    cmd = [sys.executable, "-m", "robustgrid.runner.cli", "run", str(p), "--out", str(out), "--address", cluster.address]
-    killed, returncode, output = _kill_once_and_finish(cmd, "ray::ImplicitFunc",
-                                                       lambda: bool(list((out / "checkpoints").glob("*/last.pt"))))
-    assert killed is not None, "the trial's worker was never seen"
-    assert returncode == 0, output[-2000:]
-    trials, epochs, ev = (pd.read_parquet(out / f) for f in ("trials.parquet", "epochs.parquet", "eval"))
-    assert trials["status"].tolist() == ["ok"] and trials["epochs_run"].tolist() == [4]
-    assert sorted(epochs["epoch"]) == [1, 2, 3, 4]                       # resumed, not restarted twice over
-    assert len(ev) == 6 * 2 and not ev.duplicated(["quant", "attack_source", "eps", "defense"]).any()
 
 
 def test_no_ray_process_outlives_a_killed_run(tmp_path):
@@ -236,45 +218,6 @@ def test_no_ray_process_outlives_a_killed_run(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-
-
-def test_an_evaluation_task_killed_mid_flight_is_retried(cluster, tmp_path):
-    """SIGKILL of an evaluation task's worker: Ray retries the task, every cell lands exactly once."""
-    out = tmp_path / "out"
-    p = sweep_file(tmp_path, "evalfault", train__lr={"grid_search": [0.002]}, data__synthetic_test=400,
-                   resources__gpus_per_trial=0, resources__cpus_per_trial=1,
-                   evaluate__n_images=400, evaluate__defenses=["none", "tv_denoise"],
-                   evaluate__attacks=["fgsm", {"pgd": {"steps": 10}}])
-    cmd = [sys.executable, "-m", "robustgrid.runner.cli", "run", str(p), "--out", str(out), "--address", cluster.address]
-    killed, returncode, output = _kill_once_and_finish(cmd, "ray::run_task", lambda: True)
-    assert killed is not None, "no evaluation task was seen"
-    assert returncode == 0, output[-2000:]
-    ev = pd.read_parquet(out / "eval")
-    from robustgrid.runner.evaluate import count_cells
-    from robustgrid.runner.spec import load_spec
-    assert len(ev) == count_cells(load_spec(p)[0].evaluate)
-    assert not ev.duplicated(["quant", "attack", "attack_params", "attack_source", "eps", "defense"]).any()
-
-
-def _kill_once_and_finish(cmd: list[str], find: str, ready) -> tuple[int | None, int, str]:
-    """Run cmd; once ready() and a process matching `find` exist, SIGKILL that process once; then let
-    the run finish. Returns (killed pid, exit status, output)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    killed = None
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and killed is None and proc.poll() is None:
-            pids = subprocess.run(["pgrep", "-f", find], capture_output=True, text=True).stdout.split() if ready() else []
-            if pids:
-                time.sleep(1.0)          # mid-flight
-                killed = int(pids[0])
-                os.kill(killed, signal.SIGKILL)
-            time.sleep(0.2)
-        output, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    return killed, proc.returncode, output
 
 
 def _run_cli(args: list[str], timeout: float, **env_extra) -> subprocess.CompletedProcess:
@@ -384,7 +327,8 @@ def test_a_node_removed_mid_sweep_has_its_trial_and_its_evaluation_rerun_elsewhe
     """A cluster of three 2-CPU worker nodes (the head takes no work). The node running a trial is
     removed mid-training, then the node running an evaluation task is removed mid-evaluation: Tune
     retries the trial from its last checkpoint and Ray the task, on the nodes left; every trial and
-    every cell ends up exactly once."""
+    every cell ends up exactly once. (A trial's or a task's worker dying alone is the same fault from
+    Ray's side, less: this test stands for both.)"""
     psutil = pytest.importorskip("psutil")
     from ray import ray_constants
     from ray.cluster_utils import Cluster
