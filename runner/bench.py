@@ -47,8 +47,9 @@ def _sweep_spec(file: str):
     return load_spec(resolve_sweep(file))[0]
 
 
-def _model_and_images(n: int, quick: bool, model: str = "simple_cnn", device: str = "auto"):
-    """A briefly trained model and n test images: CIFAR-10 when it is on disk, else synthetic."""
+def _model_and_images(n: int, quick: bool, model: str = "simple_cnn", device: str = "auto", calibration: int = 0):
+    """A briefly trained model, n test images (and the first `calibration` training images, or None):
+    CIFAR-10 when it is on disk, else synthetic; the data read once."""
     from .data import load_splits, to_float
     dataset = _bench_dataset()
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"robustgrid-bench-{dataset}-{model}"
@@ -58,7 +59,8 @@ def _model_and_images(n: int, quick: bool, model: str = "simple_cnn", device: st
         train(cfg)
     from ..models import load_checkpoint
     splits = load_splits(DataSpec(dataset=dataset, synthetic_train=2000, synthetic_test=max(n, 500)))
-    return load_checkpoint(out / "best.pt"), to_float(splits.test_x[:n]), splits.test_y[:n], dataset
+    cal = to_float(splits.train_x[:calibration]) if calibration else None
+    return load_checkpoint(out / "best.pt"), to_float(splits.test_x[:n]), splits.test_y[:n], dataset, cal
 
 
 def _grid(name: str, batch_size: int, device: torch.device) -> EvaluateSpec:
@@ -152,12 +154,7 @@ def bench_defenses(images: torch.Tensor, device: torch.device) -> list[dict]:
     for name in defense_names():
         t_ref, ref = _best_seconds(lambda name=name: apply_defense(name, images, backend="reference"))
 
-        def fast_fn(name=name):
-            out = apply_defense(name, x, backend="batched")
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            return out
-        t_fast, fast = _best_seconds(fast_fn)
+        t_fast, (fast, _) = _best_seconds(lambda name=name: (apply_defense(name, x, backend="batched"), clock(device)))
         t_adaptive, _ = _best_seconds(lambda name=name: _through_defense(name, x))
         rows.append({"defense": name, "images": len(images), "reference_img_per_s": len(images) / t_ref,
                      "batched_img_per_s": len(images) / t_fast, "speedup": t_ref / t_fast,
@@ -171,8 +168,7 @@ def _through_defense(name: str, images: torch.Tensor) -> torch.Tensor:
     and the backward through its declared gradient (BPDA stand-in, or exact)."""
     x = images.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(defend_differentiably(name, x).sum(), x)
-    if grad.is_cuda:
-        torch.cuda.synchronize()
+    clock(grad.device)
     return grad
 
 
@@ -245,11 +241,8 @@ def machine() -> str:
 def run_quant_bench(json_path: str | None = None, device: str = "auto", images: int | None = None,
                     model_name: str = "simple_cnn") -> int:
     """(d) alone: every quant mode's speed, accuracy and size on this machine."""
-    from .data import load_splits, to_float
     dev = pick_device(device)
-    model, x, y, dataset = _model_and_images(images or 2000, False, model_name, dev.type)
-    calibration = to_float(load_splits(DataSpec(dataset=dataset, synthetic_train=2000,
-                                                synthetic_test=max(len(x), 500))).train_x[:1000])
+    model, x, y, dataset, calibration = _model_and_images(images or 2000, False, model_name, dev.type, calibration=1000)
     console.print(f"bench on {machine()}; {model_name}, {dataset}, {len(x)} test images")
     with torch.no_grad():
         rows = bench_quant_modes(model.eval(), x, y, calibration, dev)
@@ -265,7 +258,7 @@ def run_bench(quick: bool = False, json_path: str | None = None, device: str = "
               images: int | None = None) -> int:
     dev = pick_device(device)
     n = images or (200 if quick else 1000)
-    model, images, labels, dataset = _model_and_images(n, quick, GRIDS[grid][1], dev.type)
+    model, images, labels, dataset, _ = _model_and_images(n, quick, GRIDS[grid][1], dev.type)
     console.print(f"bench on {machine()}; {dataset}, {len(images)} test images, device {dev}")
     defenses = bench_defenses(images, dev)
     _print_table(f"(b) defenses: reference (per image, OpenCV/skimage) vs batched ({dev})", defenses,

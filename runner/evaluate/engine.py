@@ -23,7 +23,7 @@ from ..device import clock, fp32_precision, ieee_fp32
 from ..provenance import images_digest
 from ..spec import EvaluateSpec
 from .batching import attack_images, defend_images, over_batches, predict
-from .plan import Cell, attack_setting, image_key
+from .plan import Cell, attack_setting, image_key, parse_params
 from .rows import make_row
 
 
@@ -181,7 +181,7 @@ class ThroughDefense(nn.Module):
 
 def split_attack_params(params_json: str) -> tuple[dict, int]:
     """(the attack's own parameters, EOT samples) of a cell's attack_params."""
-    return attack_setting(params_json), int(json.loads(params_json).get("eot_samples", 1))
+    return attack_setting(params_json), int(parse_params(params_json).get("eot_samples", 1))
 
 
 def run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any],

@@ -44,10 +44,14 @@ GRADIENT_KEYS = ("gradient", "eot_samples", "model_gradient")
 STE = {"model_gradient": "ste"}
 
 
+def parse_params(params_json: str) -> dict:
+    """A cell's attack_params as a dict ({} for an empty or missing value: rows of older releases)."""
+    return json.loads(params_json) if isinstance(params_json, str) and params_json else {}
+
+
 def attack_setting(params_json: str) -> dict:
     """The attack's own parameters in a cell's attack_params (without what names the defense's gradient)."""
-    params = json.loads(params_json) if isinstance(params_json, str) and params_json else {}
-    return {k: v for k, v in params.items() if k not in GRADIENT_KEYS}
+    return {k: v for k, v in parse_params(params_json).items() if k not in GRADIENT_KEYS}
 
 
 def adaptive_params_json(attack_params: str, defense: str, eot_samples: int) -> str:
@@ -96,8 +100,7 @@ def plan_cells(ev: EvaluateSpec) -> list[Cell]:
 
 def through_twin(params_json: str) -> bool:
     """Whether a cell's images were made on an int8 model's fake-quant twin (STE)."""
-    params = json.loads(params_json) if isinstance(params_json, str) and params_json else {}
-    return params.get("model_gradient") == STE["model_gradient"]
+    return parse_params(params_json).get("model_gradient") == STE["model_gradient"]
 
 
 def quant_params_json(ev: EvaluateSpec, quant: str) -> str:
