@@ -23,8 +23,21 @@ EXIT_WRITE_FAILED = 3
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 
 
+class _VersionAction(argparse.Action):
+    """--version, computed only when asked (it runs git)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .provenance import version_line
+        print(version_line())
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="robustgrid", description="Robustness benchmark runner for small image classifiers.")
+    p.add_argument("--version", action=_VersionAction, help="print the package version and git commit, then exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train a sweep's trials, evaluate its grid, write Parquet")

@@ -1,5 +1,6 @@
 """One rich console for the whole program, and its progress bars."""
 from rich.console import Console
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -10,6 +11,18 @@ from rich.progress import (
 )
 
 console = Console(stderr=True)
+
+
+class LiveDisplay(Live):
+    """rich's Live, whose last line is closed whatever the output is: rich ends a live display with a
+    newline only on a terminal, so in a file or a pipe the next message (`interrupted.`, the next table)
+    was glued to the table's last border."""
+
+    def stop(self) -> None:
+        was_started = self._started
+        super().stop()
+        if was_started and not self.console.is_terminal and not self.console.is_jupyter:
+            self.console.line()
 
 
 def progress_bar() -> Progress:

@@ -39,6 +39,13 @@ def _git(*args: str) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
+def version_line() -> str:
+    """`robustgrid --version`: the package version and the checkout's commit, as every row records them."""
+    commit, dirty = git_state()
+    where = f" (git {commit[:12]}{', uncommitted changes' if dirty else ''})" if commit else " (installed copy, no git checkout)"
+    return f"robustgrid {_version('robustgrid') or 'unknown'}{where}"
+
+
 def git_state() -> tuple[str, bool | None]:
     """(commit, dirty) of the checkout robustgrid runs from; ('', None) for an installed copy.
     A site-packages folder inside some other repository is not robustgrid's checkout."""

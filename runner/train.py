@@ -153,7 +153,8 @@ def train_one_epoch(net: nn.Module, batches, epoch: int, optimizer, autocast) ->
     for xb, yb in batches.epoch(epoch):
         with autocast():
             logits = net(xb)
-            loss = F.cross_entropy(logits.float(), yb)
+            # bf16 logits (AMP) are scored in fp32; fp32 and fp64 logits as they are
+            loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -414,3 +414,28 @@ def test_a_failed_write_is_one_line_keeps_finished_files_and_resume_completes(tm
     from robustgrid.runner.spec import load_spec
     assert len(ev) == 2 * count_cells(load_spec(out / "sweep.yaml")[0].evaluate)
     assert not ev.duplicated(["trial_id", "quant", "attack", "attack_params", "attack_source", "eps", "defense"]).any()
+
+
+def test_version_prints_the_package_version_and_commit(capsys):
+    from robustgrid.runner.provenance import git_state
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    line = capsys.readouterr().out.strip()
+    commit, _ = git_state()
+    assert line.startswith("robustgrid 0.1.0") and (commit[:12] in line if commit else "installed copy" in line)
+
+
+def test_a_live_table_in_a_file_ends_its_line_before_the_next_message():
+    """rich closes a live display's last line only on a terminal: in a pipe `interrupted.` was glued to
+    the table's border (`└──┘interrupted.`)."""
+    import io
+
+    from rich.console import Console
+    from robustgrid.runner.console import LiveDisplay
+    out = io.StringIO()
+    con = Console(file=out, force_terminal=False, width=60)
+    with pytest.raises(KeyboardInterrupt), LiveDisplay("trials table", console=con):
+        raise KeyboardInterrupt
+    con.print("interrupted.")
+    assert out.getvalue().splitlines()[-1] == "interrupted."

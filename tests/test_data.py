@@ -140,3 +140,46 @@ def test_tensor_path_and_dataloader_path_have_the_same_augmentation_distribution
     assert abs(p_tv - p_ours) < 0.03                       # P(pixel kept) = P(dx<=4 and dy<=4) ~ 25/81
     assert abs(p_ours - 25 / 81) < 0.03
     assert (h_tv - h_ours).abs().sum() < 0.12               # same spread over positions (total variation)
+
+
+def test_concurrent_fetches_fetch_once_and_the_waiter_reads_it(tmp_path, monkeypatch):
+    """Two fetches into one cache (two runs, or trials on one machine): the flock lets one download;
+    the other waits, says so, and finds the files without a second download."""
+    import threading
+    import time
+
+    from robustgrid.runner.data import download
+
+    calls = []
+
+    def slow_source(root, say):
+        calls.append(threading.get_ident())
+        time.sleep(0.5)          # the download: long enough for the other fetch to arrive and wait
+        build = root / ".tv-tmp"
+        build.mkdir()
+        for name in ["batches.meta", "test_batch"] + [f"data_batch_{i}" for i in range(1, 6)]:
+            (build / name).write_bytes(b"x")
+        download._move_into_place(build, root / download.CIFAR_DIR)
+
+    monkeypatch.setattr(download, "_from_torchvision", slow_source)
+    said = [[], []]
+    threads = [threading.Thread(target=download.fetch_cifar10, args=(tmp_path, said[i].append)) for i in range(2)]
+    threads[0].start()
+    time.sleep(0.1)
+    threads[1].start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(calls) == 1
+    assert download.cifar10_present(tmp_path)
+    assert any("163 MB" in m and "cs.toronto.edu" in m for m in said[0])      # what, from where, how big
+    assert any("waiting" in m for m in said[1]) and not any(" MB)" in m for m in said[1])
+
+
+def test_the_driver_fetches_cifar10_before_trials_and_not_other_sets(tmp_path, monkeypatch):
+    from robustgrid.runner.data import download, fetch_data
+    fetched = []
+    monkeypatch.setattr(download, "_fetch", lambda root, say: fetched.append(root))
+    fetch_data(DataSpec(dataset="synthetic", synthetic_train=10, synthetic_test=10))
+    assert fetched == []
+    fetch_data(DataSpec(dataset="cifar10", root=str(tmp_path)))
+    assert fetched == [tmp_path.resolve()]

@@ -5,6 +5,7 @@ from .sources import (
                       DataError,
                       Splits,
                       default_data_root,
+                      fetch_data,
                       load_cifar10,
                       load_imagefolder,
                       load_splits,
@@ -14,5 +15,5 @@ from .sources import (
 )
 
 __all__ = ["DataError", "DownloadError", "Splits", "TensorBatches", "augment_params", "cifar10_present", "crop_flip",
-           "default_data_root", "fetch_cifar10", "load_cifar10", "load_imagefolder", "load_splits", "make_synthetic",
+           "default_data_root", "fetch_cifar10", "fetch_data", "load_cifar10", "load_imagefolder", "load_splits", "make_synthetic",
            "resolve_root", "split_train_val", "to_float"]

@@ -15,7 +15,8 @@ from ..distributed import DistInfo
 
 
 def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
-    return x_uint8.to(torch.float32) / 255
+    """[0,1] images in the default float dtype (float32 unless a caller chose float64, as the DDP test does)."""
+    return x_uint8.to(torch.get_default_dtype()) / 255
 
 
 def augment_params(n: int, seed: int, epoch: int, pad: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

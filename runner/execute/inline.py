@@ -15,6 +15,7 @@ from .sweep import Sweep
 def run_inline(sweep: Sweep, resume: bool = True) -> None:
     """Train every trial, then evaluate, in this process: the debugger's executor."""
     done = sweep.finished_trials() if resume else {}
+    sweep.fetch_data()
     for trial in sweep.trials():
         if trial["trial_id"] in done:
             console.print(f"[dim]{trial['trial_id']}: already trained, skipped[/dim]")
@@ -38,6 +39,7 @@ def run_inline(sweep: Sweep, resume: bool = True) -> None:
 
 def evaluate_inline(sweep: Sweep) -> None:
     store = sweep.store
+    sweep.fetch_data()
     done = store.eval_keys()
     checkpoints = sweep.selected_checkpoints()
     with progress_bar() as bar:

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.live import Live
 from rich.table import Table
 
-from ..console import console
+from ..console import LiveDisplay, console
 
 COLOUR = {"running": "cyan", "finished": "green", "failed": "red", "retrying": "yellow", "stopped": "yellow"}
 
@@ -17,7 +16,7 @@ class LiveTrials:
     def __init__(self, sweep_name: str):
         self.sweep_name = sweep_name
         self.rows: dict[str, dict[str, Any]] = {}
-        self.live = Live(self._table(), console=console, refresh_per_second=2, transient=False)
+        self.live = LiveDisplay(self._table(), console=console, refresh_per_second=2, transient=False)
 
     def __enter__(self):
         self.live.__enter__()

@@ -16,6 +16,7 @@ def evaluate_ray(sweep: Sweep, address: str | None = None) -> None:
     split by defense) run side by side on them. Where CPUs are few, one task does it all."""
     import ray
     init_ray(address)
+    sweep.fetch_data()
     store = sweep.store
     done = store.eval_keys()
     ev = sweep.spec.evaluate

@@ -10,5 +10,6 @@ from .sweep import Sweep
 def run_ray(sweep: Sweep, address: str | None = None, resume: bool = False) -> None:
     init_ray(address)
     check_cluster(sweep, address)
+    sweep.fetch_data()         # once, here: trials only read it
     train_ray(sweep, resume)
     evaluate_ray(sweep, address)

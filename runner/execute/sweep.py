@@ -58,6 +58,12 @@ class Sweep:
         return d.model_copy(update={k: str(Path(getattr(d, k)).expanduser().resolve())
                                     for k in ("root", "path") if getattr(d, k)})
 
+    def fetch_data(self) -> None:
+        """The data set, fetched once by the driver before any trial starts (saying what, from where)."""
+        from ..console import console
+        from ..data import fetch_data
+        fetch_data(self.data(), progress=lambda msg: console.print(f"[cyan]{msg}[/cyan]", highlight=False))
+
     def write_spec(self) -> None:
         with atomic_write(self.out / "sweep.yaml", "w") as f:
             f.write(yaml.safe_dump(self.raw, sort_keys=False))
