@@ -7,6 +7,7 @@ cell are its `attack_params` column.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, Iterator, Protocol
 
 import torch
@@ -55,7 +56,8 @@ def gradient_step(name: str) -> Callable | None:
     return None if name.startswith(ZOO_PREFIX) else ATTACKS.get(name).extras.get("step")
 
 
-def input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                   return_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Gradient of the mean cross-entropy w.r.t. the input, model in eval mode, each image's
     up to its own positive power of two (its sign, all FGSM/PGD use, is the unscaled one's).
 
@@ -67,36 +69,41 @@ def input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor)
 
     A model with `eot_draws` (a randomized defense in front of it) gives the mean gradient over
     those draws of its randomness (EOT), every draw under the same per-image scale.
+    return_logits: also the logits of this forward pass (their mean over EOT draws), which
+    attacks that keep their best iterate read at no extra cost.
     """
     was_training = model.training
     model.eval()
     draws = getattr(model, "eot_draws", None) or [None]
     scale = None
     for _ in range(4):
-        grads = []
+        grads, logits = [], []
         for d in draws:
             if d is not None:
                 model.draw = d
-            grad, scale = _scaled_gradient(model, images, labels, scale)
+            grad, scale, out = _scaled_gradient(model, images, labels, scale)
             grads.append(grad)
+            logits.append(out)
         grad = grads[0] if len(grads) == 1 else torch.stack(grads).mean(0)
         bad = ~torch.isfinite(grad).flatten(1).all(1)
         if not bad.any():
             break
         scale = torch.where(bad, scale * 2.0 ** -16, scale)
     model.train(was_training)
+    if return_logits:
+        return grad, logits[0] if len(logits) == 1 else torch.stack(logits).mean(0)
     return grad
 
 
 def _scaled_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                     scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                     scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x = images.clone().detach().requires_grad_(True)
     logits = model(x).float()
     if scale is None:
         scale = _loss_scale(logits.detach(), labels)
     per_image = nn.functional.cross_entropy(logits, labels, reduction="none")
     loss = (per_image * scale).sum() / len(labels)       # the mean, each term scaled
-    return torch.autograd.grad(loss, x)[0], scale
+    return torch.autograd.grad(loss, x)[0], scale, logits.detach()
 
 
 def _loss_scale(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -125,3 +132,27 @@ def input_gradients_only(model: nn.Module) -> Iterator[nn.Module]:
 def to_8bit_grid(images: torch.Tensor) -> torch.Tensor:
     """What an attacker delivers as a file: round (never truncate) to the 8-bit grid."""
     return torch.round(images.clamp(0, 1) * 255) / 255
+
+
+def eps_levels(eps: float) -> int:
+    """The largest perturbation, in 8-bit levels, that stays inside an L-infinity ball of radius eps."""
+    return math.floor(eps * 255 + 1e-6)
+
+
+def deliver(adv: torch.Tensor, clean: torch.Tensor, eps: float) -> torch.Tensor:
+    """What an attacker delivers as a file, inside the ball its row is labelled with: each pixel rounded
+    to the 8-bit grid, toward the clean pixel where plain rounding would leave the L-infinity ball
+    (eps 0.03 delivers at most 7/255, never 8/255). `clean` lies on the grid; `adv` is (N, C, H, W) or
+    candidates (N, K, C, H, W)."""
+    if adv.dim() == clean.dim() + 1:
+        clean = clean.unsqueeze(1)
+    k = eps_levels(eps)
+    u = torch.round(clean * 255)
+    r = torch.round(adv.clamp(0, 1) * 255)
+    return (u + (r - u).clamp(-k, k)) / 255
+
+
+def as_candidates(adv: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """An attack's output as candidates (N, K, C, H, W): an attack returns one image per input, or K
+    candidates each (its restarts' final and best iterates)."""
+    return adv.unsqueeze(1) if adv.dim() == images.dim() else adv

@@ -2,6 +2,10 @@
 
 Random starts are drawn per image, for the whole image set at once (`random_starts`), so an
 image starts at the same point whatever batch it lands in; the caller slices them per batch.
+
+PGD returns candidates, not one image: per restart its final iterate and its best iterate (the
+one that best fooled the attacker's model, tracked as APGD does). The evaluation judges every candidate on the scored system (the real model
+of the mode behind the real defense): an image is robust only if none of them fools it.
 """
 from __future__ import annotations
 
@@ -16,24 +20,39 @@ def default_alpha(eps: float) -> float:
     return max(eps / 4, 1 / 255)
 
 
-def random_starts(n: int, shape: tuple[int, ...], restarts: int, seed: int) -> torch.Tensor:
-    """Unit starts u in [-1, 1), (n, restarts, *shape), from (seed) alone; a start at eps is eps * u."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand((n, restarts, *shape), generator=g) * 2 - 1
+def start_seed(seed: int, restart: int) -> int:
+    """The generator seed of one restart's random starts."""
+    return (seed * 1_000_003 + restart) % 2**63
+
+
+def random_starts(n: int, shape: tuple[int, ...], restarts: int, seed: int, eps: float = 1.0) -> torch.Tensor:
+    """Start perturbations (n, restarts, *shape), uniform in [-eps, eps], drawn on the CPU for the whole image
+    set from (seed, restart) alone: image i's start is the i-th in its restart's stream, whatever its batch
+    (the CPU generator fills a tensor in order). It is the very draw torchattacks.PGD makes after
+    torch.manual_seed(start_seed(seed, r)) for a contiguous batch: the reference replays it."""
+    out = torch.empty((n, restarts, *shape))
+    for r in range(restarts):
+        out[:, r] = torch.empty((n, *shape)).uniform_(-eps, eps, generator=torch.Generator().manual_seed(start_seed(seed, r)))
+    return out
 
 
 def pgd_steps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, alpha: float,
-              steps: int, start: torch.Tensor | None) -> torch.Tensor:
-    """torchattacks.PGD's loop, op for op: start, then `steps` signed steps, each projected on the eps-ball."""
+              steps: int, start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchattacks.PGD's loop, op for op: start, then `steps` signed steps, each projected on the eps-ball.
+    Returns (final iterate, best iterate): the best by `strength` on the attacker's model, read from the
+    logits each step computes anyway (one more forward pass scores the final iterate)."""
     adv = images.clone().detach()
     if start is not None:
         adv = torch.clamp(adv + start, min=0, max=1).detach()
+    best, best_key = adv, None
     for _ in range(steps):
-        grad = input_gradient(model, adv, labels)
+        grad, logits = input_gradient(model, adv, labels, return_logits=True)
+        best, best_key = _keep_stronger(best, best_key, adv, strength(logits, labels))
         adv = adv.detach() + alpha * grad.sign()
         delta = torch.clamp(adv - images, min=-eps, max=eps)
         adv = torch.clamp(images + delta, min=0, max=1).detach()
-    return adv
+    best, _ = _keep_stronger(best, best_key, adv, _strength_of(model, adv, labels))
+    return adv, best
 
 
 @register_attack(params={
@@ -45,33 +64,46 @@ def pgd_steps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps:
 def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int = 10,
         alpha: float | None = None, random_start: bool = True, restarts: int = 1,
         starts: torch.Tensor | None = None) -> torch.Tensor:
-    """PGD: `steps` signed gradient steps of size alpha inside the eps-ball; per image the worst case
-    over `restarts` random starts is kept. starts: the start perturbations (batch, restarts, C, H, W),
-    eps * random_starts(...) sliced per batch by the caller; without them they are drawn here (seed 0)."""
+    """PGD: `steps` signed gradient steps of size alpha inside the eps-ball, from `restarts` random starts.
+    Returns candidates (N, 2 * restarts, C, H, W): every restart's final and best iterates (no pick among
+    them: the scored system judges them all). starts: the start perturbations
+    (batch, restarts, C, H, W), random_starts(..., eps=eps) sliced per batch by the caller; without them
+    they are drawn here (seed 0)."""
     if eps == 0:
-        return images.clone().detach()
+        return images.clone().detach().unsqueeze(1)
     alpha = default_alpha(eps) if alpha is None else alpha
     if random_start and starts is None:
-        starts = eps * random_starts(len(images), tuple(images.shape[1:]), restarts, seed=0).to(images.device)
-    best, best_key = None, None
+        starts = random_starts(len(images), tuple(images.shape[1:]), restarts, seed=0, eps=eps).to(images.device)
+    found = []
     for r in range(restarts):
-        adv = pgd_steps(model, images, labels, eps, alpha, steps, starts[:, r] if random_start else None)
-        if restarts == 1:
-            return adv
-        key = _strength(model, adv, labels)
-        if best is None:
-            best, best_key = adv, key
-            continue
-        better = key > best_key
-        best = torch.where(better.view(-1, 1, 1, 1), adv, best)
-        best_key = torch.maximum(key, best_key)
-    return best
+        found += pgd_steps(model, images, labels, eps, alpha, steps, starts[:, r] if random_start else None)
+    return torch.stack(found, dim=1)
 
 
-@torch.no_grad()
-def _strength(model: nn.Module, adv: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def strength(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per image: a fooled image beats any unfooled one; among equals, the higher loss wins."""
-    logits = model(adv).float()
+    logits = logits.float()
     loss = nn.functional.cross_entropy(logits, labels, reduction="none")
     fooled = (logits.argmax(1) != labels).float()
     return fooled * 1e6 + loss.clamp(max=1e5)
+
+
+@torch.no_grad()
+def _strength_of(model: nn.Module, adv: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """strength on the attacker's model; through a randomized defense, of its logits' mean over the EOT draws."""
+    draws = getattr(model, "eot_draws", None)
+    if not draws:
+        return strength(model(adv), labels)
+    logits = []
+    for d in draws:
+        model.draw = d
+        logits.append(model(adv).float())
+    return strength(torch.stack(logits).mean(0), labels)
+
+
+def _keep_stronger(best: torch.Tensor | None, best_key: torch.Tensor | None, adv: torch.Tensor,
+                   key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if best is None or best_key is None:
+        return adv, key
+    better = key > best_key
+    return torch.where(better.view(-1, *[1] * (adv.dim() - 1)), adv, best), torch.maximum(key, best_key)

@@ -33,7 +33,9 @@ def register_defense(name: str, reference: ReferenceFn, batched: BatchedFn,
     """A defense with its parameters, their defaults and valid domains (the spec checks them), and
     the gradient an adaptive attacker takes through it: `exact`, `bpda_identity`, or `bpda_<name>`
     with `approx(images, **params)`, a differentiable stand-in whose gradient replaces the real one.
-    A randomized defense takes `draw=k` (its k-th draw of randomness; scoring uses draw 0)."""
+    A randomized defense takes `draw=k` (its k-th draw of randomness) and `index` (each image's place in
+    the test split: the defender's draws come from it, never from the pixels the attacker controls;
+    without it the draw is the attacker's EOT draw)."""
     defense = Defense(name, reference, batched)
     DEFENSES.add(name, defense, params, gradient=gradient, approx=approx, randomized=randomized)
     return defense
@@ -57,16 +59,22 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def apply_reference(defense: Defense, images: torch.Tensor, **params) -> torch.Tensor:
-    """One image at a time through the reference library, as the notebooks did."""
+    """One image at a time through the reference library, as the notebooks did (a randomized defense's
+    `index` is split per image)."""
     hwc = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
-    out = np.stack([defense.reference(np.ascontiguousarray(img), **params) for img in hwc])
+    index = params.pop("index", None)
+    per_image = [{} if index is None else {"index": int(i)} for i in (index if index is not None else [None] * len(hwc))]
+    out = np.stack([defense.reference(np.ascontiguousarray(img), **params, **extra) for img, extra in zip(hwc, per_image)])
     return torch.from_numpy(out).permute(0, 3, 1, 2).to(torch.float32).contiguous().to(images.device)
 
 
 def apply_defense(name: str, images: torch.Tensor, params: dict[str, Any] | None = None,
-                  backend: str = "batched") -> torch.Tensor:
+                  backend: str = "batched", index: torch.Tensor | None = None) -> torch.Tensor:
+    """`index` (each image's place in the test split) reaches randomized defenses only: their draws."""
     defense = get_defense(name)
     kwargs = {**DEFENSES.get(name).defaults, **(params or {})}
+    if index is not None and is_randomized(name):
+        kwargs["index"] = index
     if backend == "reference":
         return apply_reference(defense, images, **kwargs)
     if backend == "batched":

@@ -1,10 +1,15 @@
 """Random resize and pad (Xie et al., ICLR 2018, "Mitigating Adversarial Effects Through Randomization").
 
 Each image is shrunk to a random s x s, s in [min_size, min(H, W)] (nearest neighbour: source row
-(i * H) // s) and placed at a random offset in a zero H x W frame. Randomized: an image's draw comes from its 8-bit pixels,
-the defense's `seed` and a draw index, in integer arithmetic, so it is the same in whatever batch
-the image lands and in the per-image reference. Scoring uses draw 0; an adaptive attacker
-averages its gradient over draws 1..eot_samples (EOT, Athalye et al. 2018).
+(i * H) // s) and placed at a random offset in a zero H x W frame.
+
+Whose randomness: the defender's draws come from the defense's `seed`, the image's index in the
+test split and the draw number (splitmix64, `defender_draws`), never from the pixels, which the
+attacker controls: moving one pixel by one level inside the eps-ball does not re-roll the
+defense. A cell is scored over `evaluate.defense_draws` draws. The attacker's EOT draws come from
+another stream (`attacker_draws`: a hash of the pixels it is differentiating, its own salt, draws
+1..eot_samples), so they are fresh at every step and never the defender's. Both are the same in
+whatever batch an image lands and in the per-image reference.
 """
 from __future__ import annotations
 
@@ -26,8 +31,36 @@ def _mix(v, k: int):
     return (v * _A + k * _B + _C) % _P
 
 
+_ATTACKER_SALT = 0x5EED_A77A       # the attacker's EOT stream is salted apart from any defender seed
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 (Steele et al. 2014) on uint64 arrays; numpy's uint64 arithmetic wraps mod 2**64."""
+    z = (x + np.uint64(0x9E3779B97F4A7C15)) & _M64
+    z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _M64
+    z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _M64
+    return z ^ (z >> np.uint64(31))
+
+
+def defender_draws(index, seed: int, draw: int, h: int, w: int, min_size: int) -> tuple[np.ndarray, ...]:
+    """(size, top, left) per image index: the defender's draw `draw`, from (seed, index, draw) alone."""
+    idx = np.atleast_1d(np.asarray(index, dtype=np.int64)).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        base = _splitmix64(_splitmix64(_splitmix64(np.full_like(idx, np.uint64(seed % 2**64))) ^ idx)
+                           ^ np.uint64(draw % 2**64))
+        u = [_splitmix64(base ^ np.uint64(k)) for k in (1, 2, 3)]
+    side = min(h, w)
+    lo = min(min_size, side)
+    size = lo + (u[0] % np.uint64(side - lo + 1)).astype(np.int64)
+    top = (u[1] % (np.uint64(h + 1) - size.astype(np.uint64))).astype(np.int64)
+    left = (u[2] % (np.uint64(w + 1) - size.astype(np.uint64))).astype(np.int64)
+    return size, top, left
+
+
 def draws_numpy(img: np.ndarray, seed: int, draw: int, min_size: int) -> tuple[int, int, int]:
-    """(size, top, left) for one uint8 HWC image (the reference's draw)."""
+    """(size, top, left) for one uint8 HWC image from its pixels: the attacker's EOT stream."""
+    seed = seed ^ _ATTACKER_SALT
     chw = np.ascontiguousarray(img.transpose(2, 0, 1)).astype(np.int64).ravel()
     h = int((chw * _weights(chw.size)).sum() % _P)
     v = _mix(_mix(h, seed), draw)
@@ -42,6 +75,7 @@ def draws_numpy(img: np.ndarray, seed: int, draw: int, min_size: int) -> tuple[i
 
 def draws_torch(x_uint8: torch.Tensor, seed: int, draw: int, min_size: int):
     """(size, top, left), each (n,), for a uint8 NCHW batch: the same integers as draws_numpy."""
+    seed = seed ^ _ATTACKER_SALT
     n, c, h, w = x_uint8.shape
     weights = torch.from_numpy(_weights(c * h * w)).to(x_uint8.device)
     v = (x_uint8.reshape(n, -1).to(torch.int64) * weights).sum(1) % _P
@@ -55,9 +89,13 @@ def draws_torch(x_uint8: torch.Tensor, seed: int, draw: int, min_size: int):
     return size, top, v % (w - size + 1)
 
 
-def reference(img: np.ndarray, min_size: int = 26, seed: int = 0, draw: int = 0) -> np.ndarray:
+def reference(img: np.ndarray, min_size: int = 26, seed: int = 0, draw: int = 0, index: int | None = None) -> np.ndarray:
+    """One uint8 HWC image; `index` (its place in the test split): the defender's draw, else the attacker's."""
     h, w = img.shape[:2]
-    size, top, left = draws_numpy(img, seed, draw, min_size)
+    if index is None:
+        size, top, left = draws_numpy(img, seed, draw, min_size)
+    else:
+        size, top, left = (int(v[0]) for v in defender_draws(index, seed, draw, h, w, min_size))
     rows = (np.arange(size) * h) // size
     cols = (np.arange(size) * w) // size
     out = np.zeros_like(img)
@@ -78,15 +116,25 @@ def _place(x: torch.Tensor, size, top, left) -> torch.Tensor:
     return out * inside.view(n, 1, h, w).to(x.dtype)
 
 
-def batched(images: torch.Tensor, min_size: int = 26, seed: int = 0, draw: int = 0) -> torch.Tensor:
+def _draws(x_uint8: torch.Tensor, seed: int, draw: int, min_size: int, index) -> tuple[torch.Tensor, ...]:
+    if index is None:
+        return draws_torch(x_uint8, seed, draw, min_size)
+    index = index.cpu().numpy() if isinstance(index, torch.Tensor) else index
+    if len(np.atleast_1d(index)) != len(x_uint8):
+        raise ValueError(f"random_resize_pad: {len(np.atleast_1d(index))} indices for {len(x_uint8)} images")
+    return tuple(torch.from_numpy(v).to(x_uint8.device) for v in defender_draws(index, seed, draw, *x_uint8.shape[2:], min_size))
+
+
+def batched(images: torch.Tensor, min_size: int = 26, seed: int = 0, draw: int = 0, index=None) -> torch.Tensor:
+    """index: each image's place in the test split (the defender's draw); None: the attacker's draw."""
     x = to_uint8(images)
-    out = _place(x.to(torch.float32), *draws_torch(x, seed, draw, min_size))
+    out = _place(x.to(torch.float32), *_draws(x, seed, draw, min_size, index))
     return out / 255
 
 
-def placed(images: torch.Tensor, min_size: int = 26, seed: int = 0, draw: int = 0) -> torch.Tensor:
+def placed(images: torch.Tensor, min_size: int = 26, seed: int = 0, draw: int = 0, index=None) -> torch.Tensor:
     """The same transform on floats: differentiable (a gather), the gradient an adaptive attacker takes."""
-    return _place(images, *draws_torch(to_uint8(images.detach()), seed, draw, min_size))
+    return _place(images, *_draws(to_uint8(images.detach()), seed, draw, min_size, index))
 
 
 DEFENSE = register_defense("random_resize_pad", reference, batched, {

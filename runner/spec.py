@@ -192,6 +192,8 @@ class EvaluateSpec(Strict):
     # oblivious: the attacker differentiates the model alone; adaptive: model o defense (BPDA)
     threats: list[Literal["oblivious", "adaptive"]] = ["oblivious"]
     eot_samples: int = Field(10, ge=1)   # adaptive, through a randomized defense: draws per gradient (EOT)
+    # a randomized defense is scored over this many of the defender's draws (an image counts only if right in all)
+    defense_draws: int = Field(10, ge=1)
     eps: list[float] = [0.0, 2 / 255, 4 / 255, 8 / 255]
     sources: list[Literal["self", "fp32"]] = ["self", "fp32"]
     defenses: dict[str, dict[str, Any]] = Field(default_factory=lambda: {n: {} for n in NOTEBOOK_DEFENSES})
@@ -221,6 +223,9 @@ class EvaluateSpec(Strict):
         for i, e in enumerate(v):
             if not (math.isfinite(e) and 0 <= e <= 1):
                 raise ValueError(f"[{i}]: must be >= 0 and <= 1 (pixel scale [0,1]), got {e}")
+            if 0 < e and e * 255 + 1e-6 < 1:
+                raise ValueError(f"[{i}]: {e:g} is under 1/255: no 8-bit image other than the clean one lies inside "
+                                 "that ball, so the cell would score clean accuracy as robust accuracy; use 0 or >= 1/255")
         return v
 
     @field_validator("attacks")

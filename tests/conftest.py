@@ -1,10 +1,16 @@
 import os
+import tempfile
 
 import pytest
 import torch
 
 # Hermetic: no test may touch the user's data cache or the network.
 os.environ.setdefault("ROBUSTGRID_DATA", "/nonexistent-robustgrid-data")
+# torch.compile's kernel cache, one per CPU capability: a suite under ATEN_CPU_CAPABILITY=default, run while
+# another ran natively, met vectorized kernel source in the shared /tmp/torchinductor_<user> and failed to
+# build it ('at::vec has not been declared'); alone, with its own cache, it passes.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"robustgrid-tests-inductor-{os.environ.get('ATEN_CPU_CAPABILITY') or 'native'}"))
 # 2 threads, the CI machine's cores; ROBUSTGRID_TEST_THREADS=1 checks that no verdict depends on it
 torch.set_num_threads(int(os.environ.get("ROBUSTGRID_TEST_THREADS", "2")))
 

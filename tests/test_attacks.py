@@ -73,18 +73,42 @@ def test_scaled_gradient_keeps_fgsm_equal_to_torchattacks_on_a_confident_model(t
 
 
 def test_pgd_equals_torchattacks_with_the_same_random_start(tiny_model, images):
+    """PGD's first candidate is its final iterate: torchattacks' PGD from the same start, bit for bit; the
+    start is random_starts' draw, which is torchattacks' own after torch.manual_seed(start_seed(seed, r))."""
+    from robustgrid.attacks import random_starts, start_seed
     torchattacks = __import__("torchattacks")
     labels = tiny_model(images).argmax(1)
     for eps, alpha, steps in ((8 / 255, 2 / 255, 5), (4 / 255, 1 / 255, 3)):
-        torch.manual_seed(7)
+        torch.manual_seed(start_seed(7, 0))
         theirs = torchattacks.PGD(tiny_model, eps=eps, alpha=alpha, steps=steps, random_start=True)(images, labels)
-        torch.manual_seed(7)
-        start = torch.empty_like(images).uniform_(-eps, eps)     # torchattacks' draw, replayed
-        ours = get_attack("pgd")(tiny_model, images, labels, eps, steps=steps, alpha=alpha, starts=start.unsqueeze(1))
-        assert torch.equal(ours, theirs), eps
+        starts = random_starts(len(images), (3, 32, 32), 1, seed=7, eps=eps)
+        ours = get_attack("pgd")(tiny_model, images, labels, eps, steps=steps, alpha=alpha, starts=starts)
+        assert ours.shape == (len(images), 2, 3, 32, 32)          # final and best iterate
+        assert torch.equal(ours[:, 0], theirs), eps
     no_start = torchattacks.PGD(tiny_model, eps=8 / 255, alpha=2 / 255, steps=4, random_start=False)(images, labels)
     assert torch.equal(get_attack("pgd")(tiny_model, images, labels, 8 / 255, steps=4, alpha=2 / 255,
-                                         random_start=False), no_start)
+                                         random_start=False)[:, 0], no_start)
+
+
+def test_pgd_best_iterate_is_the_strongest_iterate_on_the_attackers_model(tiny_model, images):
+    """The best candidate is, per image, the first iterate (start included) that scores highest on the
+    attacker's model, checked against every iterate replayed with torchattacks (PGD of 0..steps steps)."""
+    from robustgrid.attacks import random_starts, start_seed, strength
+    torchattacks = __import__("torchattacks")
+    labels = tiny_model(images).argmax(1)
+    eps, alpha, steps = 8 / 255, 1 / 255, 4
+    starts = random_starts(len(images), (3, 32, 32), 1, seed=2, eps=eps)
+    cands = get_attack("pgd")(tiny_model, images, labels, eps, steps=steps, alpha=alpha, starts=starts)
+    iterates = []
+    for t in range(steps + 1):
+        torch.manual_seed(start_seed(2, 0))
+        iterates.append(torchattacks.PGD(tiny_model, eps=eps, alpha=alpha, steps=t, random_start=True)(images, labels))
+    with torch.no_grad():
+        keys = torch.stack([strength(tiny_model(x), labels) for x in iterates])      # (steps + 1, N)
+    first_best = keys.argmax(0)          # argmax returns the first maximal index
+    want = torch.stack([iterates[t][i] for i, t in enumerate(first_best.tolist())])
+    assert torch.equal(cands[:, 1], want)
+    assert (first_best < steps).any(), "a case where the best iterate is not the last proves more"
 
 
 def test_pgd_images_do_not_depend_on_the_batch_size(tiny_model, images):
@@ -92,21 +116,32 @@ def test_pgd_images_do_not_depend_on_the_batch_size(tiny_model, images):
     from robustgrid.runner.evaluate.batching import attack_images
     labels = tiny_model(images).argmax(1)
     eps = 8 / 255
-    starts = eps * random_starts(len(images), (3, 32, 32), 2, seed=3)
+    starts = random_starts(len(images), (3, 32, 32), 2, seed=3, eps=eps)
     made = [attack_images(tiny_model, "pgd", images, labels, eps, torch.device("cpu"), bs,
                           {"steps": 3, "restarts": 2, "random_start": True}, starts) for bs in (24, 7, 1)]
     for other in made[1:]:
         assert (other != made[0]).float().mean() < 1e-3     # float sums may block differently; the images do not
-    assert (made[0] - images).abs().max() <= eps + 1e-6
+    assert made[0].shape[1] == 4 and (made[0] - images.unsqueeze(1)).abs().max() <= eps + 1e-6
 
 
-def test_pgd_restarts_keep_the_worst_case_per_image(tiny_model, images):
-    labels = tiny_model(images).argmax(1)
-    eps = 4 / 255
-    one = get_attack("pgd")(tiny_model, images, labels, eps, steps=2, restarts=1)
-    four = get_attack("pgd")(tiny_model, images, labels, eps, steps=2, restarts=4)
-    fooled = lambda adv: (tiny_model(adv).argmax(1) != labels).sum().item()  # noqa: E731
-    assert fooled(four) >= fooled(one)
+def test_random_starts_do_not_depend_on_the_set_size():
+    from robustgrid.attacks import random_starts
+    a = random_starts(24, (3, 32, 32), 2, seed=5, eps=4 / 255)
+    b = random_starts(10, (3, 32, 32), 2, seed=5, eps=4 / 255)
+    assert torch.equal(a[:10], b) and not torch.equal(a[:, 0], a[:, 1]) and a.abs().max() <= 4 / 255
+
+
+def test_delivered_images_stay_inside_the_labelled_ball():
+    """eps 0.03 = 7.65 levels: a pixel moved by 0.03 rounds to 8 levels, outside the ball; delivered at 7."""
+    from robustgrid.attacks import deliver, eps_levels
+    clean = torch.round(torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 255) / 255
+    adv = (clean + 0.03 * torch.sign(torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)))).clamp(0, 1)
+    out = deliver(adv, clean, 0.03)
+    assert eps_levels(0.03) == 7 and eps_levels(8 / 255) == 8 and eps_levels(1 / 255) == 1
+    assert torch.round((out - clean).abs().amax() * 255) == 7 and (out - clean).abs().max() <= 0.03
+    assert torch.equal(torch.round(out * 255), out * 255)                       # on the 8-bit grid
+    assert torch.equal(deliver(adv, clean, 8 / 255), to_8bit_grid(adv))         # inside the ball: plain rounding
+    assert deliver(torch.stack([adv, clean], 1), clean, 0.03).shape == (4, 2, 3, 8, 8)
 
 
 def test_zoo_backend_runs_torchattacks_by_name(tiny_model, images):

@@ -110,6 +110,8 @@ def test_show_and_models(tiny_run, capsys):
     (lambda s: s["evaluate"].update(defenses={"tv_denoise": {"weight": -1}}), "evaluate.defenses.tv_denoise.weight: must be > 0"),
     # grids that would do nothing or the wrong thing
     (lambda s: s["evaluate"].update(eps=[]), "evaluate.eps: is empty"),
+    (lambda s: s["evaluate"].update(eps=[0, 0.03, 0.0015]), "evaluate.eps[2]: 0.0015 is under 1/255"),
+    (lambda s: s["evaluate"].update(defense_draws=0), "evaluate.defense_draws"),
     (lambda s: s["evaluate"].update(sources=[]), "evaluate.sources: is empty"),
     (lambda s: s["evaluate"].update(defenses={}), "evaluate.defenses: is empty"),
     (lambda s: s["evaluate"].update(n_images=1000000), "evaluate.n_images: 1000000 asked for, but the synthetic test split has 64"),

@@ -175,3 +175,31 @@ def test_eot_averages_the_declared_number_of_draws(tiny_model, images):
     signs_equal = (eot.sign() == torch.stack(singles).mean(0).sign()).float().mean()
     assert signs_equal > 0.999
     assert not torch.equal(singles[0].sign(), singles[1].sign())
+
+
+def test_the_attacker_cannot_re_roll_the_defenders_draw(images):
+    """The defender's draws come from the image's index, never its pixels: an attacker who moves one pixel
+    by one level (inside any eps-ball) changes that pixel's copies in the output, not the resize-and-pad
+    drawn for the image. (With draws hashed from the pixels, every image got a fresh size and offset.)"""
+    index = torch.arange(100, 100 + len(images))
+    moved = images.clone()
+    moved[:, :, 16, 16] = torch.where(moved[:, :, 16, 16] < 0.5, moved[:, :, 16, 16] + 1 / 255, moved[:, :, 16, 16] - 1 / 255)
+    for draw in range(5):
+        a = apply_defense("random_resize_pad", images, {"draw": draw}, index=index)
+        b = apply_defense("random_resize_pad", moved, {"draw": draw}, index=index)
+        assert (a != b).flatten(1).sum(1).max() <= 3 * 4       # 3 channels, one pixel copied at most 2 x 2 times
+        assert torch.equal(a, apply_defense("random_resize_pad", images, {"draw": draw}, backend="reference", index=index))
+        assert torch.equal(a[5:9], apply_defense("random_resize_pad", images[5:9], {"draw": draw}, index=index[5:9]))
+    # the draws are the image's, not the batch position's, and differ between draws and images
+    d0 = apply_defense("random_resize_pad", images, {"draw": 0}, index=index)
+    assert not torch.equal(d0, apply_defense("random_resize_pad", images, {"draw": 1}, index=index))
+    assert not torch.equal(d0, apply_defense("random_resize_pad", images, {"draw": 0}, index=index + 1))
+
+
+def test_defender_draws_cover_the_range_and_ignore_pixels():
+    from robustgrid.defenses.resize_pad import defender_draws
+    size, top, left = defender_draws(np.arange(5000), seed=0, draw=0, h=32, w=32, min_size=26)
+    assert set(size.tolist()) == set(range(26, 33)) and (top + size <= 32).all() and (left + size <= 32).all()
+    assert np.bincount(size - 26).min() > 5000 / 7 * 0.8       # about uniform over the 7 sizes
+    again = defender_draws(np.arange(5000), seed=0, draw=0, h=32, w=32, min_size=26)
+    assert all(np.array_equal(a, b) for a, b in zip((size, top, left), again))

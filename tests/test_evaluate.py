@@ -47,7 +47,7 @@ def test_one_image_set_per_source_and_eps():
 
 ADAPTIVE = {**GRID, "eps": [0, "8/255"], "attacks": ["fgsm", {"pgd": {"steps": 3, "restarts": 2}}],
             "threats": ["oblivious", "adaptive"], "defenses": GRID["defenses"] + ["random_resize_pad"],
-            "eot_samples": 3}
+            "eot_samples": 3, "defense_draws": 3}
 
 
 def test_adaptive_engine_equals_reference_pipeline_cell_by_cell(tiny_model, images):
@@ -87,3 +87,87 @@ def test_quant_parameters_are_part_of_the_cell():
     kb = {c.key("t", 10, 0) for c in plan_cells(b)}
     assert {k[1] for k in ka ^ kb} == {"int8_static"}
     assert {k[2] for k in kb - ka} == {'{"calibration_images": 500}'}
+
+
+def _linear_model():
+    """A classifier whose predictions vary from image to image (an untrained CNN says one class for all)."""
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()
+
+
+def test_an_image_counts_as_robust_only_if_no_candidate_fools_the_scored_system(images):
+    """Candidates (restarts, final and best iterates) are judged on the real model behind the real defense:
+    one fooling candidate is enough, whichever the attacker would have picked."""
+    tiny_model = _linear_model()
+    with torch.no_grad():
+        labels = tiny_model(images).argmax(1)
+    ev = EvaluateSpec.model_validate({**GRID, "quant": ["fp32"], "sources": ["self"], "defenses": ["none"]})
+    engine = Engine(tiny_model, ev, images, labels, torch.device("cpu"))
+    clean = torch.round(images * 255) / 255
+    other = torch.round(images.flip(0) * 255) / 255            # other images: mostly another class
+    with torch.no_grad():
+        fools = tiny_model(other).argmax(1) != labels
+    assert 0 < fools.sum() < len(images)
+    key = ("fp32", "fake", "{}", 8 / 255)
+    engine.import_adversarials({key: torch.round(torch.stack([clean, other, clean], 1) * 255).to(torch.uint8)})
+    verdict = engine.judge(key, "none", '{}', ["fp32"])["fp32"]
+    assert torch.equal(verdict.ok, ~fools) and verdict.candidates == 3
+    engine.import_adversarials({key[:3] + (4 / 255,): torch.round(torch.stack([clean, clean], 1) * 255).to(torch.uint8)})
+    assert engine.judge(key[:3] + (4 / 255,), "none", '{}', ["fp32"])["fp32"].ok.all()
+
+
+def test_a_randomized_defense_is_scored_under_every_defender_draw(images):
+    """`correct` counts the images right under all of evaluate.defense_draws draws; accuracy_draw_mean keeps
+    the mean over draws; each draw is the defense's for the image's index (as the batched defense draws it)."""
+    from robustgrid.defenses import apply_defense
+    tiny_model = _linear_model()
+    with torch.no_grad():
+        labels = tiny_model(images).argmax(1)
+    grid = {**GRID, "eps": [0], "quant": ["fp32"], "sources": ["self"], "defenses": {"random_resize_pad": {"min_size": 16}},
+            "defense_draws": 4}
+    ev = EvaluateSpec.model_validate(grid)
+    rows = run_cells(Engine(tiny_model, ev, images, labels, torch.device("cpu")), plan_cells(ev), META)
+    assert len(rows) == 1 and json.loads(rows[0]["defense_params"])["draws"] == 4
+    per_draw = []
+    with torch.no_grad():
+        for d in range(4):
+            x = apply_defense("random_resize_pad", images, {"min_size": 16, "draw": d}, index=torch.arange(len(images)))
+            per_draw.append(tiny_model(x).argmax(1) == labels)
+    per_draw = torch.stack(per_draw)
+    assert rows[0]["correct"] == int(per_draw.all(0).sum()) < int(per_draw[0].sum())
+    assert abs(rows[0]["accuracy_draw_mean"] - per_draw.float().mean().item()) < 1e-9
+    assert rows[0]["defense_draws"] == 4
+
+
+def test_every_delivered_image_lies_inside_its_labelled_ball(tiny_model, images):
+    """eps 0.03 (the notebook's) delivers at most 7/255; every row records what it delivered."""
+    with torch.no_grad():
+        labels = tiny_model(images).argmax(1)
+    ev = EvaluateSpec.model_validate({**ADAPTIVE, "eps": [0, 0.03, "8/255"], "quant": ["fp32"], "sources": ["self"],
+                                      "defenses": ["none", "median", "random_resize_pad"]})
+    rows = run_cells(Engine(tiny_model, ev, images, labels, torch.device("cpu")), plan_cells(ev), META)
+    for r in rows:
+        assert r["delivered_linf"] <= r["eps"] + 1e-9, r
+    assert {round(r["delivered_linf"] * 255) for r in rows if r["eps"] == 0.03} == {7}
+    assert {round(r["delivered_linf"] * 255) for r in rows if r["eps"] == 0} == {0}
+    assert {r["candidates"] for r in rows if r["attack"] == "pgd" and r["eps"] > 0} == {4}   # 2 restarts x final, best
+
+
+def test_zoo_attacks_are_seeded_by_chunk_and_take_a_fresh_draw_per_call(tiny_model, images):
+    """A torchattacks attack with random starts: the same cells for any batch size (seeded per fixed chunk of
+    the test split, not by the global RNG's state); through a randomized defense it records its EOT as a fresh
+    draw at every forward call."""
+    with torch.no_grad():
+        labels = tiny_model(images).argmax(1)
+    grid = {**GRID, "eps": [0, "8/255"], "quant": ["fp32"], "sources": ["self"], "threats": ["oblivious", "adaptive"],
+            "attacks": [{"torchattacks.PGD": {"steps": 2, "random_start": True}}],
+            "defenses": ["none", "random_resize_pad"], "defense_draws": 2}
+    made = []
+    for bs in (24, 7):
+        ev = EvaluateSpec.model_validate({**grid, "batch_size": bs})
+        torch.manual_seed(bs)       # the global RNG's state must not matter
+        rows = run_cells(Engine(tiny_model, ev, images, labels, torch.device("cpu")), plan_cells(ev), META)
+        made.append({(r["threat"], r["eps"], r["defense"]): (r["correct"], r["correct_mask"]) for r in rows})
+    assert made[0] == made[1]
+    adaptive = [c for c in plan_cells(EvaluateSpec.model_validate(grid)) if c.threat == "adaptive"]
+    assert [json.loads(c.attack_params).get("eot") for c in adaptive] == ["fresh_draw_per_forward"]

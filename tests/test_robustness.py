@@ -92,3 +92,77 @@ def test_adaptive_cells_through_a_randomized_defense_pair_with_their_oblivious_c
                        _row("pgd", "adaptive", eps=8 / 255, defense="random_resize_pad", correct=300,
                             params='{"eot_samples": 10, "gradient": "exact", "steps": 10}')])
     assert set(masking_flags(ev)["check"]) == {"adaptive_above_oblivious"}
+
+
+def test_checks_are_paired_mcnemar_over_every_row_and_eps_0_counts():
+    """Two cells 52 % vs 48 % on 400 images: intervals overlap (no flag before), but the masks differ only
+    in 16 images, all one way: McNemar p = 2**-16 flags it. The same accuracies with discordant images both
+    ways (p ~ 0.3) do not. A later row of a group is compared too, and eps 0 is the base of 'rises with eps'."""
+    from robustgrid.runner.results.robustness import binomial_tail
+    assert binomial_tail(16, 16) == 2 ** -16 and abs(binomial_tail(3, 4) - 5 / 16) < 1e-15
+    nested_lo, nested_hi = np.zeros(N, bool), np.zeros(N, bool)
+    nested_lo[:192], nested_hi[:208] = True, True
+    ev = pd.DataFrame([_row("fgsm", mask=nested_lo), _row("fgsm", "adaptive", mask=nested_hi,
+                                                            params='{"gradient": "bpda_identity"}')])
+    assert set(masking_flags(ev)["check"]) == {"adaptive_above_oblivious"}
+    crossed = np.zeros(N, bool)
+    crossed[:100], crossed[150:258] = True, True             # 208 right, 100 of them shared with nested_lo's 192
+    ev = pd.DataFrame([_row("fgsm", mask=nested_lo), _row("fgsm", "adaptive", mask=crossed, params='{"gradient": "bpda_identity"}')])
+    assert masking_flags(ev).empty
+    # a second adaptive row (another gradient setting) is paired too, not only the first of the group
+    ev = pd.DataFrame([_row("fgsm", mask=nested_lo), _row("fgsm", "adaptive", mask=nested_lo, params='{"gradient": "a"}'),
+                       _row("fgsm", "adaptive", mask=nested_hi, params='{"gradient": "b"}')])
+    assert len(masking_flags(ev)) == 1
+    # eps 0 (clean) below eps 8/255: accuracy rose with eps
+    ev = pd.DataFrame([_row("fgsm", eps=0, mask=nested_lo), _row("fgsm", eps=8 / 255, mask=nested_hi)])
+    assert set(masking_flags(ev)["check"]) == {"accuracy_rises_with_eps"}
+
+
+def test_large_eps_and_noise_baseline_flags():
+    ev = pd.DataFrame([_row("pgd", "adaptive", eps=64 / 255, correct=120, params='{"gradient": "exact", "steps": 10}'),
+                       _row("pgd", eps=64 / 255, correct=120, params='{"steps": 10}')])
+    assert set(masking_flags(ev)["check"]) == {"defense_not_broken_at_large_eps"}
+    # uniform noise in the same ball as strong as FGSM: FGSM is not using its gradient
+    ev = pd.DataFrame([_row("fgsm", eps=8 / 255, correct=150), _row("noise", eps=8 / 255, correct=150,
+                                                                     params='{"random_start": true}')])
+    assert set(masking_flags(ev)["check"]) == {"no_better_than_random_noise"}
+    ev = pd.DataFrame([_row("fgsm", eps=8 / 255, correct=50), _row("noise", eps=8 / 255, correct=150,
+                                                                    params='{"random_start": true}')])
+    assert masking_flags(ev).empty
+
+
+def test_worst_case_keeps_two_calibrations_apart():
+    a = _row("fgsm", correct=100, quant="int8_static")
+    b = _row("pgd", correct=50, quant="int8_static", params='{"steps": 10}')
+    c = {**_row("fgsm", correct=80, quant="int8_static"), "quant_params": '{"calibration_images": 500}'}
+    ev = pd.DataFrame([{**a, "quant_params": '{"calibration_images": 1000}'}, {**b, "quant_params": '{"calibration_images": 1000}'}, c])
+    worst = worst_case(ev)
+    assert sorted(worst["correct"]) == [50, 80]
+
+
+def test_views_never_draw_an_interval_over_pooled_trials_or_pool_image_sets():
+    from robustgrid.runner.results.views import clean_accuracy, pivot_view
+    a, b = _row("fgsm", correct=100), {**_row("fgsm", correct=140), "trial_id": "u"}
+    view = pivot_view(pd.DataFrame([a, b]), "t")
+    cell = view.rows[0][1]
+    assert cell == "30.0\nr 25.0–35.0" and "Wilson" not in view.notes[0] and "min–max" in view.notes[0]
+    one = pivot_view(pd.DataFrame([a]), "t").rows[0][1]
+    lo, hi = wilson_interval(100, N)
+    assert one == f"25.0\n{100 * lo:.1f}–{100 * hi:.1f}"
+    # a second eval on the first 200 images: the models table's clean accuracy is not (689 + 142) / 1200
+    big = {**_row("fgsm", eps=0, defense="none"), "n": 1000, "correct": 689, "data_digest": "d1000"}
+    small = {**_row("fgsm", eps=0, defense="none"), "n": 200, "correct": 142, "data_digest": "d200"}
+    assert clean_accuracy(pd.DataFrame([big, small])).loc["t", "fp32"] == 0.689
+
+
+def test_worst_case_is_shown_for_one_attack_from_two_sources(tmp_path, capsys):
+    """The quickstart's int8 cells: FGSM white-box (through the twin) and FGSM transferred from fp32, one attack
+    name, two sources: the worst case over them is shown (it was hidden unless two attack names shared an eps)."""
+    from robustgrid.runner.cli import main
+    from robustgrid.runner.results import ResultStore
+    store = ResultStore(tmp_path)
+    store.upsert("trials", [{"trial_id": "t", "status": "ok", "sweep": "s", "run_id": "r"}], ["trial_id"])
+    store.append_eval([_row("fgsm", correct=90, quant="dynamic_int8"),
+                       _row("fgsm", correct=120, quant="dynamic_int8", source="fp32")])
+    assert main(["show", str(tmp_path)]) == 0
+    assert "worst case over every attack" in capsys.readouterr().out

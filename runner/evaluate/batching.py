@@ -1,12 +1,13 @@
 """Batch-by-batch helpers shared by the engine and the reference pipeline: predict, attack, defend."""
 from __future__ import annotations
 
+import itertools
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from ...attacks import get_attack, to_8bit_grid
+from ...attacks import as_candidates, deliver, get_attack
 from ...defenses import apply_defense
 
 
@@ -40,15 +41,39 @@ def over_batches(fn: Callable, model: nn.Module, images: torch.Tensor, labels: t
 def attack_images(model: nn.Module, attack: str, images: torch.Tensor, labels: torch.Tensor, eps: float,
                   device: torch.device, batch_size: int, params: dict | None = None,
                   starts: torch.Tensor | None = None) -> torch.Tensor:
-    """Adversarial images on the 8-bit grid (what an attacker delivers as a file)."""
+    """Candidates (N, K, C, H, W) on the 8-bit grid inside the eps-ball (what an attacker delivers as files)."""
     fn, params = get_attack(attack), params or {}
-    if starts is None:
-        return over_batches(lambda m, x, y: to_8bit_grid(fn(m, x, y, eps, **params)), model, images, labels,
-                            device, batch_size)
-    return over_batches(lambda m, x, y, s: to_8bit_grid(fn(m, x, y, eps, starts=s, **params)), model, images,
-                        labels, device, batch_size, starts)
+
+    def run(m, x, y, s=None):
+        out = fn(m, x, y, eps, **params) if s is None else fn(m, x, y, eps, starts=s, **params)
+        return deliver(as_candidates(out, x), x, eps)
+    return over_batches(run, model, images, labels, device, batch_size, starts)
 
 
-def defend_images(name: str, params: dict, images: torch.Tensor, backend: str, batch_size: int) -> torch.Tensor:
-    return torch.cat([apply_defense(name, images[i:i + batch_size], params, backend)
+ZOO_CHUNK = 100    # zoo attacks run on fixed chunks of the test split, each seeded from its first index
+
+
+def zoo_images(model: nn.Module, attack: str, images: torch.Tensor, labels: torch.Tensor, eps: float,
+               device: torch.device, params: dict, seed: int, first_index: int = 0) -> torch.Tensor:
+    """An attack of the torchattacks zoo, which draws its random starts (and APGD's, Square's...) from the
+    global RNG: run on fixed chunks of ZOO_CHUNK images of the test split, the RNG seeded from (seed, the
+    chunk's first index) before each, so a cell does not depend on the batch size, the cell order or how
+    the cells were split into tasks."""
+    fn, out = get_attack(attack), []
+    cuts = sorted({0, len(images)} | {c - first_index for c in range(0, first_index + len(images), ZOO_CHUNK)
+                                      if first_index < c < first_index + len(images)})
+    for a, b in itertools.pairwise(cuts):
+        torch.manual_seed((seed * 1_000_003 + first_index + a) % 2**63)
+        if hasattr(model, "restart_draws"):      # an attacker through a randomized defense: its draws restart too
+            model.restart_draws()
+        x, y = to_model(images[a:b], device), labels[a:b].to(device)
+        out.append(deliver(as_candidates(fn(model, x, y, eps, **params), x), x, eps).to(images.device))
+    return torch.cat(out).contiguous()
+
+
+def defend_images(name: str, params: dict, images: torch.Tensor, backend: str, batch_size: int,
+                  index: torch.Tensor | None = None) -> torch.Tensor:
+    """index: each image's place in the test split (a randomized defense's draws come from it)."""
+    return torch.cat([apply_defense(name, images[i:i + batch_size], params, backend,
+                                    None if index is None else index[i:i + batch_size])
                       for i in range(0, len(images), batch_size)])

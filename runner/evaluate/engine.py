@@ -2,28 +2,38 @@
 
     cell = (quant, attack, attack_source, eps, defense)
 
-Adversarial images are made once per (source model, attack, eps), rounded to the 8-bit
-grid once (what an attacker delivers as a file), and reused for every defense and every
-model they are transferred to.
+Adversarial images are made once per (source model, attack, eps), delivered on the 8-bit grid
+inside their eps-ball once (what an attacker delivers as a file), and reused for every defense
+and every model they are transferred to. An image set holds candidates per image (an attack's
+restarts, final and best iterates); the attacker's model steered them, the scored system
+judges them: an image is robust in a cell only if no candidate fools the real model of the
+mode behind the real defense, under every one of the defender's draws.
 """
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
 
-from ...attacks import gradient_step, input_gradient, input_gradients_only, random_starts, to_8bit_grid
+from ...attacks import (
+    ZOO_PREFIX,
+    deliver,
+    gradient_step,
+    input_gradient,
+    input_gradients_only,
+    random_starts,
+    to_8bit_grid,
+)
+from ...attacks.noise import NOISE_SEED_SALT
 from ...defenses import defend_differentiably, is_randomized
 from ...models import fake_quant_twin, quant_mode, quantize, shipped_bytes
 from ..device import clock, fp32_precision, ieee_fp32
 from ..provenance import images_digest
 from ..spec import EvaluateSpec
-from .batching import attack_images, defend_images, over_batches, predict
-from .plan import Cell, attack_setting, image_key, parse_params
+from .batching import attack_images, defend_images, over_batches, predict, zoo_images
+from .plan import MODEL_FREE, Cell, attack_setting, defense_setting, image_key, parse_params
 from .rows import make_row
 
 
@@ -38,7 +48,7 @@ class Models:
 
     @classmethod
     def build(cls, fp32: nn.Module, quants: Iterable[str], device: torch.device,
-              calibration: torch.Tensor | None = None) -> "Models":
+              calibration: torch.Tensor | None = None) -> Models:
         fp32 = fp32.to(device, memory_format=torch.channels_last).eval()
         models, devices, twins = {"fp32": fp32}, {"fp32": device}, {}
         for q in quants:
@@ -69,24 +79,27 @@ class Engine:
     """
 
     def __init__(self, fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor,
-                 device: torch.device, calibration: torch.Tensor | None = None):
+                 device: torch.device, calibration: torch.Tensor | None = None, first_index: int = 0):
         # Images stay on the device (defenses run there); labels stay on the CPU, with the predictions.
         self.ev, self.images, self.labels, self.device = ev, images.to(device), labels.cpu(), device
+        # each image's place in the test split: the defender's draws come from it, never from pixels
+        self.index = torch.arange(first_index, first_index + len(images))
         self.data_digest = images_digest(images, labels)       # which test images every row saw
         self.built = Models.build(fp32, ev.quant, device, calibration)
         self.models, self.devices, self.sizes = self.built.models, self.built.devices, self.built.sizes
         self.precision = self.built.precision
         self._adv: dict[tuple, tuple[torch.Tensor, float]] = {}
-        self._grad: dict[tuple, tuple] = {}   # (source model[, adaptive defense]) -> (input gradients, dead images)
-        self._unit_starts: torch.Tensor | None = None
+        self._grad: dict[tuple, torch.Tensor] = {}   # (source model[, adaptive defense]) -> clean input gradients
+        self._dead: dict[tuple, int] = {}            # the same key -> images whose clean input gradient is dead
+        self._start_memo, self._start_cache = None, None
         self.dead_gradients: dict[tuple, int] = {}   # image key -> images whose input gradient was all 0 / NaN
-        self._correct: dict[tuple, torch.Tensor] = {}    # (quant, image key, defense, params) -> right or not
+        self._verdicts: dict[tuple, Verdict] = {}    # (quant, image key, defense, params) -> the judgement
 
     def adversarial(self, key: tuple) -> tuple[torch.Tensor, float]:
-        """Images for image_key (made once) and the seconds it took to make them."""
+        """Candidates (N, K, C, H, W) for image_key (made once) and the seconds it took to make them."""
         if key not in self._adv:
             t0 = clock(self.device)
-            adv = to_8bit_grid(self.images) if key == ("clean",) else self._make_adversarial(key)
+            adv = to_8bit_grid(self.images).unsqueeze(1) if key == ("clean",) else self._make_adversarial(key)
             seconds = clock(self.device, *self.devices.values()) - t0
             # Keep the clean and the FP32-made oblivious images (shared by every defense and every model
             # they transfer to); a quant mode's white-box images and an adaptive set serve one group of cells.
@@ -101,54 +114,121 @@ class Engine:
         source, attack, params_json, eps = key[:4]
         params, eot_samples = split_attack_params(params_json)
         dev, bs = self.devices[source], self.ev.batch_size
+        zoo = attack.startswith(ZOO_PREFIX)
         if len(key) > 4:          # adaptive: the attacker differentiates model o defense (BPDA, EOT)
-            model = ThroughDefense(model, key[5], json.loads(key[6]), self.ev.defense_backend, eot_samples)
+            model = ThroughDefense(model, key[5], defense_setting(key[6])[0], self.ev.defense_backend, eot_samples,
+                                   fresh_per_call=zoo)
         step = gradient_step(attack)
-        if step is None:
-            starts = self._starts(params, eps)
-            return attack_images(model, attack, self.images, self.labels, eps, dev, bs, params, starts)
         grad_key = (source,) + key[4:]
+        if step is None and attack in MODEL_FREE:
+            return attack_images(model, attack, self.images, self.labels, eps, dev, bs, params,
+                                 self._starts(attack, params, eps))
+        if step is None:
+            if grad_key not in self._dead:      # no FGSM of this grid computed it already
+                self._clean_gradient(grad_key, model, dev, bs)
+            self.dead_gradients[key] = self._dead[grad_key]
+            if zoo:
+                return zoo_images(model, attack, self.images, self.labels, eps, dev, params, self.ev.seed,
+                                  int(self.index[0]))
+            starts = self._starts(attack, params, eps)
+            return attack_images(model, attack, self.images, self.labels, eps, dev, bs, params, starts)
         if grad_key not in self._grad:      # single-step attack: one gradient serves every eps
-            grad = over_batches(input_gradient, model, self.images, self.labels, dev, bs)
-            dead = ~(torch.isfinite(grad) & (grad != 0)).flatten(1).any(1)   # no usable gradient at all
-            self._grad = {grad_key: (grad, int(dead.sum()))}
-        grad, self.dead_gradients[key] = self._grad[grad_key]
-        return to_8bit_grid(step(self.images, grad, eps))
+            self._grad = {grad_key: self._clean_gradient(grad_key, model, dev, bs)}
+        self.dead_gradients[key] = self._dead[grad_key]
+        return deliver(step(self.images, self._grad[grad_key], eps), self.images, eps).unsqueeze(1)
 
-    def _starts(self, params: dict, eps: float) -> torch.Tensor | None:
-        """Random starts per image for the whole set (the same on any batch size), shared by every
-        source, defense and eps (scaled by eps); None for attacks that take none."""
-        if not params.get("random_start"):
+    def _clean_gradient(self, grad_key: tuple, model: nn.Module, dev: torch.device, bs: int) -> torch.Tensor:
+        """The input gradient at the clean images, and (kept per source and defense) how many images have an
+        all-zero or NaN one: there a multi-step attack has nothing to follow either."""
+        grad = over_batches(input_gradient, model, self.images, self.labels, dev, bs)
+        self._dead[grad_key] = int((~(torch.isfinite(grad) & (grad != 0)).flatten(1).any(1)).sum())
+        return grad
+
+    def _starts(self, attack: str, params: dict, eps: float) -> torch.Tensor | None:
+        """Random starts per image for the whole set (the same on any batch size), drawn from the evaluation
+        seed and each restart; None for attacks that take none (the zoo's draw their own, seeded by chunk)."""
+        if not params.get("random_start") or attack.startswith(ZOO_PREFIX):
             return None
         restarts = int(params.get("restarts", 1))
-        if self._unit_starts is None or self._unit_starts.shape[1] != restarts:
-            self._unit_starts = random_starts(len(self.images), tuple(self.images.shape[1:]), restarts,
-                                              self.ev.seed).to(self.device)
-        return eps * self._unit_starts
+        seed = self.ev.seed ^ NOISE_SEED_SALT if attack == "noise" else self.ev.seed
+        memo = (restarts, eps, seed)
+        if self._start_memo != memo:    # a shard's images: their places in the whole set's stream
+            first = int(self.index[0])
+            self._start_cache = random_starts(first + len(self.images), tuple(self.images.shape[1:]), restarts,
+                                              seed, eps)[first:].to(self.device)
+            self._start_memo = memo
+        return self._start_cache
 
     def import_adversarials(self, adversarials: dict[tuple, torch.Tensor]) -> None:
-        """FP32-made images from another task (a GPU task hands them to the int8 CPU tasks)."""
+        """FP32-made candidates from another task (a GPU task hands them to the int8 CPU tasks)."""
         for key, images in adversarials.items():
             self._adv[key] = (images.to(self.device, torch.float32) / 255, 0.0)
 
     def export_adversarials(self, keys: Iterable[tuple]) -> dict[tuple, torch.Tensor]:
-        """FP32-made images {image key: uint8} for other tasks; exact, as they lie on the 8-bit grid."""
+        """FP32-made candidates {image key: uint8} for other tasks; exact, as they lie on the 8-bit grid."""
         return {key: torch.round(self.adversarial(key)[0] * 255).to(torch.uint8).cpu() for key in keys}
 
-    def defend(self, images: torch.Tensor, defense: str, params_json: str) -> torch.Tensor:
-        return defend_images(defense, json.loads(params_json), images, self.ev.defense_backend, self.ev.batch_size)
+    def defend(self, images: torch.Tensor, defense: str, params: dict, index: torch.Tensor) -> torch.Tensor:
+        return defend_images(defense, params, images, self.ev.defense_backend, self.ev.batch_size, index)
 
-    def correct(self, quant: str, key: tuple, defense: str, params_json: str,
-                defended: torch.Tensor | None = None) -> torch.Tensor:
-        """Which images `quant` gets right of image set `key` under a defense, computed once (the clean
-        scores serve every attack-success rate; int8 'self' and 'fp32' at eps 0 are one image set)."""
-        memo = (quant, key, defense, params_json)
-        if memo not in self._correct:
-            if defended is None:
-                defended = self.defend(self.adversarial(key)[0], defense, params_json)
-            preds = predict(self.models[quant], defended, self.devices[quant], self.ev.batch_size)
-            self._correct[memo] = preds == self.labels
-        return self._correct[memo]
+    def judge(self, key: tuple, defense: str, params_json: str, quants: Iterable[str]) -> dict[str, Verdict]:
+        """Each quant mode's verdict on image set `key` behind a defense, computed once: per image, right
+        under every candidate and every defender draw. Each candidate is defended once for all the modes
+        (only where it differs from the image's earlier candidates) and predicted only where every earlier
+        candidate failed (the clean verdicts serve every attack-success rate)."""
+        todo = [q for q in dict.fromkeys(quants) if (q, key, defense, params_json) not in self._verdicts]
+        if todo:
+            cands = self.adversarial(key)[0]
+            params, draws = defense_setting(params_json)
+            fresh = _fresh_candidates(cands)
+            per_draw: dict[str, list[torch.Tensor]] = {q: [] for q in todo}
+            for d in range(draws):
+                draw_params = {**params, "draw": d} if is_randomized(defense) else params
+                ok = {q: torch.ones(len(cands), dtype=torch.bool) for q in todo}
+                for k in range(cands.shape[1]):
+                    idx = fresh[:, k].nonzero().squeeze(1)
+                    if not len(idx):
+                        continue
+                    defended = self.defend(cands[idx.to(cands.device), k], defense, draw_params, self.index[idx])
+                    for q in todo:
+                        alive = ok[q][idx]
+                        if alive.any():
+                            at = idx[alive]
+                            preds = predict(self.models[q], defended[alive.to(defended.device)], self.devices[q],
+                                            self.ev.batch_size)
+                            ok[q][at] = preds == self.labels[at]
+                for q in todo:
+                    per_draw[q].append(ok[q])
+            for q in todo:
+                stack = torch.stack(per_draw[q])
+                self._verdicts[(q, key, defense, params_json)] = Verdict(
+                    stack.all(0), stack.float().mean().item(), draws, int(cands.shape[1]),
+                    _linf_levels(cands, self.images))
+        return {q: self._verdicts[(q, key, defense, params_json)] for q in quants}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How the scored system fared on one image set behind one defense."""
+    ok: torch.Tensor        # per image: right under every candidate and every defender draw
+    draw_mean: float        # the accuracy averaged over the defender's draws (each draw: every candidate)
+    draws: int              # the defender's draws (1 for a deterministic defense)
+    candidates: int         # candidates per image the attack delivered (restarts, final and best iterates)
+    linf_levels: int        # the largest L-infinity distance of a delivered image from its clean one, in 8-bit levels
+
+
+def _fresh_candidates(cands: torch.Tensor) -> torch.Tensor:
+    """(N, K) bool: candidate k of an image differs from all its earlier candidates (only those are judged)."""
+    n, k = cands.shape[:2]
+    fresh = torch.ones(n, k, dtype=torch.bool)
+    for i in range(1, k):
+        for j in range(i):
+            fresh[:, i] &= (cands[:, i] != cands[:, j]).flatten(1).any(1).cpu()
+    return fresh
+
+
+def _linf_levels(cands: torch.Tensor, clean: torch.Tensor) -> int:
+    return int(torch.round((cands - clean.unsqueeze(1)).abs().amax() * 255).item()) if cands.numel() else 0
 
 
 def _shared(key: tuple) -> bool:
@@ -164,18 +244,29 @@ def _order(c: Cell) -> tuple:
 
 class ThroughDefense(nn.Module):
     """model o defense for an adaptive attacker: the real defense forward, its declared gradient backward.
-    Through a randomized defense the attacker averages its gradient over draws 1..eot_samples of the
-    defense's randomness (EOT; input_gradient reads `eot_draws`); draw 0 is the defender's, used to score."""
+    Through a randomized defense the attacker averages its gradient over draws 1..eot_samples of its own
+    stream of the defense's randomness (EOT; input_gradient reads `eot_draws`): drawn from the pixels it
+    is differentiating, never the defender's draws, which come from each image's index and are scored."""
 
-    def __init__(self, model: nn.Module, defense: str, params: dict, backend: str, eot_samples: int = 1):
+    def __init__(self, model: nn.Module, defense: str, params: dict, backend: str, eot_samples: int = 1,
+                 fresh_per_call: bool = False):
         super().__init__()
         self.model, self.defense, self.params, self.backend = model, defense, params, backend
         self.randomized = is_randomized(defense)
-        self.eot_draws = list(range(1, eot_samples + 1)) if self.randomized else None
+        # fresh_per_call: an attack of the torchattacks zoo, which knows nothing of eot_draws, gets a new draw
+        # at every forward call (its own EOT, if it has one, then averages over fresh draws)
+        self.fresh_per_call = fresh_per_call and self.randomized
+        self.eot_draws = list(range(1, eot_samples + 1)) if self.randomized and not self.fresh_per_call else None
+        self.draw = 1
+
+    def restart_draws(self) -> None:
+        """Back to the first draw: a zoo attack's chunk then sees the same draws whatever ran before it."""
         self.draw = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         params = {**self.params, "draw": self.draw} if self.randomized else self.params
+        if self.fresh_per_call:
+            self.draw += 1
         return self.model(defend_differentiably(self.defense, x, params, self.backend))
 
 
@@ -197,19 +288,19 @@ def _run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any], on_rows,
         groups.setdefault(image_key(c), {}).setdefault((c.defense, c.defense_params), []).append(c)
     all_rows = []
     for key, by_defense in groups.items():
-        adv, attack_seconds = engine.adversarial(key)
+        _, attack_seconds = engine.adversarial(key)
         n_cells = sum(len(g) for g in by_defense.values())
         rows = []
         for (defense, params), group in by_defense.items():
+            quants = [c.quant for c in group]
             t0 = clock(engine.device)
-            defended = engine.defend(adv, defense, params)
+            verdicts = engine.judge(key, defense, params, quants)
+            clean = engine.judge(("clean",), defense, params, quants)
+            # predictions come back to the CPU (.cpu() waits for the device): the clock is honest
             shared = (clock(engine.device) - t0) / len(group) + attack_seconds / n_cells
             for c in group:
-                t1 = clock(engine.device)
-                ok = engine.correct(c.quant, key, defense, params, defended)
-                clean_ok = engine.correct(c.quant, ("clean",), defense, params)
-                # predictions come back to the CPU (.cpu() waits for the device): the clock is honest
-                rows.append(make_row(c, ok, clean_ok, time.perf_counter() - t1 + shared, meta,
+                v = verdicts[c.quant]
+                rows.append(make_row(c, v, clean[c.quant].ok, shared, meta,
                                      model_bytes=engine.sizes[c.quant], device=engine.devices[c.quant],
                                      precision=engine.precision(c.quant), seed=engine.ev.seed,
                                      data_digest=engine.data_digest, dead_gradients=engine.dead_gradients.get(key)))

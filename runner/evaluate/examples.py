@@ -19,12 +19,13 @@ def save_examples(engine: Engine, ev: EvaluateSpec, classes: list[str], path: Pa
     k = min(ev.examples, len(engine.images))
     eps = max(ev.eps)
     attack = ev.attacks[0]
-    adv, _ = engine.adversarial(("fp32", attack.name, attack.params_json, eps) if eps > 0 else ("clean",))
+    cands, _ = engine.adversarial(("fp32", attack.name, attack.params_json, eps) if eps > 0 else ("clean",))
+    adv = cands[:k, 0]          # the first candidate (PGD: its first restart's final iterate)
     model, dev = engine.models["fp32"], engine.devices["fp32"]
-    panels = {"original": to_8bit_grid(engine.images[:k]), f"{attack.name} eps={eps:.4f}": adv[:k]}
+    panels = {"original": to_8bit_grid(engine.images[:k]), f"{attack.name} eps={eps:.4f}": adv}
     for name, params in ev.defenses.items():
-        if name != "none":
-            panels[name] = apply_defense(name, adv[:k], params, ev.defense_backend)
+        if name != "none":      # a randomized defense: the defender's first draw for each image
+            panels[name] = apply_defense(name, adv, params, ev.defense_backend, engine.index[:k])
     titles = list(panels)
     stack = torch.stack([panels[t].cpu() for t in titles])                # (panels, k, 3, H, W), off the GPU
     preds = torch.stack([predict(model, panels[t], dev, k) for t in titles])

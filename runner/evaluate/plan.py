@@ -5,6 +5,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ...attacks import ZOO_PREFIX
 from ...defenses import DEFENSES, defense_gradient, is_randomized
 from ...models import quant_mode
 from ..spec import EvaluateSpec
@@ -33,14 +34,25 @@ class Cell:
         return self.quant if self.attack_source == "self" else "fp32"
 
 
-def defense_params_json(name: str, overrides: dict[str, Any]) -> str:
-    """Canonical JSON of a defense's full parameters (defaults filled in): part of the cell's key."""
-    return json.dumps(DEFENSES.resolve(name, overrides), sort_keys=True)
+def defense_params_json(name: str, overrides: dict[str, Any], draws: int = 1) -> str:
+    """Canonical JSON of a defense's full parameters (defaults filled in): part of the cell's key. A
+    randomized defense adds the defender's draws it is scored over (another number is another cell)."""
+    params = DEFENSES.resolve(name, overrides)
+    if is_randomized(name):
+        params = {**params, "draws": draws}
+    return json.dumps(params, sort_keys=True)
+
+
+def defense_setting(params_json: str) -> tuple[dict, int]:
+    """(the defense's own parameters, the defender's draws it is scored over) of a cell's defense_params."""
+    params = parse_params(params_json)
+    return {k: v for k, v in params.items() if k != "draws"}, int(params.get("draws", 1))
 
 
 # What a cell's attack_params say beyond the attack's own settings: the gradient through the defense
 # and its EOT draws (adaptive), and the model gradient (ste: through an int8 model's fake-quant twin).
-GRADIENT_KEYS = ("gradient", "eot_samples", "model_gradient")
+MODEL_FREE = ("noise",)     # attacks that read no model: one oblivious white-box row says it all
+GRADIENT_KEYS = ("gradient", "eot_samples", "eot", "model_gradient")
 STE = {"model_gradient": "ste"}
 
 
@@ -54,11 +66,14 @@ def attack_setting(params_json: str) -> dict:
     return {k: v for k, v in parse_params(params_json).items() if k not in GRADIENT_KEYS}
 
 
-def adaptive_params_json(attack_params: str, defense: str, eot_samples: int) -> str:
+def adaptive_params_json(attack_params: str, defense: str, eot_samples: int, attack: str = "") -> str:
     """An adaptive cell's attack parameters name the gradient taken through the defense (and, through
-    a randomized defense, the draws its expectation is taken over)."""
+    a randomized defense, the draws its expectation is taken over; an attack of the torchattacks zoo
+    gets a fresh draw at every forward call instead, and says so)."""
     extra = {"gradient": defense_gradient(defense)}
-    if is_randomized(defense):
+    if is_randomized(defense) and attack.startswith(ZOO_PREFIX):
+        extra["eot"] = "fresh_draw_per_forward"
+    elif is_randomized(defense):
         extra["eot_samples"] = eot_samples
     return json.dumps({**json.loads(attack_params), **extra}, sort_keys=True)
 
@@ -79,21 +94,22 @@ def plan_cells(ev: EvaluateSpec) -> list[Cell]:
             for source in ev.sources:
                 for quant in ev.quant:
                     mode = quant_mode(quant)
-                    ste = source == "self" and eps > 0 and not mode.has_input_grad
+                    ste = source == "self" and eps > 0 and not mode.has_input_grad and attack.name not in MODEL_FREE
                     if ste and mode.twin is None:
                         continue
-                    if source == "fp32" and quant == "fp32":
+                    if source == "fp32" and (quant == "fp32" or attack.name in MODEL_FREE):
                         continue
                     for threat in ev.threats:
                         for name, params in ev.defenses.items():
                             adaptive = threat == "adaptive"
-                            if adaptive and (eps == 0 or name == "none"):
+                            if adaptive and (eps == 0 or name == "none" or attack.name in MODEL_FREE):
                                 continue
-                            a_params = adaptive_params_json(attack.params_json, name, ev.eot_samples) if adaptive else attack.params_json
+                            a_params = (adaptive_params_json(attack.params_json, name, ev.eot_samples, attack.name)
+                                        if adaptive else attack.params_json)
                             if ste:
                                 a_params = json.dumps({**json.loads(a_params), **STE}, sort_keys=True)
                             cells.append(Cell(quant, attack.name, source, float(eps), name,
-                                              defense_params_json(name, params), a_params, threat,
+                                              defense_params_json(name, params, ev.defense_draws), a_params, threat,
                                               quant_params_json(ev, quant)))
     return cells
 

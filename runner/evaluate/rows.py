@@ -13,10 +13,13 @@ from .stats import wilson_interval
 META_KEYS = ("sweep", "run_id", "trial_id", "model", "dataset")
 
 
-def make_row(c: Cell, ok: torch.Tensor, clean_ok: torch.Tensor, seconds: float, meta: dict, *,
+def make_row(c: Cell, verdict, clean_ok: torch.Tensor, seconds: float, meta: dict, *,
              model_bytes: int, device: torch.device, precision: str, seed: int, data_digest: str,
              dead_gradients: int | None = None) -> dict:
-    """ok / clean_ok: which images the model gets right in this cell / without attack (same defense)."""
+    """verdict: the scored system's judgement of the cell's images (engine.Verdict: which images are right
+    under every candidate and every defender draw, ...); clean_ok: which it gets right without attack
+    (same defense, every draw)."""
+    ok = verdict.ok
     n, correct = len(ok), int(ok.sum())
     lo, hi = wilson_interval(correct, n)
     base = int(clean_ok.sum())
@@ -27,11 +30,13 @@ def make_row(c: Cell, ok: torch.Tensor, clean_ok: torch.Tensor, seconds: float, 
         "attack_source": c.attack_source, "threat": c.threat,
         "eps": c.eps, "defense": c.defense, "defense_params": c.defense_params, "n": n, "correct": correct,
         "accuracy": correct / n, "ci_low": lo, "ci_high": hi,
+        "accuracy_draw_mean": verdict.draw_mean, "defense_draws": verdict.draws, "candidates": verdict.candidates,
+        "delivered_linf": verdict.linf_levels / 255,
         "attack_success_rate": flipped / base if base else float("nan"),
         "seconds": seconds, "device": str(device), "precision": precision, "seed": seed,
         "created_at": datetime.now(timezone.utc), "data_digest": data_digest, **software(),
         "correct_mask": pack_mask(ok),
-        "dead_gradients": dead_gradients,   # images with an all-zero / NaN input gradient (single-step attacks)
+        "dead_gradients": dead_gradients,   # images with an all-zero / NaN input gradient
     }
 
 

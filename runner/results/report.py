@@ -1,6 +1,7 @@
 """`robustgrid show`: a results folder's views, filtered, in the format asked for."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -25,8 +26,9 @@ def views_of(root: Path, quant: list[str] | None = None, defense: list[str] | No
     if defense:
         ev = ev[ev["defense"].isin(defense)]
     worst = worst_case(ev)
-    several_attacks = len(worst) and ev[ev["eps"] > 0].groupby(["quant", "eps"])["attack"].nunique().max() > 1
-    return views + pivot_views(ev) + (pivot_views(worst) if several_attacks else []) + flags_view(masking_flags(ev))
+    # shown wherever a cell set has more than one attack setting, source or threat to take the worst of
+    several = worst[worst["attack_params"].map(lambda p: len(json.loads(p)["over"]) > 1)] if len(worst) else worst
+    return views + pivot_views(ev) + (pivot_views(several) if len(several) else []) + flags_view(masking_flags(ev))
 
 
 def show(root: Path, quant: list[str] | None = None, defense: list[str] | None = None,

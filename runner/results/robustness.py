@@ -6,11 +6,15 @@
   every attack, oblivious and adaptive (an attacker who knows the defense may also ignore it).
 - `masking_flags`: the checks of Carlini et al. 2019 ("On Evaluating Adversarial Robustness")
   and RobustBench's rules, each a row naming the cells that raise it. A flagged cell is shown,
-  never dropped.
+  never dropped. Two cells are compared on their per-image masks (the same images): an exact
+  McNemar test on the discordant images, one-sided at alpha = 0.05, over every pair of rows
+  of a group; overlapping intervals would miss paired differences and are not used.
 """
 from __future__ import annotations
 
 import json
+import math
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -19,11 +23,12 @@ from ..evaluate.plan import attack_setting
 from ..evaluate.rows import unpack_mask
 from ..evaluate.stats import wilson_interval
 
-CELL_SET = ["trial_id", "quant", "eps", "defense", "defense_params", "n", "seed", "data_digest"]
+CELL_SET = ["trial_id", "quant", "quant_params", "eps", "defense", "defense_params", "n", "seed", "data_digest"]
+ALPHA = 0.05          # the masking checks' significance level (one-sided exact McNemar)
 
 
 def _prepared(ev: pd.DataFrame) -> pd.DataFrame:
-    fill = {"attack_params": "{}", "threat": "oblivious", "data_digest": ""}
+    fill = {"attack_params": "{}", "threat": "oblivious", "data_digest": "", "quant_params": "{}", "seed": 0}
     ev = ev.assign(**{k: ev[k].fillna(v) if k in ev else v for k, v in fill.items()})
     return ev.assign(setting=ev["attack_params"].map(lambda p: json.dumps(attack_setting(p), sort_keys=True)))
 
@@ -64,21 +69,51 @@ def masking_flags(ev: pd.DataFrame, undefended_floor: float = 0.10) -> pd.DataFr
     if not len(ev):
         return pd.DataFrame(columns=cols)
     ev = _prepared(ev)
+    if "correct_mask" not in ev:
+        ev = ev.assign(correct_mask=None)
     flags = (_adaptive_above_oblivious(ev) + _multistep_weaker(ev) + _transfer_stronger(ev)
-             + _rises_with_eps(ev) + _undefended_not_broken(ev, undefended_floor) + _dead_gradients(ev))
+             + _rises_with_eps(ev) + _not_broken_at_large_eps(ev, undefended_floor) + _dead_gradients(ev)
+             + _noise_as_strong(ev))
     return pd.DataFrame(flags, columns=cols)
 
 
-def _beyond(a: pd.Series, b: pd.Series) -> bool:
-    """a's accuracy above b's beyond both Wilson intervals."""
-    return a["ci_low"] > b["ci_high"]
+def mcnemar_greater(a: pd.Series, b: pd.Series) -> float | None:
+    """One-sided exact McNemar p-value that a's accuracy exceeds b's, on the same images: of the images the
+    two cells judge differently, how unlikely so many are right in a and wrong in b under a fair coin.
+    None when either row has no mask (rows of an earlier release)."""
+    if not isinstance(a["correct_mask"], bytes) or not isinstance(b["correct_mask"], bytes):
+        return None
+    n = int(a["n"])
+    ma, mb = unpack_mask(a["correct_mask"], n), unpack_mask(b["correct_mask"], n)
+    up, down = int((ma & ~mb).sum()), int((~ma & mb).sum())
+    return binomial_tail(up, up + down)
+
+
+def binomial_tail(k: int, n: int) -> float:
+    """P(X >= k) for X ~ Binomial(n, 1/2), exactly."""
+    if k <= 0:
+        return 1.0
+    return float(Fraction(sum(math.comb(n, i) for i in range(k, n + 1)), 2 ** n))
+
+
+def _above(a: pd.Series, b: pd.Series) -> tuple[bool, str]:
+    """Whether a's accuracy is significantly above b's (paired), and the p-value as text."""
+    p = mcnemar_greater(a, b)
+    if p is None:       # no masks: fall back to intervals that do not overlap
+        return bool(a["ci_low"] > b["ci_high"]), "intervals apart"
+    return p < ALPHA, f"McNemar p = {p:.2g}"
+
+
+IMAGES = ["n", "seed", "data_digest"]
 
 
 def _pairs(ev: pd.DataFrame, keys: list[str], split: str, first: str, second: str):
-    for _, g in ev.groupby(keys, sort=False):
+    """Every (first, second) pair of rows of a group: same keys, same images."""
+    for _, g in ev.groupby(keys + IMAGES, sort=False):
         a, b = g[g[split] == first], g[g[split] == second]
-        if len(a) and len(b):
-            yield a.iloc[0], b.iloc[0]
+        for _, ra in a.iterrows():
+            for _, rb in b.iterrows():
+                yield ra, rb
 
 
 def _flag(r: pd.Series, check: str, detail: str) -> list:
@@ -86,56 +121,81 @@ def _flag(r: pd.Series, check: str, detail: str) -> list:
 
 
 def _pct(r: pd.Series) -> str:
-    return f"{100 * r['accuracy']:.1f} % ({100 * r['ci_low']:.1f}–{100 * r['ci_high']:.1f})"
+    return f"{100 * r['accuracy']:.1f} %"
 
 
-def _adaptive_above_oblivious(ev: pd.DataFrame) -> list:
-    keys = ["trial_id", "quant", "attack_source", "attack", "setting", "eps", "defense", "defense_params", "n"]
-    return [_flag(ad, "adaptive_above_oblivious",
-                  f"{ad['attack']} through the defense {_pct(ad)} > ignoring it {_pct(ob)}: the declared gradient "
-                  "is weaker than none")
-            for ob, ad in _pairs(ev[ev["eps"] > 0], keys, "threat", "oblivious", "adaptive") if _beyond(ad, ob)]
-
-
-def _multistep_weaker(ev: pd.DataFrame) -> list:
-    keys = ["trial_id", "quant", "attack_source", "threat", "eps", "defense", "defense_params", "n"]
-    multi = ev["setting"].map(lambda p: json.loads(p).get("steps", 1) > 1)
-    ev = ev.assign(kind=np.where(ev["attack"] == "fgsm", "single", np.where(multi, "multi", "other")))
-    return [_flag(m, "multistep_weaker_than_single_step",
-                  f"{m['attack']} {_pct(m)} > fgsm {_pct(s)}: the multi-step attack is not converging")
-            for s, m in _pairs(ev[ev["eps"] > 0], keys, "kind", "single", "multi") if _beyond(m, s)]
-
-
-def _transfer_stronger(ev: pd.DataFrame) -> list:
-    keys = ["trial_id", "quant", "attack", "setting", "threat", "eps", "defense", "defense_params", "n"]
-    return [_flag(tr, "transfer_stronger_than_white_box",
-                  f"transferred from fp32 {_pct(tr)} < white-box {_pct(wb)}: the white-box gradient is masked")
-            for wb, tr in _pairs(ev[ev["eps"] > 0], keys, "attack_source", "self", "fp32") if _beyond(wb, tr)]
-
-
-def _rises_with_eps(ev: pd.DataFrame) -> list:
-    keys = ["trial_id", "quant", "attack_source", "attack", "setting", "threat", "defense", "defense_params", "n"]
+def _checked(pairs, check: str, text) -> list:
+    """A flag for each pair (a, b) whose a is significantly above b."""
     out = []
-    for _, g in ev[ev["eps"] > 0].groupby(keys, sort=False):
-        g = g.sort_values("eps")
-        for (_, lo_eps), (_, hi_eps) in zip(g.iterrows(), list(g.iterrows())[1:]):
-            if _beyond(hi_eps, lo_eps):
-                out.append(_flag(hi_eps, "accuracy_rises_with_eps",
-                                 f"{hi_eps['attack']} at eps {hi_eps['eps']:.4g}: {_pct(hi_eps)} > at "
-                                 f"{lo_eps['eps']:.4g}: {_pct(lo_eps)}"))
+    for a, b in pairs:
+        hit, why = _above(a, b)
+        if hit:
+            out.append(_flag(a, check, f"{text(a, b)} ({why})"))
     return out
 
 
-def _undefended_not_broken(ev: pd.DataFrame, floor: float) -> list:
-    bare = ev[(ev["defense"] == "none") & (ev["eps"] >= 8 / 255 - 1e-9) & (ev["attack_source"] == "self")]
+def _adaptive_above_oblivious(ev: pd.DataFrame) -> list:
+    keys = ["trial_id", "quant", "quant_params", "attack_source", "attack", "setting", "eps", "defense", "defense_params"]
+    return _checked(((ad, ob) for ob, ad in _pairs(ev[ev["eps"] > 0], keys, "threat", "oblivious", "adaptive")),
+                    "adaptive_above_oblivious",
+                    lambda ad, ob: f"{ad['attack']} through the defense {_pct(ad)} > ignoring it {_pct(ob)}: the "
+                                   "declared gradient is weaker than none")
+
+
+def _multistep_weaker(ev: pd.DataFrame) -> list:
+    keys = ["trial_id", "quant", "quant_params", "attack_source", "threat", "eps", "defense", "defense_params"]
+    multi = ev["setting"].map(lambda p: json.loads(p).get("steps", 1) > 1)
+    ev = ev.assign(kind=np.where(ev["attack"] == "fgsm", "single", np.where(multi, "multi", "other")))
+    return _checked(((m, s) for s, m in _pairs(ev[ev["eps"] > 0], keys, "kind", "single", "multi")),
+                    "multistep_weaker_than_single_step",
+                    lambda m, s: f"{m['attack']} {_pct(m)} > fgsm {_pct(s)}: the multi-step attack is not converging")
+
+
+def _transfer_stronger(ev: pd.DataFrame) -> list:
+    keys = ["trial_id", "quant", "quant_params", "attack", "setting", "threat", "eps", "defense", "defense_params"]
+    return _checked(_pairs(ev[ev["eps"] > 0], keys, "attack_source", "self", "fp32"), "transfer_stronger_than_white_box",
+                    lambda wb, tr: f"white-box {_pct(wb)} > transferred from fp32 {_pct(tr)}: the white-box gradient "
+                                   "is masked")
+
+
+def _rises_with_eps(ev: pd.DataFrame) -> list:
+    """Every larger eps against every smaller one of the same attack, eps 0 (clean) included."""
+    keys = ["trial_id", "quant", "quant_params", "attack_source", "attack", "setting", "threat", "defense",
+            "defense_params", *IMAGES]
+    clean = ev[ev["eps"] == 0]
     out = []
-    for _, g in bare.groupby(["trial_id", "quant", "n"], sort=False):
-        top = g[g["eps"] == g["eps"].max()]
-        best = top.loc[top["accuracy"].idxmin()]
-        if best["ci_low"] > floor:
-            out.append(_flag(best, "undefended_model_not_broken",
-                             f"strongest attack at eps {best['eps']:.4g} leaves {_pct(best)} without a defense: "
-                             "the attack is too weak (or its gradient masked)"))
+    for _, g in ev[ev["eps"] > 0].groupby(keys, sort=False):
+        r0 = g.iloc[0]
+        base = clean[(clean["trial_id"] == r0["trial_id"]) & (clean["quant"] == r0["quant"]) &
+                     (clean["quant_params"] == r0["quant_params"]) & (clean["defense"] == r0["defense"]) &
+                     (clean["defense_params"] == r0["defense_params"]) & (clean["n"] == r0["n"]) &
+                     (clean["seed"] == r0["seed"]) & (clean["data_digest"] == r0["data_digest"])].head(1)
+        rows = [r for _, r in pd.concat([base, g]).sort_values("eps").iterrows()]
+        pairs = [(hi, lo) for i, lo in enumerate(rows) for hi in rows[i + 1:] if hi["eps"] > lo["eps"]]
+        out += _checked(pairs, "accuracy_rises_with_eps",
+                        lambda hi, lo: f"{hi['attack']} at eps {hi['eps']:.4g}: {_pct(hi)} > at {lo['eps']:.4g}: {_pct(lo)}")
+    return out
+
+
+LARGE_EPS = 64 / 255     # every defense, attacked adaptively, should fall to ~0 % here
+
+
+def _not_broken_at_large_eps(ev: pd.DataFrame, floor: float) -> list:
+    """The undefended model at eps >= 8/255, and every defense attacked adaptively at eps >= 64/255: the
+    strongest white-box attack should leave (nearly) nothing; accuracy whose whole interval lies above
+    `floor` means the attack is too weak or its gradient masked."""
+    white = ev[ev["attack_source"] == "self"]
+    bare = white[(white["defense"] == "none") & (white["eps"] >= 8 / 255 - 1e-9)]
+    defended = white[(white["defense"] != "none") & (white["threat"] == "adaptive") & (white["eps"] >= LARGE_EPS - 1e-9)]
+    out = []
+    for part, what in ((bare, "without a defense"), (defended, "through the defense (adaptive)")):
+        for _, g in part.groupby(["trial_id", "quant", "quant_params", "defense", "defense_params", *IMAGES], sort=False):
+            top = g[g["eps"] == g["eps"].max()]
+            best = top.loc[top["accuracy"].idxmin()]
+            if best["ci_low"] > floor:
+                check = "undefended_model_not_broken" if what.startswith("without") else "defense_not_broken_at_large_eps"
+                out.append(_flag(best, check, f"strongest attack at eps {best['eps']:.4g} leaves {_pct(best)} {what}: "
+                                              "the attack is too weak (or its gradient masked)"))
     return out
 
 
@@ -146,3 +206,21 @@ def _dead_gradients(ev: pd.DataFrame) -> list:
     return [_flag(r, "zero_or_nan_input_gradients",
                   f"{int(r['dead_gradients'])} of {r['n']} images had an all-zero or NaN input gradient "
                   f"({r['attack']}, {r['threat']})") for _, r in dead.iterrows()]
+
+
+def _noise_as_strong(ev: pd.DataFrame) -> list:
+    """The random-noise baseline (attack `noise`: uniform noise in the same eps-ball): an attack that does
+    no better than it (accuracy not significantly below the noise's) is not using its gradient."""
+    keys = ["trial_id", "quant", "quant_params", "eps", "defense", "defense_params"]
+    ev = ev[ev["eps"] > 0]
+    ev = ev.assign(kind=np.where(ev["attack"] == "noise", "noise", "attack"))
+    out = []
+    for noise, attack in _pairs(ev, keys, "kind", "noise", "attack"):
+        if attack["attack_source"] != "self":
+            continue
+        stronger, _ = _above(noise, attack)
+        if not stronger:
+            out.append(_flag(attack, "no_better_than_random_noise",
+                             f"{attack['attack']} ({attack['threat']}) {_pct(attack)} is not significantly below uniform "
+                             f"noise in the same ball, {_pct(noise)}: the attack is not finding the gradient's direction"))
+    return out

@@ -35,7 +35,13 @@ EVAL_SCHEMA = pa.schema([
     ("attack_params", pa.string()), ("attack_source", pa.string()), ("threat", pa.string()),
     ("eps", pa.float64()), ("defense", pa.string()),
     ("defense_params", pa.string()), ("n", pa.int64()), ("correct", pa.int64()), ("accuracy", pa.float64()),
-    ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("attack_success_rate", pa.float64()),
+    ("ci_low", pa.float64()), ("ci_high", pa.float64()),
+    # a randomized defense is scored over defense_draws of the defender's draws: `correct` counts the images
+    # right under every draw (and every candidate), accuracy_draw_mean the accuracy averaged over draws
+    ("accuracy_draw_mean", pa.float64()), ("defense_draws", pa.int64()),
+    ("candidates", pa.int64()),       # images per test image the attack delivered and the scored system judged
+    ("delivered_linf", pa.float64()),  # the largest L-infinity distance of a delivered image from its clean one
+    ("attack_success_rate", pa.float64()),
     ("seconds", pa.float64()), ("device", pa.string()), ("precision", pa.string()), ("seed", pa.int64()),
     ("created_at", pa.timestamp("us", tz="UTC")), *PROVENANCE_FIELDS,
     ("correct_mask", pa.binary()),   # which images were right, a bit each (evaluate.rows.unpack_mask)

@@ -59,10 +59,15 @@ def grid_axes(root: Path) -> list[str]:
 
 
 def clean_accuracy(ev: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy without attack or defense, per trial and quant mode (pooled over the n's it was measured at)."""
+    """Accuracy without attack or defense, per trial and quant mode, on the largest image set it was measured
+    on: never pooled over image sets (a second `eval` on the first 200 images would count them twice)."""
     clean = ev[(ev["eps"] == 0) & (ev["defense"] == "none") & (ev["attack_source"] == "self")]
-    g = clean.groupby(["trial_id", "quant"])[["correct", "n"]].sum()
-    return (g["correct"] / g["n"]).unstack("quant")
+    if "data_digest" in clean:
+        clean = clean.assign(data_digest=clean["data_digest"].fillna(""))
+    keys = ["trial_id", "quant"] + [k for k in IMAGE_SET if k in clean]
+    per_set = clean.groupby(keys, dropna=False)["correct"].first().reset_index()
+    largest = per_set.sort_values("n", kind="stable").groupby(["trial_id", "quant"]).tail(1)
+    return largest.assign(acc=largest["correct"] / largest["n"]).set_index(["trial_id", "quant"])["acc"].unstack("quant")
 
 
 def trials_views(trials: pd.DataFrame, ev: pd.DataFrame, axes: list[str]) -> list[View]:
@@ -82,7 +87,7 @@ def trials_views(trials: pd.DataFrame, ev: pd.DataFrame, axes: list[str]) -> lis
               "s: seconds of the whole trial", *failed]),
         View("models", ["trial", "quant", "device", "MB", "clean %"], _model_rows(trials, ev),
              ["MB: bytes of what the mode ships (torch.save; measured); clean: accuracy without attack or "
-              "defense on the evaluation images"]),
+              "defense on the evaluation images (the largest set evaluated, never several pooled)"]),
     ]
 
 
@@ -154,8 +159,9 @@ def flags_view(flags: pd.DataFrame) -> list[View]:
     rows = [[str(i + 1), r["trial_id"], r["quant"], eps_label(r["eps"]), r["defense"], r["check"]]
             for i, r in enumerate(flags.to_dict("records"))]
     notes = [f"[{i + 1}] {d}" for i, d in enumerate(flags["detail"])]
-    notes.append("checks of Carlini et al. 2019, 'On Evaluating Adversarial Robustness': a flagged cell may "
-                 "overstate robustness; it is shown, never dropped")
+    notes.append("checks of Carlini et al. 2019, 'On Evaluating Adversarial Robustness': two cells are compared on "
+                 "the same images, an exact one-sided McNemar test on the images they judge differently (alpha 0.05); "
+                 "a flagged cell may overstate robustness; it is shown, never dropped")
     return [View(f"WARNING: {len(flags)} gradient-masking flag(s)", ["#", "trial", "quant", "eps", "defense", "check"],
                  rows, notes)]
 
@@ -167,32 +173,40 @@ def _setting(params: str) -> str:
 
 
 def pivot_view(ev: pd.DataFrame, title: str) -> View:
-    """Each cell: the trials' images pooled (sum correct / sum n, the mean when every trial saw the
-    same n), its Wilson 95 % interval on a second line, and with several trials the range over them.
-    The interval covers test-set sampling only, not trial-to-trial spread."""
+    """Each cell, one trial: its accuracy and its Wilson 95 % interval (over the cell's images) on a second
+    line. Several trials: the mean of their accuracies and, on a second line, their min–max. A Wilson
+    interval over the trials' images pooled would count the same test images once per model as if they
+    were independent draws (too narrow), so none is drawn; each trial's own is in `show --trial`."""
     if "threat" not in ev:
         ev = ev.assign(threat="oblivious")
     columns = _defense_columns(ev)
     g = ev.groupby(["eps", "defense", "defense_params", "threat"], sort=True)
-    pooled = g.agg(correct=("correct", "sum"), n=("n", "sum"), lo=("accuracy", "min"), hi=("accuracy", "max"),
-                   trials=("trial_id", "nunique"))
+    stats = g.agg(correct=("correct", "sum"), n=("n", "sum"), mean=("accuracy", "mean"), lo=("accuracy", "min"),
+                  hi=("accuracy", "max"), trials=("trial_id", "nunique"), rows=("accuracy", "size"))
     rows = []
     for eps in sorted(ev["eps"].unique()):
         cells = []
         for col in columns:
-            if (eps, *col) not in pooled.index:
+            if (eps, *col) not in stats.index:
                 cells.append("-")
                 continue
-            r = pooled.loc[(eps, *col)]
-            lo, hi = wilson_interval(int(r["correct"]), int(r["n"]))
-            cell = f"{100 * r['correct'] / r['n']:.1f}\n{100 * lo:.1f}–{100 * hi:.1f}"
-            if r["trials"] > 1:
-                cell += f"\nr {100 * r['lo']:.1f}–{100 * r['hi']:.1f}"
-            cells.append(cell)
+            r = stats.loc[(eps, *col)]
+            if r["rows"] == 1:
+                lo, hi = wilson_interval(int(r["correct"]), int(r["n"]))
+                cells.append(f"{100 * r['correct'] / r['n']:.1f}\n{100 * lo:.1f}–{100 * hi:.1f}")
+            else:
+                cells.append(f"{100 * r['mean']:.1f}\nr {100 * r['lo']:.1f}–{100 * r['hi']:.1f}")
         rows.append([eps_label(eps), *cells])
     n_trials = ev["trial_id"].nunique()
-    notes = ["each cell: accuracy %, then its Wilson 95 % interval"
-             + (f"; {n_trials} trials pooled, r: the range over trials" if n_trials > 1 else "")]
+    notes = ["each cell: accuracy %, then its Wilson 95 % interval over the cell's images" if n_trials == 1 else
+             f"each cell: the mean accuracy % of {n_trials} trials, then r: their min–max (no interval over pooled "
+             "trials: they share their test images; each trial's interval: show --trial ID)"]
+    if "candidates" in ev and (ev["candidates"].fillna(1) > 1).any():
+        notes.append("an image counts as robust only if none of the attack's candidates (each restart's final and "
+                     "best iterate) fools the real model behind the real defense")
+    if "defense_draws" in ev and (ev["defense_draws"].fillna(1) > 1).any():
+        notes.append("a randomized defense's cell counts an image only if it is right under every one of the "
+                     "defender's draws (defense_params draws); the mean over draws is the column accuracy_draw_mean")
     if (ev["threat"] == "adaptive").any():
         notes.append("/a: adaptive, the attacker differentiates model o defense (BPDA); plain: oblivious, "
                      "the attacker ignores the defense")
