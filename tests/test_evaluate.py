@@ -171,3 +171,26 @@ def test_zoo_attacks_are_seeded_by_chunk_and_take_a_fresh_draw_per_call(tiny_mod
     assert made[0] == made[1]
     adaptive = [c for c in plan_cells(EvaluateSpec.model_validate(grid)) if c.threat == "adaptive"]
     assert [json.loads(c.attack_params).get("eot") for c in adaptive] == ["fresh_draw_per_forward"]
+
+
+def test_the_noise_baseline_is_one_oblivious_white_box_row_inside_its_ball(images):
+    """`noise`: uniform noise in the ball, model-free (no adaptive, transfer or STE rows), its own draws
+    (not PGD's starts), the same for any batch size."""
+    from robustgrid.attacks import random_starts
+    model = _linear_model()
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    grid = {**GRID, "eps": [0, "8/255"], "quant": ["fp32", "dynamic_int8"], "threats": ["oblivious", "adaptive"],
+            "attacks": ["noise"], "defenses": ["none", "median"]}
+    made = []
+    for bs in (24, 5):
+        ev = EvaluateSpec.model_validate({**grid, "batch_size": bs})
+        engine = Engine(model, ev, images, labels, torch.device("cpu"))
+        rows = run_cells(engine, plan_cells(ev), META)
+        made.append({(r["quant"], r["eps"], r["defense"]): r["correct_mask"] for r in rows})
+    assert {(r["threat"], r["attack_source"]) for r in rows} == {("oblivious", "self")}
+    assert all(r["delivered_linf"] <= r["eps"] + 1e-9 and r["candidates"] == 1 for r in rows)
+    assert made[0] == made[1]
+    noise = engine.adversarial(("fp32", "noise", EvaluateSpec.model_validate(grid).attacks[0].params_json, 8 / 255))[0][:, 0]
+    pgd_start = torch.round((images + random_starts(len(images), (3, 32, 32), 1, 0, 8 / 255)[:, 0]).clamp(0, 1) * 255) / 255
+    assert not torch.equal(noise, pgd_start) and (noise != torch.round(images * 255) / 255).any()

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ...attacks import as_candidates, deliver, get_attack
+from ...attacks import as_candidates, deliver, get_attack, start_seed
 from ...defenses import apply_defense
 
 
@@ -63,7 +63,7 @@ def zoo_images(model: nn.Module, attack: str, images: torch.Tensor, labels: torc
     cuts = sorted({0, len(images)} | {c - first_index for c in range(0, first_index + len(images), ZOO_CHUNK)
                                       if first_index < c < first_index + len(images)})
     for a, b in itertools.pairwise(cuts):
-        torch.manual_seed((seed * 1_000_003 + first_index + a) % 2**63)
+        torch.manual_seed(start_seed(seed, first_index + a))      # a stream per chunk, as per restart
         if hasattr(model, "restart_draws"):      # an attacker through a randomized defense: its draws restart too
             model.restart_draws()
         x, y = to_model(images[a:b], device), labels[a:b].to(device)

@@ -34,7 +34,7 @@ from ..provenance import images_digest
 from ..spec import EvaluateSpec
 from .batching import attack_images, defend_images, over_batches, predict, zoo_images
 from .plan import MODEL_FREE, Cell, attack_setting, defense_setting, image_key, parse_params
-from .rows import make_row
+from .rows import Verdict, make_row
 
 
 @dataclass
@@ -94,6 +94,7 @@ class Engine:
         self._start_memo, self._start_cache = None, None
         self.dead_gradients: dict[tuple, int] = {}   # image key -> images whose input gradient was all 0 / NaN
         self._verdicts: dict[tuple, Verdict] = {}    # (quant, image key, defense, params) -> the judgement
+        self._facts: dict[tuple, tuple[torch.Tensor, int]] = {}   # image key -> (fresh candidates, L-inf levels)
 
     def adversarial(self, key: tuple) -> tuple[torch.Tensor, float]:
         """Candidates (N, K, C, H, W) for image_key (made once) and the seconds it took to make them."""
@@ -173,48 +174,46 @@ class Engine:
 
     def judge(self, key: tuple, defense: str, params_json: str, quants: Iterable[str]) -> dict[str, Verdict]:
         """Each quant mode's verdict on image set `key` behind a defense, computed once: per image, right
-        under every candidate and every defender draw. Each candidate is defended once for all the modes
-        (only where it differs from the image's earlier candidates) and predicted only where every earlier
-        candidate failed (the clean verdicts serve every attack-success rate)."""
+        under every candidate and every defender draw (the clean verdicts serve every attack-success rate)."""
         todo = [q for q in dict.fromkeys(quants) if (q, key, defense, params_json) not in self._verdicts]
         if todo:
             cands = self.adversarial(key)[0]
+            fresh, linf = self._candidate_facts(key)
             params, draws = defense_setting(params_json)
-            fresh = _fresh_candidates(cands)
-            per_draw: dict[str, list[torch.Tensor]] = {q: [] for q in todo}
-            for d in range(draws):
-                draw_params = {**params, "draw": d} if is_randomized(defense) else params
-                ok = {q: torch.ones(len(cands), dtype=torch.bool) for q in todo}
-                for k in range(cands.shape[1]):
-                    idx = fresh[:, k].nonzero().squeeze(1)
-                    if not len(idx):
-                        continue
-                    defended = self.defend(cands[idx.to(cands.device), k], defense, draw_params, self.index[idx])
-                    for q in todo:
-                        alive = ok[q][idx]
-                        if alive.any():
-                            at = idx[alive]
-                            preds = predict(self.models[q], defended[alive.to(defended.device)], self.devices[q],
-                                            self.ev.batch_size)
-                            ok[q][at] = preds == self.labels[at]
-                for q in todo:
-                    per_draw[q].append(ok[q])
+            per_draw = [self._judge_draw(cands, fresh, defense, {**params, "draw": d} if is_randomized(defense)
+                                         else params, todo) for d in range(draws)]
             for q in todo:
-                stack = torch.stack(per_draw[q])
-                self._verdicts[(q, key, defense, params_json)] = Verdict(
-                    stack.all(0), stack.float().mean().item(), draws, int(cands.shape[1]),
-                    _linf_levels(cands, self.images))
+                self._verdicts[(q, key, defense, params_json)] = Verdict.of_draws(
+                    [ok[q] for ok in per_draw], int(cands.shape[1]), linf)
         return {q: self._verdicts[(q, key, defense, params_json)] for q in quants}
 
+    def _judge_draw(self, cands: torch.Tensor, fresh: torch.Tensor, defense: str, params: dict,
+                    quants: list[str]) -> dict[str, torch.Tensor]:
+        """One defender draw: each candidate defended once for all the modes (only where it differs from the
+        image's earlier candidates), predicted per mode only where every earlier candidate failed."""
+        ok = {q: torch.ones(len(cands), dtype=torch.bool) for q in quants}
+        for k in range(cands.shape[1]):
+            idx = fresh[:, k].nonzero().squeeze(1)
+            if not len(idx):
+                continue
+            defended = self.defend(cands[idx.to(cands.device), k], defense, params, self.index[idx])
+            for q in quants:
+                alive = ok[q][idx]
+                if alive.any():
+                    at = idx[alive]
+                    preds = predict(self.models[q], defended[alive.to(defended.device)], self.devices[q],
+                                    self.ev.batch_size)
+                    ok[q][at] = preds == self.labels[at]
+        return ok
 
-@dataclass(frozen=True)
-class Verdict:
-    """How the scored system fared on one image set behind one defense."""
-    ok: torch.Tensor        # per image: right under every candidate and every defender draw
-    draw_mean: float        # the accuracy averaged over the defender's draws (each draw: every candidate)
-    draws: int              # the defender's draws (1 for a deterministic defense)
-    candidates: int         # candidates per image the attack delivered (restarts, final and best iterates)
-    linf_levels: int        # the largest L-infinity distance of a delivered image from its clean one, in 8-bit levels
+    def _candidate_facts(self, key: tuple) -> tuple[torch.Tensor, int]:
+        """Of image set `key`, once: which candidates differ from each image's earlier ones, and the largest
+        L-infinity distance delivered (8-bit levels)."""
+        if key not in self._facts:
+            cands = self.adversarial(key)[0]
+            linf = int(torch.round((cands - self.images.unsqueeze(1)).abs().amax() * 255).item()) if cands.numel() else 0
+            self._facts[key] = (_fresh_candidates(cands), linf)
+        return self._facts[key]
 
 
 def _fresh_candidates(cands: torch.Tensor) -> torch.Tensor:
@@ -225,10 +224,6 @@ def _fresh_candidates(cands: torch.Tensor) -> torch.Tensor:
         for j in range(i):
             fresh[:, i] &= (cands[:, i] != cands[:, j]).flatten(1).any(1).cpu()
     return fresh
-
-
-def _linf_levels(cands: torch.Tensor, clean: torch.Tensor) -> int:
-    return int(torch.round((cands - clean.unsqueeze(1)).abs().amax() * 255).item()) if cands.numel() else 0
 
 
 def _shared(key: tuple) -> bool:

@@ -27,7 +27,7 @@ from ..device import fp32_precision, ieee_fp32
 from ..provenance import images_digest
 from ..spec import EvaluateSpec
 from .plan import Cell, plan_cells
-from .rows import make_row
+from .rows import Verdict, make_row
 
 
 def reference_rows(fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor,
@@ -36,14 +36,6 @@ def reference_rows(fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, labe
     through the CPU generator; against an engine on CUDA, float differences may move a few images)."""
     with ieee_fp32():
         return _reference_rows(fp32, ev, images.cpu(), labels.cpu(), device, meta, calibration)
-
-
-class _Judged:
-    """What make_row reads of a verdict."""
-
-    def __init__(self, ok: torch.Tensor, per_draw: list[torch.Tensor], candidates: int, linf_levels: int):
-        self.ok, self.draws, self.candidates, self.linf_levels = ok, len(per_draw), candidates, linf_levels
-        self.draw_mean = float(torch.stack(per_draw).float().mean())
 
 
 def _reference_rows(fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor,
@@ -87,7 +79,7 @@ def _models(fp32: nn.Module, quants: list[str], calibration) -> tuple[dict, dict
 # --- judging: every candidate, every defender draw, one image at a time through the reference library --------
 
 def _judge(model: nn.Module, cands: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, defense: str,
-           params: dict, draws: int, batch_size: int) -> _Judged:
+           params: dict, draws: int, batch_size: int) -> Verdict:
     per_draw = []
     for d in range(draws):
         draw_params = {**params, "draw": d} if is_randomized(defense) else params
@@ -97,7 +89,7 @@ def _judge(model: nn.Module, cands: torch.Tensor, images: torch.Tensor, labels: 
             ok &= _predict(model, defended, batch_size) == labels
         per_draw.append(ok)
     linf = int(torch.round((cands - images.unsqueeze(1)).abs().amax() * 255))
-    return _Judged(torch.stack(per_draw).all(0), per_draw, cands.shape[1], linf)
+    return Verdict.of_draws(per_draw, cands.shape[1], linf)
 
 
 @torch.no_grad()

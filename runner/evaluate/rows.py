@@ -1,6 +1,7 @@
 """One cell's row: counts, Wilson interval, attack-success rate, where and how it ran, provenance."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
@@ -13,11 +14,26 @@ from .stats import wilson_interval
 META_KEYS = ("sweep", "run_id", "trial_id", "model", "dataset")
 
 
-def make_row(c: Cell, verdict, clean_ok: torch.Tensor, seconds: float, meta: dict, *,
+@dataclass(frozen=True)
+class Verdict:
+    """How the scored system fared on one image set behind one defense (engine and reference alike)."""
+    ok: torch.Tensor        # per image: right under every candidate and every defender draw
+    draw_mean: float        # the accuracy averaged over the defender's draws (each draw: every candidate)
+    draws: int              # the defender's draws (1 for a deterministic defense)
+    candidates: int         # candidates per image the attack delivered (restarts, final and best iterates)
+    linf_levels: int        # the largest L-infinity distance of a delivered image from its clean one, in 8-bit levels
+
+    @classmethod
+    def of_draws(cls, per_draw: list[torch.Tensor], candidates: int, linf_levels: int) -> Verdict:
+        """From each draw's mask (right under every candidate in that draw)."""
+        stack = torch.stack(per_draw)
+        return cls(stack.all(0), stack.float().mean().item(), len(per_draw), candidates, linf_levels)
+
+
+def make_row(c: Cell, verdict: Verdict, clean_ok: torch.Tensor, seconds: float, meta: dict, *,
              model_bytes: int, device: torch.device, precision: str, seed: int, data_digest: str,
              dead_gradients: int | None = None) -> dict:
-    """verdict: the scored system's judgement of the cell's images (engine.Verdict: which images are right
-    under every candidate and every defender draw, ...); clean_ok: which it gets right without attack
+    """verdict: the scored system's judgement of the cell's images; clean_ok: which it gets right without attack
     (same defense, every draw)."""
     ok = verdict.ok
     n, correct = len(ok), int(ok.sum())
