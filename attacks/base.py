@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..registry import Param, Registry
 
@@ -24,10 +25,79 @@ class Attack(Protocol):
 ATTACKS = Registry("attack")
 
 
-def register_attack(*, step: Callable | None = None, params: dict[str, Param] | None = None):
-    """Register an attack under its function's name. `step(images, grad, eps)` marks a single-step
-    attack: one input gradient then serves every eps (the engine makes it once)."""
-    return ATTACKS.register(params=params, step=step)
+NORMS = ("linf", "l2")
+
+
+def register_attack(*, step: Callable | None = None, params: dict[str, Param] | None = None,
+                    starts: Callable[[dict], tuple[int, str]] | None = None, image_keys: bool = False,
+                    expand: Callable[[dict], dict] | None = None, candidates: Callable[[dict], list[str]] | None = None):
+    """Register an attack under its function's name. `step(images, grad, eps[, norm])` marks a single-step
+    attack: one input gradient then serves every eps (the engine makes it once). `starts(params) ->
+    (streams, kind)`: the random starts it takes per image (`random_starts`), which the engine draws for
+    the whole image set from the evaluation seed and slices per batch. image_keys: it takes `image_keys`, one
+    int64 per image from the evaluation seed and the image's index, for draws of its own (Square's).
+    expand(params): the parameters a row records, derived ones spelled out (AutoAttack's components);
+    candidates(params): a name for each candidate it returns (a row counts the images each broke first)."""
+    return ATTACKS.register(params=params, step=step, starts=starts, image_keys=image_keys, expand=expand,
+                            candidates=candidates)
+
+
+def candidate_names(name: str, params: dict) -> list[str] | None:
+    """The names of the candidates attack `name` returns, where it names them (AutoAttack's components)."""
+    if name.startswith(ZOO_PREFIX):
+        return None
+    names = ATTACKS.get(name).extras.get("candidates")
+    return names(params) if names else None
+
+
+def takes_image_keys(name: str) -> bool:
+    return not name.startswith(ZOO_PREFIX) and bool(ATTACKS.get(name).extras.get("image_keys"))
+
+
+def start_streams(name: str, params: dict) -> tuple[int, str] | None:
+    """(streams, kind) of the random starts attack `name` takes with `params`; None when it takes none."""
+    if name.startswith(ZOO_PREFIX):
+        return None
+    starts = ATTACKS.get(name).extras.get("starts")
+    return starts(params) if starts else None
+
+
+def norm_of(params: dict) -> str:
+    """The threat model's norm of an attack's parameters (L-infinity unless it says otherwise)."""
+    return str(params.get("norm", "linf")).lower()    # the torchattacks zoo spells them Linf, L2
+
+
+def max_eps(norm: str, shape: tuple[int, ...] = (3, 32, 32)) -> float:
+    """The largest radius that means anything for images of `shape` in [0,1]: beyond it the ball holds the cube."""
+    return 1.0 if norm == "linf" else math.sqrt(math.prod(shape))
+
+
+def start_seed(seed: int, restart: int) -> int:
+    """The generator seed of one restart's (one stream's) random starts."""
+    return (seed * 1_000_003 + restart) % 2**63
+
+
+def random_starts(n: int, shape: tuple[int, ...], restarts: int, seed: int, eps: float = 1.0,
+                  kind: str = "uniform") -> torch.Tensor:
+    """Start draws (n, restarts, *shape) on the CPU for the whole image set from (seed, restart) alone: image
+    i's draw is the i-th in its restart's stream, whatever its batch (the CPU generator fills a tensor in
+    order). kind: "uniform" in [-eps, eps] (torchattacks.PGD's draw), "rand" in [0, 1) (torch.rand, APGD's
+    L-inf draw) or "randn" (torch.randn, the L2 draws): each the very draw torchattacks makes after
+    torch.manual_seed(start_seed(seed, r)) for a contiguous batch, so the reference can replay it."""
+    out = torch.empty((n, restarts, *shape))
+    for r in range(restarts):
+        g = torch.Generator().manual_seed(start_seed(seed, r))
+        draw = torch.empty((n, *shape))
+        if kind == "uniform":
+            draw.uniform_(-eps, eps, generator=g)
+        elif kind == "rand":
+            draw.uniform_(0, 1, generator=g)
+        elif kind == "randn":
+            draw.normal_(generator=g)
+        else:
+            raise ValueError(f"unknown start kind {kind!r}")
+        out[:, r] = draw
+    return out
 
 
 def attack_names() -> list[str]:
@@ -44,8 +114,16 @@ def get_attack(name: str) -> Attack:
 def attack_params_json(name: str, params: dict | None = None) -> str:
     """Canonical JSON of an attack's full parameters (defaults filled in): part of a cell's key."""
     import json
-    full = dict(params or {}) if name.startswith(ZOO_PREFIX) else ATTACKS.resolve(name, params)
-    return json.dumps(full, sort_keys=True)
+    return json.dumps(resolve_attack(name, params), sort_keys=True)
+
+
+def resolve_attack(name: str, params: dict | None = None) -> dict:
+    """An attack's full parameters: defaults filled in, each checked, derived ones spelled out."""
+    if name.startswith(ZOO_PREFIX):
+        return dict(params or {})
+    full = ATTACKS.resolve(name, params)
+    expand = ATTACKS.get(name).extras.get("expand")
+    return expand(full) if expand else full
 
 
 ZOO_PREFIX = "torchattacks."
@@ -139,17 +217,29 @@ def eps_levels(eps: float) -> int:
     return math.floor(eps * 255 + 1e-6)
 
 
-def deliver(adv: torch.Tensor, clean: torch.Tensor, eps: float) -> torch.Tensor:
+def deliver(adv: torch.Tensor, clean: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
     """What an attacker delivers as a file, inside the ball its row is labelled with: each pixel rounded
     to the 8-bit grid, toward the clean pixel where plain rounding would leave the L-infinity ball
     (eps 0.03 delivers at most 7/255, never 8/255). `clean` lies on the grid; `adv` is (N, C, H, W) or
-    candidates (N, K, C, H, W)."""
+    candidates (N, K, C, H, W). L2: an image whose rounding leaves the ball is scaled into it and each
+    pixel truncated toward the clean one (no pixel moves further, so the norm cannot grow)."""
     if adv.dim() == clean.dim() + 1:
         clean = clean.unsqueeze(1)
-    k = eps_levels(eps)
     u = torch.round(clean * 255)
-    r = torch.round(adv.clamp(0, 1) * 255)
-    return (u + (r - u).clamp(-k, k)) / 255
+    if norm == "linf":
+        k = eps_levels(eps)
+        r = torch.round(adv.clamp(0, 1) * 255)
+        return (u + (r - u).clamp(-k, k)) / 255
+    return (u + _l2_levels(adv.clamp(0, 1).double() * 255 - u.double(), eps * 255).to(u.dtype)) / 255
+
+
+def _l2_levels(d: torch.Tensor, budget: float) -> torch.Tensor:
+    """Integer perturbations (in 8-bit levels) inside the L2 ball of radius `budget` levels: d rounded where
+    that stays inside, else d scaled onto the ball (a hair inside) and truncated toward 0."""
+    r = torch.round(d)
+    norm = lambda t: t.flatten(-3).norm(dim=-1)[..., None, None, None]
+    scaled = torch.trunc(d * (budget * (1 - 1e-12) / norm(d).clamp_min(1e-300)).clamp(max=1.0))
+    return torch.where(norm(r) <= budget, r, scaled)
 
 
 def as_candidates(adv: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,10 @@ core install: `pip install 'robustgrid[torchattacks]'`.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 INSTALL = "pip install 'robustgrid[torchattacks]'"
 

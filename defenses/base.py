@@ -5,8 +5,9 @@ or scikit-image) and a batched torch version that tests prove equal to it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..registry import Param
+from ..rng import hash_draws, splitmix64
 from .base import register_defense, to_uint8
 
 _P = 2_147_483_647                      # 2**31 - 1: every product below stays inside int64
@@ -32,24 +33,12 @@ def _mix(v, k: int):
 
 
 _ATTACKER_SALT = 0x5EED_A77A       # the attacker's EOT stream is salted apart from any defender seed
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 (Steele et al. 2014) on uint64 arrays; numpy's uint64 arithmetic wraps mod 2**64."""
-    z = (x + np.uint64(0x9E3779B97F4A7C15)) & _M64
-    z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _M64
-    z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _M64
-    return z ^ (z >> np.uint64(31))
 
 
 def defender_draws(index, seed: int, draw: int, h: int, w: int, min_size: int) -> tuple[np.ndarray, ...]:
     """(size, top, left) per image index: the defender's draw `draw`, from (seed, index, draw) alone."""
-    idx = np.atleast_1d(np.asarray(index, dtype=np.int64)).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        base = _splitmix64(_splitmix64(_splitmix64(np.full_like(idx, np.uint64(seed % 2**64))) ^ idx)
-                           ^ np.uint64(draw % 2**64))
-        u = [_splitmix64(base ^ np.uint64(k)) for k in (1, 2, 3)]
+    base = hash_draws(index, seed, draw)
+    u = [splitmix64(base ^ np.uint64(k)) for k in (1, 2, 3)]
     side = min(h, w)
     lo = min(min_size, side)
     size = lo + (u[0] % np.uint64(side - lo + 1)).astype(np.int64)

@@ -17,8 +17,8 @@ import os
 import platform
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from rich.table import Table
@@ -284,6 +284,64 @@ def run_bench(quick: bool = False, json_path: str | None = None, device: str = "
     if json_path:
         _write_json(json_path, {"machine": machine(), "device": str(dev), "dataset": dataset, "defenses": defenses,
                                 "pipeline": pipe, "training": training})
+    return 0
+
+
+AUTOATTACK_CASES = (("linf", 8 / 255), ("l2", 0.5))     # RobustBench's two CIFAR-10 threat models
+
+
+def bench_autoattack(model, images, labels, device, norm: str, eps: float) -> list[dict]:
+    """Our `autoattack` (standard) against torchattacks' components with the authors' settings passed explicitly
+    (torchattacks' AutoAttack passes no `steps`: 10 iterations, not 100), chained by its MultiAttack on the same
+    model and images. Both scored the same way: the delivered 8-bit image, the undefended fp32 model."""
+    import torchattacks
+
+    from ..attacks import deliver
+    from .evaluate.stats import wilson_interval
+    ev = EvaluateSpec.model_validate({"attacks": [{"autoattack": {"norm": norm, "eps": [eps]}}], "sources": ["self"],
+                                      "quant": ["fp32"], "defenses": ["none"], "batch_size": 500, "examples": 0,
+                                      "device": device.type})
+    meta = {"sweep": "bench", "run_id": "", "trial_id": "bench", "model": "simple_cnn", "dataset": ""}
+    cells = [c for c in plan_cells(ev) if c.eps > 0]
+    t0 = clock(device)
+    row = run_cells(Engine(model, ev, images, labels, device), cells, meta)[0]
+    ours_s = clock(device) - t0
+    m = model.to(device).eval()
+    ta_norm = {"linf": "Linf", "l2": "L2"}[norm]
+    chain = torchattacks.MultiAttack([
+        torchattacks.APGD(m, norm=ta_norm, eps=eps, steps=100, n_restarts=1, loss="ce", seed=0),
+        torchattacks.APGDT(m, norm=ta_norm, eps=eps, steps=100, n_restarts=1, n_classes=10, seed=0),
+        torchattacks.FAB(m, norm=ta_norm, eps=eps, steps=100, n_restarts=1, multi_targeted=True, n_classes=10, seed=0),
+        torchattacks.Square(m, norm=ta_norm, eps=eps, n_queries=5000, n_restarts=1, p_init=0.8, resc_schedule=False, seed=0),
+    ])
+    t0 = clock(device)
+    correct = 0
+    for i in range(0, len(images), 500):
+        x, y = images[i:i + 500].to(device), labels[i:i + 500].to(device)
+        adv = deliver(chain(x, y), x, eps, norm)
+        with torch.no_grad():
+            correct += int((m(adv).argmax(1) == y).sum())
+    ta_s = clock(device) - t0
+    out = []
+    for impl, c, secs in (("robustgrid autoattack", row["correct"], ours_s), ("torchattacks, authors' settings", correct, ta_s)):
+        lo, hi = wilson_interval(c, len(images))
+        out.append({"implementation": impl, "norm": norm, "eps": eps, "robust_accuracy": c / len(images), "ci_low": lo,
+                    "ci_high": hi, "seconds": secs, "img_per_s": len(images) / secs,
+                    "broken_by": row["broken_by"] if impl.startswith("robustgrid") else "-"})
+    return out
+
+
+def run_autoattack_bench(json_path: str | None = None, device: str = "auto", images: int | None = None) -> int:
+    """`bench --grid autoattack`: our AutoAttack against torchattacks' with the authors' settings, L-inf and L2."""
+    dev = pick_device(device)
+    model, x, y, dataset, _ = _model_and_images(images or 200, False, "simple_cnn", dev.type)
+    console.print(f"bench on {machine()}; simple_cnn, {dataset}, {len(x)} test images, device {dev}")
+    rows = [r for norm, eps in AUTOATTACK_CASES for r in bench_autoattack(model, x, y, dev, norm, eps)]
+    _print_table("(e) AutoAttack standard: robustgrid vs torchattacks with the authors' settings", rows,
+                 {"implementation": "{}", "norm": "{}", "eps": "{:.4g}", "robust_accuracy": "{:.3f}", "ci_low": "{:.3f}",
+                  "ci_high": "{:.3f}", "seconds": "{:.1f}", "img_per_s": "{:.1f}", "broken_by": "{}"})
+    if json_path:
+        _write_json(json_path, {"machine": machine(), "device": str(dev), "dataset": dataset, "autoattack": rows})
     return 0
 
 

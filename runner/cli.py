@@ -80,9 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small sizes: about a minute on 2 CPU cores")
     bench.add_argument("--json", help="write the measurements as JSON here")
     bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    bench.add_argument("--grid", default="quickstart", choices=["quickstart", "notebook", "adaptive"],
+    bench.add_argument("--grid", default="quickstart", choices=["quickstart", "notebook", "adaptive", "autoattack"],
                        help="(a) on this sweep's grid: quickstart (simple_cnn), the CIFAR-10 notebook's (improved_cnn), "
-                            "or adaptive (FGSM + PGD-10, oblivious and adaptive, simple_cnn)")
+                            "adaptive (FGSM + PGD-10, oblivious and adaptive, simple_cnn), or autoattack (ours against "
+                            "torchattacks' components with the authors' settings, L-inf 8/255 and L2 0.5, default 200 images)")
     bench.add_argument("--images", type=int, help="test images for (a) and (b) (default 200 with --quick, else 1000)")
     bench.add_argument("--quant-modes", action="store_true",
                        help="instead: every quant mode's inference images/s, accuracy and size (simple_cnn)")
@@ -256,11 +257,13 @@ def cmd_data(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench_ray_overhead, run_bench, run_quant_bench
+    from .bench import bench_ray_overhead, run_autoattack_bench, run_bench, run_quant_bench
     if args.ray_overhead:
         return bench_ray_overhead(json_path=args.json)
     if args.quant_modes:
         return run_quant_bench(json_path=args.json, device=args.device, images=args.images)
+    if args.grid == "autoattack":
+        return run_autoattack_bench(json_path=args.json, device=args.device, images=args.images)
     return run_bench(quick=args.quick, json_path=args.json, device=args.device, grid=args.grid, images=args.images)
 
 

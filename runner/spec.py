@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..attacks import ATTACKS, ZOO_PREFIX, attack_names, attack_params_json
+from ..attacks import ZOO_PREFIX, attack_names, attack_params_json, max_eps, norm_of
 from ..defenses import DEFENSES, defense_names
 from ..models import QUANT, model_names
 
@@ -45,6 +45,17 @@ def parse_eps(v: Any) -> float:
             v = float(Fraction(v.replace(" ", "")))
         except (ValueError, ZeroDivisionError):
             raise ValueError(f"{v!r} is not a number or a fraction like 8/255") from None
+    return v
+
+
+def check_eps(v: list[float]) -> list[float]:
+    """Each eps finite, >= 0, and 0 or at least 1/255: below that no 8-bit image but the clean one is inside the ball."""
+    for i, e in enumerate(v):
+        if not (math.isfinite(e) and e >= 0):
+            raise ValueError(f"[{i}]: must be a finite number >= 0, got {e}")
+        if 0 < e and e * 255 + 1e-6 < 1:
+            raise ValueError(f"[{i}]: {e:g} is under 1/255: no 8-bit image other than the clean one lies inside "
+                             "that ball, so the cell would score clean accuracy as robust accuracy; use 0 or >= 1/255")
     return v
 
 
@@ -165,9 +176,11 @@ NOTEBOOK_DEFENSES = ["none", "gaussian_blur", "jpeg", "median", "tv_denoise"]   
 
 
 class AttackChoice(Strict):
-    """One attack of the grid with its parameters (in the sweep file: `fgsm` or `{pgd: {steps: 20}}`)."""
+    """One attack of the grid with its parameters (in the sweep file: `fgsm` or `{pgd: {steps: 20}}`), and
+    optionally eps of its own, in its norm's units (`{autoattack: {norm: l2, eps: [0.5]}}`)."""
     name: str
     params: dict[str, Any] = {}
+    eps: list[float] | None = None      # None: evaluate.eps
 
     @model_validator(mode="before")
     @classmethod
@@ -176,12 +189,32 @@ class AttackChoice(Strict):
             return {"name": v}
         if isinstance(v, dict) and len(v) == 1 and "name" not in v:
             (name, params), = v.items()
-            return {"name": name, "params": params or {}}
+            params = dict(params or {}) if isinstance(params, dict) else params
+            eps = params.pop("eps", None) if isinstance(params, dict) else None
+            return {"name": name, "params": params, **({"eps": eps} if eps is not None else {})}
         return v
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _eps_values(cls, v):
+        if isinstance(v, (int, float, str)):
+            v = [v]
+        return [parse_eps(x) for x in v] if isinstance(v, list) else v
+
+    @field_validator("eps")
+    @classmethod
+    def _eps_range(cls, v):
+        if v is not None and not v:
+            raise ValueError("is empty: the attack would have no cell")
+        return v if v is None else check_eps(v)
 
     @property
     def params_json(self) -> str:
         return attack_params_json(self.name, self.params)
+
+    @property
+    def norm(self) -> str:
+        return norm_of(self.params)
 
 
 class EvaluateSpec(Strict):
@@ -220,13 +253,25 @@ class EvaluateSpec(Strict):
     @field_validator("eps")
     @classmethod
     def _eps_range(cls, v):
-        for i, e in enumerate(v):
-            if not (math.isfinite(e) and 0 <= e <= 1):
-                raise ValueError(f"[{i}]: must be >= 0 and <= 1 (pixel scale [0,1]), got {e}")
-            if 0 < e and e * 255 + 1e-6 < 1:
-                raise ValueError(f"[{i}]: {e:g} is under 1/255: no 8-bit image other than the clean one lies inside "
-                                 "that ball, so the cell would score clean accuracy as robust accuracy; use 0 or >= 1/255")
-        return v
+        return check_eps(v)
+
+    @model_validator(mode="after")
+    def _eps_fit_norms(self):
+        """Each attack's eps inside what its norm allows: L-inf at most 1, L2 at most the diagonal of the cube."""
+        for i, a in enumerate(self.attacks):
+            limit = max_eps(a.norm)
+            for j, e in enumerate(self.eps_of(a)):
+                if e > limit + 1e-9:
+                    where = f".attacks[{i}].eps[{j}]" if a.eps is not None else f".eps[{j}]"
+                    hint = ("at most 1 on the pixel scale; an L2 radius goes in an L2 attack's own eps, e.g. "
+                            "{pgd: {norm: l2, eps: [0.5]}}" if a.norm == "linf" else f"at most sqrt(3*32*32) = {limit:.2f}")
+                    raise ValueError(f"{where}: {e:g} is beyond any image in [0,1] for the {a.norm} attack "
+                                     f"{a.name} (attacks[{i}]): {hint}")
+        return self
+
+    def eps_of(self, attack: AttackChoice) -> list[float]:
+        """The eps an attack of the grid runs at: its own, else evaluate.eps."""
+        return attack.eps if attack.eps is not None else self.eps
 
     @field_validator("attacks")
     @classmethod
@@ -241,7 +286,7 @@ class EvaluateSpec(Strict):
                     raise ValueError(f"unknown attack {a.name!r}; known: {', '.join(attack_names())}, "
                                      f"or {ZOO_PREFIX}<Name> (the torchattacks extra)")
                 else:
-                    ATTACKS.resolve(a.name, a.params)
+                    attack_params_json(a.name, a.params)
             except ValueError as e:     # '.key: ...' names a parameter of the attack
                 msg = str(e)
                 raise ValueError(f"[{i}].{a.name}{msg}" if msg.startswith(".") else f"[{i}]: {msg}") from None

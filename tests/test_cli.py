@@ -91,7 +91,12 @@ def test_show_and_models(tiny_run, capsys):
     (lambda s: s.update(bogus=1), "bogus: unknown key"),
     (lambda s: s["train"].update(lrr=0.1), "train.lrr: unknown key"),
     (lambda s: s["train"].update(model="resnet9000"), "train.model: unknown model"),
-    (lambda s: s["evaluate"].update(eps=[0, 0.1, -0.5]), "evaluate.eps[2]: must be >= 0"),
+    (lambda s: s["evaluate"].update(eps=[0, 0.1, -0.5]), "evaluate.eps[2]: must be a finite number >= 0"),
+    (lambda s: s["evaluate"].update(eps=[0, 2]), "evaluate.eps[1]: 2 is beyond any image in [0,1] for the linf attack"),
+    (lambda s: s["evaluate"].update(attacks=[{"pgd": {"norm": "l2", "eps": [0.5, 60]}}]),
+     "evaluate.attacks[0].eps[1]: 60 is beyond any image in [0,1] for the l2 attack pgd"),
+    (lambda s: s["evaluate"].update(attacks=[{"autoattack": {"version": "custom", "components": ["apgd-ce", "fab"]}}]),
+     "evaluate.attacks[0].autoattack.components[1]: unknown component 'fab'"),
     (lambda s: s["evaluate"].update(defenses=["none", "blur"]), "evaluate.defenses.blur: unknown defense"),
     (lambda s: s["evaluate"].update(defenses={"jpeg": {"q": 3}}), "evaluate.defenses.jpeg.q: unknown parameter"),
     (lambda s: s["evaluate"].update(attacks=["pgd9"]), "evaluate.attacks[0]: unknown attack"),
@@ -405,7 +410,7 @@ def test_a_failed_write_is_one_line_keeps_finished_files_and_resume_completes(tm
     assert failed and len(line) == 1 and "No space left on device" in line[0] and "--resume" in line[0], err
     assert "Traceback" not in err
     assert not list(out.rglob("*.tmp"))
-    digest = lambda f: hashlib.sha256(f.read_bytes()).hexdigest()   # noqa: E731
+    digest = lambda f: hashlib.sha256(f.read_bytes()).hexdigest()
     before = {f: digest(f) for f in [*(out / "eval").glob("part-*"), *(out / "checkpoints").glob("*/best.pt")]}
     assert len([f for f in before if "part-" in f.name]) == 2
     monkeypatch.setattr(robustgrid.files, "os", os)                  # space freed

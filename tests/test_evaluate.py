@@ -67,7 +67,7 @@ def test_adaptive_engine_equals_reference_pipeline_cell_by_cell(tiny_model, imag
     assert {json.loads(c.attack_params).get("eot_samples") for c in adaptive if c.defense == "random_resize_pad"} == {3}
     engine_rows = run_cells(Engine(tiny_model, ev, images, labels, torch.device("cpu")), cells, META)
     ref_rows = reference_rows(tiny_model, ev, images, labels, torch.device("cpu"), META)
-    key = lambda r: (r["quant"], r["attack"], r["attack_params"], r["attack_source"], r["threat"], r["eps"], r["defense"])  # noqa: E731
+    key = lambda r: (r["quant"], r["attack"], r["attack_params"], r["attack_source"], r["threat"], r["eps"], r["defense"])
     assert {key(r): r["correct"] for r in engine_rows} == {key(r): r["correct"] for r in ref_rows}
 
 

@@ -16,8 +16,8 @@ import yaml
 
 ray = pytest.importorskip("ray")
 
-from robustgrid.runner.cli import main  # noqa: E402
-from robustgrid.runner.results import ResultStore  # noqa: E402
+from robustgrid.runner.cli import main
+from robustgrid.runner.results import ResultStore
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def test_show_warns_and_lists_worst_case(tmp_path, capsys):
     assert main(["show", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "WARNING: 1 gradient-masking flag(s)" in out and "adaptive_above_oblivious" in out
-    assert "worst case over every attack" in out
+    assert "worst case over every L-inf attack" in out
 
 
 def test_adaptive_cells_through_a_randomized_defense_pair_with_their_oblivious_cells():
@@ -165,4 +165,4 @@ def test_worst_case_is_shown_for_one_attack_from_two_sources(tmp_path, capsys):
     store.append_eval([_row("fgsm", correct=90, quant="dynamic_int8"),
                        _row("fgsm", correct=120, quant="dynamic_int8", source="fp32")])
     assert main(["show", str(tmp_path)]) == 0
-    assert "worst case over every attack" in capsys.readouterr().out
+    assert "worst case over every L-inf attack" in capsys.readouterr().out

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import itertools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-import torch.nn as nn
+from torch import nn
 
-from ...attacks import as_candidates, deliver, get_attack, start_seed
+from ...attacks import as_candidates, deliver, get_attack, norm_of, start_seed
 from ...defenses import apply_defense
 
 
@@ -26,28 +26,29 @@ def predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch_
 
 
 def over_batches(fn: Callable, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                 device: torch.device, batch_size: int, extra: torch.Tensor | None = None) -> torch.Tensor:
-    """fn(model, images, labels[, extra]) batch by batch on `device`; results gathered where the images
-    live. `extra` (per image, e.g. random starts) is sliced with the images. Attacks and gradients
+                 device: torch.device, batch_size: int, per_image: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """fn(model, images, labels, **per_image) batch by batch on `device`; results gathered where the images
+    live. `per_image` tensors (random starts, draw keys) are sliced with the images. Attacks and gradients
     share these batches, so a step from a gradient is bit-identical."""
     out = []
     for i in range(0, len(images), batch_size):
         xb, yb = to_model(images[i:i + batch_size], device), labels[i:i + batch_size].to(device)
-        args = (model, xb, yb) if extra is None else (model, xb, yb, extra[i:i + batch_size].to(device))
-        out.append(fn(*args).to(images.device))
+        kw = {k: v[i:i + batch_size].to(device) for k, v in (per_image or {}).items()}
+        out.append(fn(model, xb, yb, **kw).to(images.device))
     return torch.cat(out).contiguous()
 
 
 def attack_images(model: nn.Module, attack: str, images: torch.Tensor, labels: torch.Tensor, eps: float,
                   device: torch.device, batch_size: int, params: dict | None = None,
-                  starts: torch.Tensor | None = None) -> torch.Tensor:
-    """Candidates (N, K, C, H, W) on the 8-bit grid inside the eps-ball (what an attacker delivers as files)."""
+                  per_image: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Candidates (N, K, C, H, W) on the 8-bit grid inside the eps-ball of the attack's norm (what an attacker
+    delivers as files). per_image: `starts`, `image_keys`, sliced per batch."""
     fn, params = get_attack(attack), params or {}
+    norm = norm_of(params)
 
-    def run(m, x, y, s=None):
-        out = fn(m, x, y, eps, **params) if s is None else fn(m, x, y, eps, starts=s, **params)
-        return deliver(as_candidates(out, x), x, eps)
-    return over_batches(run, model, images, labels, device, batch_size, starts)
+    def run(m, x, y, **kw):
+        return deliver(as_candidates(fn(m, x, y, eps, **params, **kw), x), x, eps, norm)
+    return over_batches(run, model, images, labels, device, batch_size, per_image)
 
 
 ZOO_CHUNK = 100    # zoo attacks run on fixed chunks of the test split, each seeded from its first index
@@ -67,7 +68,7 @@ def zoo_images(model: nn.Module, attack: str, images: torch.Tensor, labels: torc
         if hasattr(model, "restart_draws"):      # an attacker through a randomized defense: its draws restart too
             model.restart_draws()
         x, y = to_model(images[a:b], device), labels[a:b].to(device)
-        out.append(deliver(as_candidates(fn(model, x, y, eps, **params), x), x, eps).to(images.device))
+        out.append(deliver(as_candidates(fn(model, x, y, eps, **params), x), x, eps, norm_of(params)).to(images.device))
     return torch.cat(out).contiguous()
 
 

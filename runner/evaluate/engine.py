@@ -11,11 +11,12 @@ mode behind the real defense, under every one of the defender's draws.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ...attacks import (
     ZOO_PREFIX,
@@ -23,18 +24,22 @@ from ...attacks import (
     gradient_step,
     input_gradient,
     input_gradients_only,
+    norm_of,
     random_starts,
+    start_streams,
+    takes_image_keys,
     to_8bit_grid,
 )
 from ...attacks.noise import NOISE_SEED_SALT
 from ...defenses import defend_differentiably, is_randomized
 from ...models import fake_quant_twin, quant_mode, quantize, shipped_bytes
+from ...rng import hash_draws
 from ..device import clock, fp32_precision, ieee_fp32
 from ..provenance import images_digest
 from ..spec import EvaluateSpec
 from .batching import attack_images, defend_images, over_batches, predict, zoo_images
 from .plan import MODEL_FREE, Cell, attack_setting, defense_setting, image_key, parse_params
-from .rows import Verdict, make_row
+from .rows import Verdict, delivered_distances, make_row
 
 
 @dataclass
@@ -94,7 +99,7 @@ class Engine:
         self._start_memo, self._start_cache = None, None
         self.dead_gradients: dict[tuple, int] = {}   # image key -> images whose input gradient was all 0 / NaN
         self._verdicts: dict[tuple, Verdict] = {}    # (quant, image key, defense, params) -> the judgement
-        self._facts: dict[tuple, tuple[torch.Tensor, int]] = {}   # image key -> (fresh candidates, L-inf levels)
+        self._facts: dict[tuple, tuple[torch.Tensor, tuple]] = {}   # image key -> (fresh candidates, distances)
 
     def adversarial(self, key: tuple) -> tuple[torch.Tensor, float]:
         """Candidates (N, K, C, H, W) for image_key (made once) and the seconds it took to make them."""
@@ -123,7 +128,7 @@ class Engine:
         grad_key = (source,) + key[4:]
         if step is None and attack in MODEL_FREE:
             return attack_images(model, attack, self.images, self.labels, eps, dev, bs, params,
-                                 self._starts(attack, params, eps))
+                                 self._per_image(attack, params, eps))
         if step is None:
             if grad_key not in self._dead:      # no FGSM of this grid computed it already
                 self._clean_gradient(grad_key, model, dev, bs)
@@ -131,12 +136,12 @@ class Engine:
             if zoo:
                 return zoo_images(model, attack, self.images, self.labels, eps, dev, params, self.ev.seed,
                                   int(self.index[0]))
-            starts = self._starts(attack, params, eps)
-            return attack_images(model, attack, self.images, self.labels, eps, dev, bs, params, starts)
+            return attack_images(model, attack, self.images, self.labels, eps, dev, bs, params,
+                                 self._per_image(attack, params, eps))
         if grad_key not in self._grad:      # single-step attack: one gradient serves every eps
             self._grad = {grad_key: self._clean_gradient(grad_key, model, dev, bs)}
         self.dead_gradients[key] = self._dead[grad_key]
-        return deliver(step(self.images, self._grad[grad_key], eps), self.images, eps).unsqueeze(1)
+        return deliver(step(self.images, self._grad[grad_key], eps), self.images, eps, norm_of(params)).unsqueeze(1)
 
     def _clean_gradient(self, grad_key: tuple, model: nn.Module, dev: torch.device, bs: int) -> torch.Tensor:
         """The input gradient at the clean images, and (kept per source and defense) how many images have an
@@ -145,18 +150,25 @@ class Engine:
         self._dead[grad_key] = int((~(torch.isfinite(grad) & (grad != 0)).flatten(1).any(1)).sum())
         return grad
 
-    def _starts(self, attack: str, params: dict, eps: float) -> torch.Tensor | None:
-        """Random starts per image for the whole set (the same on any batch size), drawn from the evaluation
-        seed and each restart; None for attacks that take none (the zoo's draw their own, seeded by chunk)."""
-        if not params.get("random_start") or attack.startswith(ZOO_PREFIX):
-            return None
-        restarts = int(params.get("restarts", 1))
+    def _per_image(self, attack: str, params: dict, eps: float) -> dict[str, torch.Tensor]:
+        """What the attack draws per image, the same on any batch size or shard: its random starts (each image's
+        place in the evaluation seed's streams) and, for attacks with draws of their own, each image's key."""
+        out = {}
+        streams = start_streams(attack, params)
+        if streams is not None:
+            out["starts"] = self._starts(attack, eps, *streams)
+        if takes_image_keys(attack):
+            out["image_keys"] = torch.from_numpy(hash_draws(self.index.numpy(), self.ev.seed ^ IMAGE_KEY_SALT).view("int64"))
+        return out
+
+    def _starts(self, attack: str, eps: float, streams: int, kind: str) -> torch.Tensor:
+        """Random starts per image for the whole set, drawn from the evaluation seed and each stream."""
         seed = self.ev.seed ^ NOISE_SEED_SALT if attack == "noise" else self.ev.seed
-        memo = (restarts, eps, seed)
+        memo = (streams, kind, eps, seed)
         if self._start_memo != memo:    # a shard's images: their places in the whole set's stream
             first = int(self.index[0])
-            self._start_cache = random_starts(first + len(self.images), tuple(self.images.shape[1:]), restarts,
-                                              seed, eps)[first:].to(self.device)
+            self._start_cache = random_starts(first + len(self.images), tuple(self.images.shape[1:]), streams,
+                                              seed, eps, kind)[first:]
             self._start_memo = memo
         return self._start_cache
 
@@ -178,20 +190,22 @@ class Engine:
         todo = [q for q in dict.fromkeys(quants) if (q, key, defense, params_json) not in self._verdicts]
         if todo:
             cands = self.adversarial(key)[0]
-            fresh, linf = self._candidate_facts(key)
+            fresh, distances = self._candidate_facts(key)
             params, draws = defense_setting(params_json)
             per_draw = [self._judge_draw(cands, fresh, defense, {**params, "draw": d} if is_randomized(defense)
                                          else params, todo) for d in range(draws)]
             for q in todo:
                 self._verdicts[(q, key, defense, params_json)] = Verdict.of_draws(
-                    [ok[q] for ok in per_draw], int(cands.shape[1]), linf)
+                    [ok[q] for ok, _ in per_draw], [first[q] for _, first in per_draw], int(cands.shape[1]), distances)
         return {q: self._verdicts[(q, key, defense, params_json)] for q in quants}
 
     def _judge_draw(self, cands: torch.Tensor, fresh: torch.Tensor, defense: str, params: dict,
-                    quants: list[str]) -> dict[str, torch.Tensor]:
+                    quants: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """One defender draw: each candidate defended once for all the modes (only where it differs from the
-        image's earlier candidates), predicted per mode only where every earlier candidate failed."""
+        image's earlier candidates), predicted per mode only where every earlier candidate failed. Returns per
+        mode which images stayed right, and the first candidate that fooled each image (-1: none)."""
         ok = {q: torch.ones(len(cands), dtype=torch.bool) for q in quants}
+        first = {q: torch.full((len(cands),), -1, dtype=torch.long) for q in quants}
         for k in range(cands.shape[1]):
             idx = fresh[:, k].nonzero().squeeze(1)
             if not len(idx):
@@ -204,15 +218,15 @@ class Engine:
                     preds = predict(self.models[q], defended[alive.to(defended.device)], self.devices[q],
                                     self.ev.batch_size)
                     ok[q][at] = preds == self.labels[at]
-        return ok
+                    first[q][at[preds != self.labels[at]]] = k
+        return ok, first
 
-    def _candidate_facts(self, key: tuple) -> tuple[torch.Tensor, int]:
+    def _candidate_facts(self, key: tuple) -> tuple[torch.Tensor, tuple[int, float]]:
         """Of image set `key`, once: which candidates differ from each image's earlier ones, and the largest
-        L-infinity distance delivered (8-bit levels)."""
+        distances delivered (L-inf in 8-bit levels, L2)."""
         if key not in self._facts:
             cands = self.adversarial(key)[0]
-            linf = int(torch.round((cands - self.images.unsqueeze(1)).abs().amax() * 255).item()) if cands.numel() else 0
-            self._facts[key] = (_fresh_candidates(cands), linf)
+            self._facts[key] = (_fresh_candidates(cands), delivered_distances(cands, self.images))
         return self._facts[key]
 
 
@@ -224,6 +238,9 @@ def _fresh_candidates(cands: torch.Tensor) -> torch.Tensor:
         for j in range(i):
             fresh[:, i] &= (cands[:, i] != cands[:, j]).flatten(1).any(1).cpu()
     return fresh
+
+
+IMAGE_KEY_SALT = 0x5EED_5A0A      # attacks' own per-image draws (Square's) are apart from every other stream
 
 
 def _shared(key: tuple) -> bool:

@@ -90,7 +90,7 @@ def plan_cells(ev: EvaluateSpec) -> list[Cell]:
     """
     cells = []
     for attack in ev.attacks:
-        for eps in ev.eps:
+        for eps in ev.eps_of(attack):
             for source in ev.sources:
                 for quant in ev.quant:
                     mode = quant_mode(quant)
@@ -104,14 +104,21 @@ def plan_cells(ev: EvaluateSpec) -> list[Cell]:
                             adaptive = threat == "adaptive"
                             if adaptive and (eps == 0 or name == "none" or attack.name in MODEL_FREE):
                                 continue
-                            a_params = (adaptive_params_json(attack.params_json, name, ev.eot_samples, attack.name)
-                                        if adaptive else attack.params_json)
+                            a_params = (adaptive_params_json(attack.params_json, name, eot_samples(ev, attack),
+                                                             attack.name) if adaptive else attack.params_json)
                             if ste:
                                 a_params = json.dumps({**json.loads(a_params), **STE}, sort_keys=True)
                             cells.append(Cell(quant, attack.name, source, float(eps), name,
                                               defense_params_json(name, params, ev.defense_draws), a_params, threat,
                                               quant_params_json(ev, quant)))
     return cells
+
+
+def eot_samples(ev: EvaluateSpec, attack) -> int:
+    """The attacker's EOT draws through a randomized defense: evaluate.eot_samples, unless the attack sets its
+    own (AutoAttack rand: 20, as its authors run it)."""
+    own = json.loads(attack.params_json).get("eot_iter") or 1
+    return own if own > 1 else ev.eot_samples
 
 
 def through_twin(params_json: str) -> bool:

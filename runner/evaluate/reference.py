@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ...attacks import start_seed
 from ...defenses import DEFENSES, apply_defense, is_randomized
@@ -80,16 +80,21 @@ def _models(fp32: nn.Module, quants: list[str], calibration) -> tuple[dict, dict
 
 def _judge(model: nn.Module, cands: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, defense: str,
            params: dict, draws: int, batch_size: int) -> Verdict:
-    per_draw = []
+    per_draw, first = [], []
     for d in range(draws):
         draw_params = {**params, "draw": d} if is_randomized(defense) else params
         ok = torch.ones(len(images), dtype=torch.bool)
+        fooled_by = torch.full((len(images),), -1, dtype=torch.long)
         for k in range(cands.shape[1]):
             defended = apply_defense(defense, cands[:, k], draw_params, "reference", torch.arange(len(images)))
-            ok &= _predict(model, defended, batch_size) == labels
+            right = _predict(model, defended, batch_size) == labels
+            fooled_by[ok & ~right] = k
+            ok &= right
         per_draw.append(ok)
-    linf = int(torch.round((cands - images.unsqueeze(1)).abs().amax() * 255))
-    return Verdict.of_draws(per_draw, cands.shape[1], linf)
+        first.append(fooled_by)
+    d = np.rint((cands - images.unsqueeze(1)).numpy().astype(np.float64) * 255)
+    linf, l2 = int(np.abs(d).max()), float(np.sqrt((d.reshape(*d.shape[:2], -1) ** 2).sum(-1)).max() / 255)
+    return Verdict.of_draws(per_draw, first, cands.shape[1], (linf, l2))
 
 
 @torch.no_grad()

@@ -1,14 +1,16 @@
 """One cell's row: counts, Wilson interval, attack-success rate, where and how it ran, provenance."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
 import torch
 
+from ...attacks import candidate_names, norm_of
 from ..provenance import software
-from .plan import Cell
+from .plan import Cell, attack_setting
 from .stats import wilson_interval
 
 META_KEYS = ("sweep", "run_id", "trial_id", "model", "dataset")
@@ -22,17 +24,52 @@ class Verdict:
     draws: int              # the defender's draws (1 for a deterministic defense)
     candidates: int         # candidates per image the attack delivered (restarts, final and best iterates)
     linf_levels: int        # the largest L-infinity distance of a delivered image from its clean one, in 8-bit levels
+    l2: float = 0.0         # the largest L2 distance of a delivered image from its clean one ([0,1] pixel scale)
+    broken_by: tuple[int, ...] = ()   # per candidate: the images it was the first to fool (in any draw)
 
     @classmethod
-    def of_draws(cls, per_draw: list[torch.Tensor], candidates: int, linf_levels: int) -> Verdict:
-        """From each draw's mask (right under every candidate in that draw)."""
+    def of_draws(cls, per_draw: list[torch.Tensor], first: list[torch.Tensor], candidates: int,
+                 distances: tuple[int, float]) -> Verdict:
+        """From each draw's mask (right under every candidate in that draw) and first fooling candidate (-1: none)."""
         stack = torch.stack(per_draw)
-        return cls(stack.all(0), stack.float().mean().item(), len(per_draw), candidates, linf_levels)
+        firsts = torch.stack(first)
+        earliest = torch.where(firsts < 0, candidates, firsts).amin(0)
+        broken = torch.bincount(earliest[earliest < candidates], minlength=candidates)
+        return cls(stack.all(0), stack.float().mean().item(), len(per_draw), candidates, distances[0], distances[1],
+                   tuple(int(b) for b in broken))
+
+
+def delivered_distances(cands: torch.Tensor, images: torch.Tensor) -> tuple[int, float]:
+    """(largest L-inf distance in 8-bit levels, largest L2 distance) of candidates (N, K, C, H, W) from their images."""
+    if not cands.numel():
+        return 0, 0.0
+    d = cands - images.unsqueeze(1)
+    levels = torch.round(d * 255).double()       # exact: both lie on the 8-bit grid
+    return int(levels.abs().amax().item()), float(levels.flatten(2).norm(dim=2).amax().item() / 255)
 
 
 def make_row(c: Cell, verdict: Verdict, clean_ok: torch.Tensor, seconds: float, meta: dict, *,
              model_bytes: int, device: torch.device, precision: str, seed: int, data_digest: str,
              dead_gradients: int | None = None) -> dict:
+    """verdict: the scored system's judgement of the cell's images; clean_ok: which it gets right without attack
+    (same defense, every draw)."""
+    return {**_row(c, verdict, clean_ok, seconds, meta, model_bytes=model_bytes, device=device, precision=precision,
+                   seed=seed, data_digest=data_digest, dead_gradients=dead_gradients),
+            "norm": norm_of(attack_setting(c.attack_params)), "delivered_l2": verdict.l2,
+            "broken_by": _broken_by(c, verdict)}
+
+
+def _broken_by(c: Cell, verdict: Verdict) -> str | None:
+    """JSON {candidate name: images it broke first} for attacks that name their candidates (AutoAttack's components)."""
+    names = candidate_names(c.attack, attack_setting(c.attack_params)) if c.eps > 0 else None
+    if not names or len(names) != len(verdict.broken_by):
+        return None
+    return json.dumps(dict(zip(names, verdict.broken_by)))
+
+
+def _row(c: Cell, verdict: Verdict, clean_ok: torch.Tensor, seconds: float, meta: dict, *,
+         model_bytes: int, device: torch.device, precision: str, seed: int, data_digest: str,
+         dead_gradients: int | None = None) -> dict:
     """verdict: the scored system's judgement of the cell's images; clean_ok: which it gets right without attack
     (same defense, every draw)."""
     ok = verdict.ok

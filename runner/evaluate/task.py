@@ -2,9 +2,9 @@
 executor runs, as a plain function of a typed `EvalTask`."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 
@@ -35,7 +35,7 @@ class EvalTask:
         return {"sweep": self.sweep, "run_id": self.run_id, "trial_id": self.trial_id, "model": self.model,
                 "dataset": self.data.dataset}
 
-    def with_grid(self, **updates) -> "EvalTask":
+    def with_grid(self, **updates) -> EvalTask:
         """The same task on part of its grid (e.g. quant=['dynamic_int8'], defenses={...}, device='cpu')."""
         return replace(self, evaluate=self.evaluate.model_copy(update=updates))
 

@@ -24,7 +24,7 @@ class FolderLock:
     def __init__(self, root: Path):
         self.root, self.fd = Path(root), None
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
         try:

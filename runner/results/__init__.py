@@ -6,6 +6,23 @@ from .robustness import masking_flags, worst_case
 from .store import EPOCH_SCHEMA, EVAL_KEY, EVAL_SCHEMA, TRIAL_KEY, ResultStore, trials_schema
 from .views import View, eps_label, pivot_view, pivot_views, trials_views
 
-__all__ = ["EPOCH_SCHEMA", "EVAL_KEY", "EVAL_SCHEMA", "FORMATS", "ResultStore", "TRIAL_KEY", "View", "eps_label",
-           "pivot_view", "pivot_views", "plot_all", "render", "show", "trials_schema", "trials_views", "views_of",
-           "masking_flags", "worst_case"]
+__all__ = [
+           "EPOCH_SCHEMA",
+           "EVAL_KEY",
+           "EVAL_SCHEMA",
+           "FORMATS",
+           "TRIAL_KEY",
+           "ResultStore",
+           "View",
+           "eps_label",
+           "masking_flags",
+           "pivot_view",
+           "pivot_views",
+           "plot_all",
+           "render",
+           "show",
+           "trials_schema",
+           "trials_views",
+           "views_of",
+           "worst_case",
+]

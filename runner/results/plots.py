@@ -9,6 +9,7 @@ import pandas as pd
 from ...files import atomic_write
 from ..evaluate.plan import through_twin
 from .store import ResultStore
+from .views import NORM_LABELS
 
 
 def plot_all(root: Path) -> list[Path]:
@@ -29,15 +30,16 @@ def plot_all(root: Path) -> list[Path]:
 def plot_accuracy_vs_eps(ev: pd.DataFrame, path: Path, title: str) -> Path:
     """A panel per (quant, source, attack); a line per defense, dashed where the attacker is adaptive."""
     import matplotlib.pyplot as plt
-    ev = ev.assign(threat=ev["threat"].fillna("oblivious"))
-    panels = list(ev.groupby(["quant", "attack_source", "attack"], sort=False))
+    ev = ev.assign(threat=ev["threat"].fillna("oblivious"),
+                   norm=ev["norm"].fillna("linf") if "norm" in ev else "linf")
+    panels = list(ev.groupby(["quant", "attack_source", "attack", "norm"], sort=False))   # one norm an axis
     cols = min(4, len(panels))                    # wrap: a quant sweep has two dozen panels
     rows = -(-len(panels) // cols)
     fig, axs = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False, sharey=True)
     axes = list(axs.flat)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    for ax, ((q, src, attack), part) in zip(axes, panels):
+    for ax, ((q, src, attack, norm), part) in zip(axes, panels):
         several_n = part["n"].nunique() > 1      # cells that saw different images are separate lines
         colours = {d: f"C{i}" for i, d in enumerate(dict.fromkeys(part["defense"]))}
         for (d, _, n, threat), sub in part.groupby(["defense", "defense_params", "n", "threat"], sort=False):
@@ -47,8 +49,8 @@ def plot_accuracy_vs_eps(ev: pd.DataFrame, path: Path, title: str) -> Path:
             ax.plot(sub["eps"], 100 * sub["accuracy"], style, marker="o", color=colours[d], label=label)
             ax.fill_between(sub["eps"], 100 * sub["ci_low"], 100 * sub["ci_high"], alpha=0.15, color=colours[d])
         ste = src == "self" and "attack_params" in part and part["attack_params"].map(through_twin).any()
-        ax.set_title(f"{attack}: {q}, source={src}" + (" (STE twin)" if ste else ""))
-        ax.set_xlabel("eps (pixel scale [0,1])")
+        ax.set_title(f"{attack} {NORM_LABELS[norm]}: {q}, source={src}" + (" (STE twin)" if ste else ""))
+        ax.set_xlabel(f"eps, {NORM_LABELS[norm]} radius (pixel scale [0,1])")
         ax.grid(alpha=0.3)
     for row in axs:
         row[0].set_ylabel("accuracy %")

@@ -84,7 +84,7 @@ def _one_line(cell: str) -> str:
 
 
 def markdown(v: View) -> str:
-    esc = lambda s: _one_line(s).replace("|", "\\|")  # noqa: E731
+    esc = lambda s: _one_line(s).replace("|", "\\|")
     lines = [f"**{v.title}**", "", "| " + " | ".join(esc(c) for c in v.columns) + " |",
              "|" + "|".join("---" if i < v.key_columns else "---:" for i in range(len(v.columns))) + "|"]
     lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in v.rows]

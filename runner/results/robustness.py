@@ -23,12 +23,13 @@ from ..evaluate.plan import attack_setting
 from ..evaluate.rows import unpack_mask
 from ..evaluate.stats import wilson_interval
 
-CELL_SET = ["trial_id", "quant", "quant_params", "eps", "defense", "defense_params", "n", "seed", "data_digest"]
+CELL_SET = ["trial_id", "quant", "quant_params", "norm", "eps", "defense", "defense_params", "n", "seed", "data_digest"]
 ALPHA = 0.05          # the masking checks' significance level (one-sided exact McNemar)
 
 
 def _prepared(ev: pd.DataFrame) -> pd.DataFrame:
-    fill = {"attack_params": "{}", "threat": "oblivious", "data_digest": "", "quant_params": "{}", "seed": 0}
+    fill = {"attack_params": "{}", "threat": "oblivious", "data_digest": "", "quant_params": "{}", "seed": 0,
+            "norm": "linf", "broken_by": None}
     ev = ev.assign(**{k: ev[k].fillna(v) if k in ev else v for k, v in fill.items()})
     return ev.assign(setting=ev["attack_params"].map(lambda p: json.dumps(attack_setting(p), sort_keys=True)))
 
@@ -65,7 +66,7 @@ def _worst_row(cells: pd.DataFrame, scope: str) -> dict:
 
 def masking_flags(ev: pd.DataFrame, undefended_floor: float = 0.10) -> pd.DataFrame:
     """One row per raised check: trial_id, quant, eps, defense, check, detail."""
-    cols = ["trial_id", "quant", "eps", "defense", "check", "detail"]
+    cols = ["trial_id", "quant", "norm", "eps", "defense", "check", "detail"]
     if not len(ev):
         return pd.DataFrame(columns=cols)
     ev = _prepared(ev)
@@ -73,7 +74,7 @@ def masking_flags(ev: pd.DataFrame, undefended_floor: float = 0.10) -> pd.DataFr
         ev = ev.assign(correct_mask=None)
     flags = (_adaptive_above_oblivious(ev) + _multistep_weaker(ev) + _transfer_stronger(ev)
              + _rises_with_eps(ev) + _not_broken_at_large_eps(ev, undefended_floor) + _dead_gradients(ev)
-             + _noise_as_strong(ev))
+             + _noise_as_strong(ev) + _black_box_stronger(ev) + _square_component(ev) + _pgd_not_converged(ev))
     return pd.DataFrame(flags, columns=cols)
 
 
@@ -104,7 +105,7 @@ def _above(a: pd.Series, b: pd.Series) -> tuple[bool, str]:
     return p < ALPHA, f"McNemar p = {p:.2g}"
 
 
-IMAGES = ["n", "seed", "data_digest"]
+IMAGES = ["n", "seed", "data_digest", "norm"]     # rows compared saw the same images, in the same norm
 
 
 def _pairs(ev: pd.DataFrame, keys: list[str], split: str, first: str, second: str):
@@ -117,7 +118,7 @@ def _pairs(ev: pd.DataFrame, keys: list[str], split: str, first: str, second: st
 
 
 def _flag(r: pd.Series, check: str, detail: str) -> list:
-    return [r["trial_id"], r["quant"], r["eps"], r["defense"], check, detail]
+    return [r["trial_id"], r["quant"], r["norm"], r["eps"], r["defense"], check, detail]
 
 
 def _pct(r: pd.Series) -> str:
@@ -185,6 +186,7 @@ def _not_broken_at_large_eps(ev: pd.DataFrame, floor: float) -> list:
     strongest white-box attack should leave (nearly) nothing; accuracy whose whole interval lies above
     `floor` means the attack is too weak or its gradient masked."""
     white = ev[ev["attack_source"] == "self"]
+    white = white[white["norm"] == "linf"]     # the thresholds are L-inf radii
     bare = white[(white["defense"] == "none") & (white["eps"] >= 8 / 255 - 1e-9)]
     defended = white[(white["defense"] != "none") & (white["threat"] == "adaptive") & (white["eps"] >= LARGE_EPS - 1e-9)]
     out = []
@@ -224,3 +226,44 @@ def _noise_as_strong(ev: pd.DataFrame) -> list:
                              f"{attack['attack']} ({attack['threat']}) {_pct(attack)} is not significantly below uniform "
                              f"noise in the same ball, {_pct(noise)}: the attack is not finding the gradient's direction"))
     return out
+
+
+GRADIENT_ATTACKS = ("fgsm", "fgm", "pgd", "apgd", "apgd_t")
+BLACK_BOX = ("square",)
+SQUARE_ALPHA = 0.002     # AutoAttack's own check (checks.check_square_sr): Square breaking over 0.2 % more
+
+
+def _black_box_stronger(ev: pd.DataFrame) -> list:
+    """A gradient-free attack (Square) significantly stronger than a gradient attack on the same cells: the
+    gradient is masked (Carlini et al. 2019, sec. 5.2; Athalye et al. 2018)."""
+    keys = ["trial_id", "quant", "quant_params", "attack_source", "threat", "eps", "defense", "defense_params"]
+    ev = ev[(ev["eps"] > 0) & ev["attack"].isin(GRADIENT_ATTACKS + BLACK_BOX)]
+    ev = ev.assign(kind=np.where(ev["attack"].isin(BLACK_BOX), "black", "white"))
+    return _checked(_pairs(ev, keys, "kind", "white", "black"), "black_box_stronger_than_white_box",
+                    lambda wb, bb: f"{wb['attack']} ({wb['threat']}) {_pct(wb)} > gradient-free square {_pct(bb)}: "
+                                   "the gradient attack is masked")
+
+
+def _square_component(ev: pd.DataFrame) -> list:
+    """AutoAttack rows whose Square component broke more than 0.2 % of the images every gradient component
+    missed (the authors' own warning)."""
+    out = []
+    for _, r in ev[ev["broken_by"].notna()].iterrows():
+        broke = json.loads(r["broken_by"]).get("square", 0)
+        if broke > SQUARE_ALPHA * r["n"]:
+            out.append(_flag(r, "square_broke_what_gradients_missed",
+                             f"autoattack ({r['threat']}): Square broke {broke} of {r['n']} images after APGD, APGD-T "
+                             "and FAB-T failed on them: the gradients are masked there"))
+    return out
+
+
+def _pgd_not_converged(ev: pd.DataFrame) -> list:
+    """PGD with few steps significantly above APGD or AutoAttack on the same cells by at least 2 points: PGD
+    had not converged, and its number overstates the defense."""
+    keys = ["trial_id", "quant", "quant_params", "attack_source", "threat", "eps", "defense", "defense_params"]
+    ev = ev[(ev["eps"] > 0) & ev["attack"].isin(["pgd", "apgd", "autoattack"])]
+    ev = ev.assign(kind=np.where(ev["attack"] == "pgd", "pgd", "apgd"))
+    pairs = ((p, a) for p, a in _pairs(ev, keys, "kind", "pgd", "apgd") if p["accuracy"] - a["accuracy"] >= 0.02)
+    return _checked(pairs, "pgd_not_converged",
+                    lambda p, a: f"pgd ({json.loads(p['setting']).get('steps')} steps, {p['threat']}) {_pct(p)} > "
+                                 f"{a['attack']} {_pct(a)}: PGD had not converged on this defense; report {a['attack']}")

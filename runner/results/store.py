@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 import pyarrow as pa
@@ -41,6 +41,9 @@ EVAL_SCHEMA = pa.schema([
     ("accuracy_draw_mean", pa.float64()), ("defense_draws", pa.int64()),
     ("candidates", pa.int64()),       # images per test image the attack delivered and the scored system judged
     ("delivered_linf", pa.float64()),  # the largest L-infinity distance of a delivered image from its clean one
+    ("norm", pa.string()),            # the threat model's norm: linf or l2 (eps is in its units)
+    ("delivered_l2", pa.float64()),   # the largest L2 distance of a delivered image from its clean one
+    ("broken_by", pa.string()),       # JSON {component: images it broke first} (AutoAttack), else null
     ("attack_success_rate", pa.float64()),
     ("seconds", pa.float64()), ("device", pa.string()), ("precision", pa.string()), ("seed", pa.int64()),
     ("created_at", pa.timestamp("us", tz="UTC")), *PROVENANCE_FIELDS,

@@ -40,10 +40,15 @@ def mb(b) -> str:
     return "-" if b is None or pd.isna(b) else f"{b / 1e6:.2f}"
 
 
-def eps_label(eps: float) -> str:
-    """k/255 only where eps * 255 is a whole number (0.01 is not 3/255)."""
+NORM_LABELS = {"linf": "L-inf", "l2": "L2"}
+
+
+def eps_label(eps: float, norm: str = "linf") -> str:
+    """k/255 only where eps * 255 is a whole number (0.01 is not 3/255); an L2 radius as a decimal (RobustBench: 0.5)."""
     if eps == 0:
         return "0"
+    if norm == "l2":
+        return f"{eps:.4g}"
     k = eps * 255
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
 
@@ -136,16 +141,18 @@ def pivot_views(ev: pd.DataFrame) -> list[View]:
         return []
     ev = ev.assign(data_digest=ev["data_digest"].fillna("") if "data_digest" in ev else "",
                    attack_params=ev["attack_params"].fillna("{}") if "attack_params" in ev else "{}",
-                   threat=ev["threat"].fillna("oblivious") if "threat" in ev else "oblivious")
+                   threat=ev["threat"].fillna("oblivious") if "threat" in ev else "oblivious",
+                   norm=ev["norm"].fillna("linf") if "norm" in ev else "linf")
     ev = ev.assign(attack_setting=ev["attack_params"].map(_setting_json))
     views = []
-    keys = ["quant", "attack_source", "attack", "attack_setting", *IMAGE_SET]
+    keys = ["norm", "quant", "attack_source", "attack", "attack_setting", *IMAGE_SET]    # never two norms in one table
     several_digests = ev.groupby(["n", "seed"])["data_digest"].nunique().max() > 1
-    for (q, src, attack, setting, n, seed, digest), part in ev.groupby(keys, sort=False):
-        what = "worst case over every attack" if attack == "worst_case" else f"{attack}{_setting(setting)}"
+    for (norm, q, src, attack, setting, n, seed, digest), part in ev.groupby(keys, sort=False):
+        what = (f"worst case over every {NORM_LABELS[norm]} attack" if attack == "worst_case"
+                else f"{attack}{_setting(setting)}")
         if src == "self" and part["attack_params"].map(through_twin).any():
             src = "self (white-box through its fake-quant twin, STE)"
-        title = f"{what} accuracy %, quant={q}, source={src}, n={n} images"
+        title = f"{what} accuracy %, {NORM_LABELS[norm]}, quant={q}, source={src}, n={n} images"
         if several_digests and digest:
             title += f" (images {digest[:8]})"
         views.append(pivot_view(part, title))
@@ -156,7 +163,7 @@ def flags_view(flags: pd.DataFrame) -> list[View]:
     """The gradient-masking checks that fired, as a warning table (nothing when none did)."""
     if not len(flags):
         return []
-    rows = [[str(i + 1), r["trial_id"], r["quant"], eps_label(r["eps"]), r["defense"], r["check"]]
+    rows = [[str(i + 1), r["trial_id"], r["quant"], eps_label(r["eps"], r.get("norm", "linf")), r["defense"], r["check"]]
             for i, r in enumerate(flags.to_dict("records"))]
     notes = [f"[{i + 1}] {d}" for i, d in enumerate(flags["detail"])]
     notes.append("checks of Carlini et al. 2019, 'On Evaluating Adversarial Robustness': two cells are compared on "
@@ -196,11 +203,14 @@ def pivot_view(ev: pd.DataFrame, title: str) -> View:
                 cells.append(f"{100 * r['correct'] / r['n']:.1f}\n{100 * lo:.1f}–{100 * hi:.1f}")
             else:
                 cells.append(f"{100 * r['mean']:.1f}\nr {100 * r['lo']:.1f}–{100 * r['hi']:.1f}")
-        rows.append([eps_label(eps), *cells])
+        rows.append([eps_label(eps, ev["norm"].iloc[0] if "norm" in ev else "linf"), *cells])
     n_trials = ev["trial_id"].nunique()
     notes = ["each cell: accuracy %, then its Wilson 95 % interval over the cell's images" if n_trials == 1 else
              f"each cell: the mean accuracy % of {n_trials} trials, then r: their min–max (no interval over pooled "
              "trials: they share their test images; each trial's interval: show --trial ID)"]
+    if "broken_by" in ev and ev["broken_by"].notna().any():
+        notes.append("AutoAttack's components, in order, each on the images the earlier ones left unbroken; the "
+                     "images each broke first (summed over the column's cells): " + _broken_by_note(ev))
     if "candidates" in ev and (ev["candidates"].fillna(1) > 1).any():
         notes.append("an image counts as robust only if none of the attack's candidates (each restart's final and "
                      "best iterate) fools the real model behind the real defense")
@@ -212,6 +222,14 @@ def pivot_view(ev: pd.DataFrame, title: str) -> View:
                      "the attacker ignores the defense")
     notes += _defense_notes(list(dict.fromkeys((d, p) for d, p, _ in columns)))
     return View(title, ["eps", *[_column_label(d, p, t, columns) for d, p, t in columns]], rows, notes)
+
+
+def _broken_by_note(ev: pd.DataFrame) -> str:
+    totals: dict[str, int] = {}
+    for b in ev["broken_by"].dropna():
+        for k, v in json.loads(b).items():
+            totals[k] = totals.get(k, 0) + v
+    return ", ".join(f"{k} {v}" for k, v in totals.items())
 
 
 def _defense_columns(ev: pd.DataFrame) -> list[tuple[str, str, str]]:

@@ -1,0 +1,143 @@
+"""AutoAttack (Croce & Hein, ICML 2020) as its authors define it (fra31/auto-attack `autoattack.py`).
+
+    standard: APGD-CE -> APGD-T (9 targets) -> FAB-T (9 targets) -> Square (5000 queries),
+              100 iterations each, one restart, eps in the cell's norm (L-inf or L2)
+    rand:     APGD-CE -> APGD-DLR, each with EOT over 20 draws (for randomized defenses)
+    custom:   the components you list, with those settings
+
+Each component runs only on the images every earlier one left unbroken on the attacker's model
+(judged on the delivered 8-bit image); each contributes one candidate per image, and the scored
+system judges them all: an image is robust only if every component failed. The cell's
+attack_params record every component with its settings; its `broken_by` column counts, per
+component, the images it was the first to break on the scored system (AutoAttack's log).
+
+What differs from the authors' run: every random draw is the image's own (APGD's starts from its
+place in the seed's streams, one stream per component and target; Square's windows from its own
+counter-based stream), so a cell does not depend on the batch; FAB-T is torchattacks' FAB called
+with the authors' settings (deterministic with one restart: it draws nothing).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..registry import Param
+from .apgd import _mean_logits, apgd, apgd_t
+from .base import NORMS, deliver, random_starts, register_attack
+from .square import square
+
+COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
+VERSIONS = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"], "rand": ["apgd-ce", "apgd-dlr"]}
+FAB_INSTALL = "pip install 'robustgrid[torchattacks]'"
+
+
+def component_settings(name: str, p: dict) -> dict[str, Any]:
+    """The settings the authors give component `name` (iterations, targets, queries from the attack's params)."""
+    norm = p["norm"]
+    if name in ("apgd-ce", "apgd-dlr"):
+        eot = p["eot_iter"]
+        return {"name": name, "attack": "apgd", "loss": name.removeprefix("apgd-"), "steps": p["steps"], "restarts": 1,
+                "rho": 0.75, "norm": norm, "eot_iter": eot}
+    if name == "apgd-t":
+        return {"name": name, "attack": "apgd_t", "targets": p["targets"], "steps": p["steps"], "restarts": 1,
+                "rho": 0.75, "norm": norm}
+    if name == "fab-t":
+        return {"name": name, "attack": "torchattacks.FAB", "targets": p["targets"], "steps": p["steps"],
+                "restarts": 1, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9, "norm": norm}
+    return {"name": name, "attack": "square", "queries": p["queries"], "p_init": 0.8, "resc_schedule": False,
+            "loss": "margin", "norm": norm}
+
+
+def expand(params: dict) -> dict:
+    """The resolved parameters with the version's components spelled out with their settings (what a row records)."""
+    p = dict(params)
+    given = [c["name"] if isinstance(c, dict) else c for c in (p.get("components") or [])]
+    for i, n in enumerate(given):
+        if n not in COMPONENTS:
+            raise ValueError(f".components[{i}]: unknown component {n!r}; known: {', '.join(COMPONENTS)}")
+    if p["version"] == "custom" and not given:
+        raise ValueError(f".components: version custom needs a list of components ({', '.join(COMPONENTS)})")
+    names = given if p["version"] == "custom" else VERSIONS[p["version"]]
+    if given != names and given:
+        raise ValueError(f".components: only with version custom (version {p['version']} runs "
+                         f"{', '.join(names)})")
+    if p["eot_iter"] is None:
+        p["eot_iter"] = 20 if p["version"] == "rand" else 1
+    if "fab-t" in names:
+        try:
+            import torchattacks  # noqa: F401
+        except ImportError:
+            raise ValueError(f"fab-t (in autoattack {p['version']}) is torchattacks' FAB: {FAB_INSTALL}, "
+                             "or use version custom without fab-t") from None
+    p["components"] = [component_settings(n, p) for n in names]
+    return p
+
+
+def _streams(components: list[dict]) -> list[int]:
+    """How many start streams each component takes (APGD-T: one per target)."""
+    return [c["targets"] if c["attack"] == "apgd_t" else 1 if c["attack"] == "apgd" else 0 for c in components]
+
+
+def _run(c: dict, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, starts: torch.Tensor,
+         keys: torch.Tensor) -> torch.Tensor:
+    if c["attack"] == "apgd":
+        return apgd(model, x, y, eps, steps=c["steps"], norm=c["norm"], loss=c["loss"], starts=starts)
+    if c["attack"] == "apgd_t":
+        return apgd_t(model, x, y, eps, steps=c["steps"], norm=c["norm"], targets=c["targets"], starts=starts)
+    if c["attack"] == "square":
+        return square(model, x, y, eps, queries=c["queries"], norm=c["norm"], image_keys=keys)
+    return _fab_t(model, x, y, eps, c)
+
+
+def _fab_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, c: dict) -> torch.Tensor:
+    import torchattacks
+    n_classes = int(_mean_logits(model, x[:1]).shape[1])
+    fab = torchattacks.FAB(model, norm={"linf": "Linf", "l2": "L2"}[c["norm"]], eps=eps, steps=c["steps"],
+                           n_restarts=c["restarts"], alpha_max=c["alpha_max"], eta=c["eta"], beta=c["beta"],
+                           multi_targeted=True, n_classes=min(c["targets"], n_classes - 1) + 1)
+    return fab(x.contiguous(), y)     # FAB views its gradients: they follow the input's layout
+
+
+def candidate_names(params: dict) -> list[str]:
+    return [c["name"] for c in params["components"]]
+
+
+@register_attack(params={
+    "version": Param("standard", str, lambda v: v in (*VERSIONS, "custom"), "standard, rand or custom"),
+    "norm": Param("linf", str, lambda n: n in NORMS, " or ".join(NORMS)),
+    "components": Param(None, list),
+    "steps": Param(100, int, lambda s: s >= 1, ">= 1 (the authors: 100)"),
+    "targets": Param(9, int, lambda t: t >= 1, ">= 1 (the authors: 9)"),
+    "queries": Param(5000, int, lambda q: q >= 1, ">= 1 (the authors: 5000)"),
+    "eot_iter": Param(None, int, lambda e: e is None or e >= 1, ">= 1, or null (rand: 20, else 1)"),
+}, starts=lambda p: (sum(_streams(p["components"])), "rand" if p["norm"] == "linf" else "randn"),
+    image_keys=True, expand=expand, candidates=candidate_names)
+def autoattack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, version: str = "standard",
+               norm: str = "linf", components: list | None = None, steps: int = 100, targets: int = 9,
+               queries: int = 5000, eot_iter: int | None = None, starts: torch.Tensor | None = None,
+               image_keys: torch.Tensor | None = None) -> torch.Tensor:
+    """Candidates (N, components, C, H, W): component k's image where it ran, else the one before it."""
+    if eps == 0:
+        return images.clone().detach()
+    comps = expand({"version": version, "norm": norm, "components": components, "steps": steps, "targets": targets,
+                    "queries": queries, "eot_iter": eot_iter})["components"]
+    streams = _streams(comps)
+    if starts is None:
+        starts = random_starts(len(images), tuple(images.shape[1:]), sum(streams), seed=0,
+                               kind="rand" if norm == "linf" else "randn").to(images.device)
+    keys = image_keys if image_keys is not None else torch.arange(len(images))
+    out, cands, first = images.clone(), [], 0
+    fooled = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+    for c, k in zip(comps, streams):
+        todo = (~fooled).nonzero().squeeze(1)
+        if len(todo):
+            found = _run(c, model, images[todo], labels[todo], eps, starts[todo, first:first + k], keys[todo.cpu()])
+            out = out.clone()
+            out[todo] = found
+            hit = _mean_logits(model, deliver(found, images[todo], eps, norm)).argmax(1) != labels[todo]
+            fooled[todo] = hit
+        cands.append(out)
+        first += k
+    return torch.stack(cands, dim=1)

@@ -1,0 +1,204 @@
+"""APGD, APGD-T, Square and AutoAttack (L-inf and L2) against torchattacks, their cells batch-free, their L2
+images inside the ball, and the masking checks they make possible."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+from robustgrid.attacks import attack_params_json, deliver, get_attack, random_starts, start_seed
+from robustgrid.runner.evaluate import Engine, plan_cells, run_cells
+from robustgrid.runner.results import masking_flags
+from robustgrid.runner.spec import EvaluateSpec
+from torch import nn
+
+torchattacks = pytest.importorskip("torchattacks")
+META = {"sweep": "t", "run_id": "r", "trial_id": "t0", "model": "simple_cnn", "dataset": "synthetic"}
+TA_NORM = {"linf": "Linf", "l2": "L2"}
+
+
+class Patchy(nn.Module):
+    """A linear model on 4x4-pooled pixels, steep enough that a few square windows can flip it (a random-init CNN
+    is too flat for Square's 200 queries to move)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(3 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.linear((nn.functional.avg_pool2d(x, 4) - 0.5).flatten(1) * 40)
+
+
+def _labelled(model, images):
+    with torch.no_grad():
+        return model(images).argmax(1)     # every image right: torchattacks then attacks all of them
+
+
+def _fooled(model, x, y):
+    with torch.no_grad():
+        return model(x).argmax(1) != y
+
+
+@pytest.mark.parametrize("norm,eps,attack,params", [
+    ("linf", 2 / 255, "apgd", {"loss": "ce"}), ("linf", 2 / 255, "apgd", {"loss": "dlr"}),
+    ("linf", 2 / 255, "apgd_t", {"targets": 1}), ("l2", 0.1, "apgd", {"loss": "ce"}), ("l2", 0.1, "apgd", {"loss": "dlr"}),
+])
+def test_apgd_equals_torchattacks_with_the_same_starts(tiny_model, images, norm, eps, attack, params):
+    """Bit for bit: the images torchattacks fooled are ours, and ours fool the same set. (torchattacks returns
+    the clean image where it failed; we return the highest-loss iterate there, which fools nothing either.)"""
+    for p in tiny_model.parameters():
+        p.requires_grad_(False)
+    labels = _labelled(tiny_model, images)
+    starts = random_starts(len(images), (3, 32, 32), 1, seed=3, kind="rand" if norm == "linf" else "randn")
+    ours = get_attack(attack)(tiny_model, images, labels, eps, steps=20, norm=norm, starts=starts, **params)
+    if attack == "apgd":
+        ta = torchattacks.APGD(tiny_model, norm=TA_NORM[norm], eps=eps, steps=20, seed=start_seed(3, 0), loss=params["loss"])
+    else:   # n_classes=2: torchattacks' one target (the most likely other class), as targets=1
+        ta = torchattacks.APGDT(tiny_model, norm=TA_NORM[norm], eps=eps, steps=20, seed=start_seed(3, 0), n_classes=2)
+    theirs = ta(images, labels)
+    hit = (theirs != images).flatten(1).any(1)
+    assert 0 < hit.sum() < len(images), "a case where some images resist proves more"
+    assert torch.equal(hit, _fooled(tiny_model, ours, labels))
+    assert torch.equal(ours[hit], theirs[hit])
+
+
+def test_apgd_t_l2_fools_the_same_images_as_torchattacks(tiny_model, images):
+    """Not bit for bit: torchattacks' APGDT takes an L2 step with step_size[0], the first image's step size, for
+    the whole batch (the authors' code and ours use each image's own), so the iterates differ slightly."""
+    for p in tiny_model.parameters():
+        p.requires_grad_(False)
+    labels = _labelled(tiny_model, images)
+    starts = random_starts(len(images), (3, 32, 32), 1, seed=3, kind="randn")
+    ours = get_attack("apgd_t")(tiny_model, images, labels, 0.1, steps=20, norm="l2", starts=starts, targets=1)
+    theirs = torchattacks.APGDT(tiny_model, norm="L2", eps=0.1, steps=20, seed=start_seed(3, 0), n_classes=2)(images, labels)
+    assert torch.equal(_fooled(tiny_model, ours, labels), (theirs != images).flatten(1).any(1))
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 2 / 255), ("l2", 0.25)])
+def test_square_equals_torchattacks_when_given_its_draws(images, norm, eps):
+    """Square's algorithm op for op: replaying torchattacks' shared draws (TorchDraws) gives its images bit for bit.
+    The attack itself draws per image (ImageDraws), so that an image's attack does not depend on its batch."""
+    from robustgrid.attacks.square import TorchDraws, square_run
+    model = Patchy().eval()
+    labels = _labelled(model, images)
+    torch.manual_seed(7)
+    ours = square_run(model, images, labels, eps, norm, 200, 0.8, "margin", False, TorchDraws())
+    theirs = torchattacks.Square(model, norm=TA_NORM[norm], eps=eps, n_queries=200, seed=7, resc_schedule=False)(images, labels)
+    hit = (theirs != images).flatten(1).any(1)
+    assert 0 < hit.sum() < len(images)
+    assert torch.equal(hit, _fooled(model, ours, labels)) and torch.equal(ours[hit], theirs[hit])
+
+
+def test_autoattack_records_the_authors_components_and_settings():
+    standard = json.loads(attack_params_json("autoattack", {}))
+    assert [c["name"] for c in standard["components"]] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    apgd_ce, apgd_t, fab_t, square = standard["components"]
+    assert apgd_ce == {"name": "apgd-ce", "attack": "apgd", "loss": "ce", "steps": 100, "restarts": 1, "rho": 0.75,
+                       "norm": "linf", "eot_iter": 1}
+    assert (apgd_t["targets"], apgd_t["steps"], apgd_t["restarts"]) == (9, 100, 1)
+    assert (fab_t["targets"], fab_t["steps"], fab_t["restarts"], fab_t["alpha_max"], fab_t["eta"], fab_t["beta"]) == \
+        (9, 100, 1, 0.1, 1.05, 0.9)
+    assert (square["queries"], square["p_init"], square["resc_schedule"]) == (5000, 0.8, False)
+    rand = json.loads(attack_params_json("autoattack", {"version": "rand", "norm": "l2"}))
+    assert [(c["name"], c["eot_iter"], c["norm"]) for c in rand["components"]] == [("apgd-ce", 20, "l2"), ("apgd-dlr", 20, "l2")]
+
+
+GRID = {"attacks": [{"autoattack": {"steps": 3, "queries": 30, "targets": 3}},
+                    {"autoattack": {"norm": "l2", "eps": [0.25], "steps": 3, "queries": 30, "targets": 3}},
+                    {"square": {"queries": 40}}, {"apgd": {"steps": 3, "norm": "l2", "eps": [0.25]}}],
+        "eps": [0, "1/255"], "sources": ["self"], "quant": ["fp32"], "defenses": ["none", "random_resize_pad"],
+        "threats": ["oblivious", "adaptive"], "defense_draws": 2, "eot_samples": 2, "examples": 0}
+
+
+@pytest.fixture(scope="module")
+def standard_rows():
+    model = Patchy().eval()
+    g = torch.Generator().manual_seed(1)
+    images = torch.round(torch.rand(30, 3, 32, 32, generator=g) * 255) / 255
+    labels = _labelled(model, images)
+    labels[::6] = (labels[::6] + 1) % 10
+    out = {}
+    for bs in (30, 7):
+        ev = EvaluateSpec.model_validate({**GRID, "batch_size": bs})
+        out[bs] = run_cells(Engine(model, ev, images, labels, torch.device("cpu")), plan_cells(ev), META)
+    return out
+
+
+def _key(r):
+    return (r["attack"], r["attack_params"], r["threat"], r["eps"], r["defense"])
+
+
+def test_standard_attack_cells_do_not_depend_on_the_batch_size(standard_rows):
+    a, b = ({_key(r): (r["correct"], r["correct_mask"], r["broken_by"]) for r in rows} for rows in standard_rows.values())
+    assert a == b and len(a) == len(plan_cells(EvaluateSpec.model_validate(GRID)))
+
+
+def test_autoattack_rows_count_what_each_component_broke(standard_rows):
+    aa = [r for r in standard_rows[30] if r["attack"] == "autoattack" and r["eps"] > 0]
+    assert {r["norm"] for r in aa} == {"linf", "l2"}
+    for r in aa:
+        broken = json.loads(r["broken_by"])
+        assert list(broken) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+        assert sum(broken.values()) == r["n"] - r["correct"], r
+        assert r["candidates"] == 4
+    assert any(json.loads(r["broken_by"])["apgd-ce"] > 0 for r in aa)
+    adaptive = [r for r in aa if r["threat"] == "adaptive"]
+    assert adaptive and all(json.loads(r["attack_params"])["eot_samples"] == 2 for r in adaptive)
+
+
+def test_l2_cells_stay_inside_their_ball(standard_rows):
+    for r in standard_rows[30]:
+        assert r["delivered_l2"] <= r["eps"] + 1e-9 if r["norm"] == "l2" else r["delivered_linf"] <= r["eps"] + 1e-9, r
+    assert any(r["delivered_l2"] > 0.2 for r in standard_rows[30] if r["norm"] == "l2"), "the ball is used"
+
+
+def test_l2_delivery_rounds_inside_the_ball():
+    g = torch.Generator().manual_seed(0)
+    clean = torch.round(torch.rand(64, 3, 32, 32, generator=g) * 255) / 255
+    sparse = torch.zeros(64, 3, 32, 32)
+    sparse[:, 0, :4, :4] = 0.6 / 255 * torch.where(clean[:, 0, :4, :4] < 0.5, 1.0, -1.0)   # 16 pixels, 0.6 levels each
+    cases = [(0.6 * 4 / 255, clean + sparse)]          # plain rounding: 16 pixels moved by 1 level, norm 4/255 > eps
+    for eps in (0.1, 0.5, 2.0):
+        d = torch.randn(64, 3, 32, 32, generator=g)
+        cases.append((eps, clean + eps * d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1)))   # on the sphere
+    left = 0
+    for eps, adv in cases:
+        plain = torch.round(adv.clamp(0, 1) * 255) / 255
+        out = deliver(adv, clean, eps, "l2")
+        levels = torch.round((out - clean) * 255)
+        assert torch.equal(out * 255, torch.round(out * 255))                 # on the 8-bit grid
+        assert (levels.double().flatten(1).norm(dim=1) / 255 <= eps).all()
+        left += int(((plain - clean).double().flatten(1).norm(dim=1) > eps).sum())
+    assert left, "plain rounding would leave the ball"
+
+
+class _ZeroGradient(nn.Module):
+    """A gradient-masking model: its input is rounded to the 8-bit grid, so every input gradient is zero."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 255) / 255)
+
+
+def _flags(model, images, labels):
+    ev = EvaluateSpec.model_validate({"attacks": [{"apgd": {"steps": 10}}, {"square": {"queries": 200}}],
+                                      "eps": ["2/255"], "sources": ["self"], "quant": ["fp32"], "defenses": ["none"],
+                                      "batch_size": 48, "examples": 0})
+    rows = run_cells(Engine(model, ev, images, labels, torch.device("cpu")), plan_cells(ev), META)
+    return masking_flags(pd.DataFrame(rows)), {r["attack"]: r["accuracy"] for r in rows}
+
+
+def test_square_beating_apgd_flags_masked_gradients_and_stays_silent_on_an_honest_model():
+    model = Patchy().eval()
+    g = torch.Generator().manual_seed(2)
+    images = torch.round(torch.rand(48, 3, 32, 32, generator=g) * 255) / 255
+    labels = _labelled(model, images)
+    flags, acc = _flags(_ZeroGradient(model), images, labels)
+    assert acc["apgd"] > acc["square"], acc
+    assert "black_box_stronger_than_white_box" in set(flags["check"]), flags
+    honest, acc = _flags(model, images, labels)
+    assert acc["apgd"] <= acc["square"], acc
+    assert "black_box_stronger_than_white_box" not in set(honest["check"]), honest
