@@ -5,11 +5,12 @@
     rand:     APGD-CE -> APGD-DLR, each with EOT over 20 draws (for randomized defenses)
     custom:   the components you list, with those settings
 
-Each component runs only on the images every earlier one left unbroken on the attacker's model
-(judged on the delivered 8-bit image); each contributes one candidate per image, and the scored
-system judges them all: an image is robust only if every component failed. The cell's
-attack_params record every component with its settings; its `broken_by` column counts, per
-component, the images it was the first to break on the scored system (AutoAttack's log).
+As the authors run it, an image the attacker's model gets wrong unattacked is not attacked, and each
+component runs only on the images every earlier one left unbroken on the attacker's model (judged on
+the delivered 8-bit image). The clean image and each component's image are the candidates, and the
+scored system judges them all: an image is robust only if every one fails. The cell's attack_params
+record every component with its settings; its `broken_by` column counts the images the clean image
+and each component were the first to break on the scored system (AutoAttack's log).
 
 What differs from the authors' run: every random draw is the image's own (APGD's starts from its
 place in the seed's streams, one stream per component and target; Square's windows from its own
@@ -101,7 +102,7 @@ def _fab_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, c: di
 
 
 def candidate_names(params: dict) -> list[str]:
-    return [c["name"] for c in params["components"]]
+    return ["clean"] + [c["name"] for c in params["components"]]
 
 
 @register_attack(params={
@@ -118,7 +119,8 @@ def autoattack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps
                norm: str = "linf", components: list | None = None, steps: int = 100, targets: int = 9,
                queries: int = 5000, eot_iter: int | None = None, starts: torch.Tensor | None = None,
                image_keys: torch.Tensor | None = None) -> torch.Tensor:
-    """Candidates (N, components, C, H, W): component k's image where it ran, else the one before it."""
+    """Candidates (N, 1 + components, C, H, W): the clean image, then component k's image where it ran, else the
+    one before it."""
     if eps == 0:
         return images.clone().detach()
     comps = expand({"version": version, "norm": norm, "components": components, "steps": steps, "targets": targets,
@@ -128,8 +130,10 @@ def autoattack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps
         starts = random_starts(len(images), tuple(images.shape[1:]), sum(streams), seed=0,
                                kind="rand" if norm == "linf" else "randn").to(images.device)
     keys = image_keys if image_keys is not None else torch.arange(len(images))
-    out, cands, first = images.clone(), [], 0
-    fooled = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+    out, cands, first = images.clone(), [images], 0
+    # as the authors: an image the attacker's model already gets wrong is not attacked (its clean image is its
+    # candidate, and the scored system still judges it)
+    fooled = _mean_logits(model, images).argmax(1) != labels
     for c, k in zip(comps, streams):
         todo = (~fooled).nonzero().squeeze(1)
         if len(todo):

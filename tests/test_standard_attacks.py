@@ -138,9 +138,9 @@ def test_autoattack_rows_count_what_each_component_broke(standard_rows):
     assert {r["norm"] for r in aa} == {"linf", "l2"}
     for r in aa:
         broken = json.loads(r["broken_by"])
-        assert list(broken) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+        assert list(broken) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
         assert sum(broken.values()) == r["n"] - r["correct"], r
-        assert r["candidates"] == 4
+        assert r["candidates"] == 5
     assert any(json.loads(r["broken_by"])["apgd-ce"] > 0 for r in aa)
     adaptive = [r for r in aa if r["threat"] == "adaptive"]
     assert adaptive and all(json.loads(r["attack_params"])["eot_samples"] == 2 for r in adaptive)
