@@ -42,10 +42,12 @@ def project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def pgd_steps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, alpha: float,
-              steps: int, start: torch.Tensor | None, norm: str = "linf") -> tuple[torch.Tensor, torch.Tensor]:
+              steps: int, start: torch.Tensor | None, norm: str = "linf", track_best: bool = True
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """torchattacks.PGD's loop (PGDL2's for L2), op for op: start, then `steps` steps, each projected on the eps-ball.
     Returns (final iterate, best iterate): the best by `strength` on the attacker's model, read from the
-    logits each step computes anyway (one more forward pass scores the final iterate)."""
+    logits each step computes anyway (one more forward pass scores the final iterate). track_best=False
+    (adversarial training, which trains on the final iterate): (final, final), without that pass."""
     adv = images.clone().detach()
     if start is not None:
         start = start if norm == "linf" else l2_start(start, eps)
@@ -60,6 +62,8 @@ def pgd_steps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps:
         else:
             delta = project_l2(adv.detach() + alpha * l2_direction(grad) - images, eps)
         adv = torch.clamp(images + delta, min=0, max=1).detach()
+    if not track_best:
+        return adv, adv
     best, _ = _keep_stronger(best, best_key, adv, _strength_of(model, adv, labels))
     return adv, best
 

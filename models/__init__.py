@@ -1,5 +1,6 @@
 """Architectures (registry by name), checkpoints and quantization modes."""
 from . import improved_cnn as _improved_cnn  # noqa: F401  (registers)
+from . import resnet as _resnet  # noqa: F401  (registers)
 from . import simple_cnn as _simple_cnn  # noqa: F401  (registers)
 from .checkpoint import (
            CheckpointError,

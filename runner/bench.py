@@ -287,6 +287,33 @@ def run_bench(quick: bool = False, json_path: str | None = None, device: str = "
     return 0
 
 
+def run_adversarial_training_bench(json_path: str | None = None, device: str = "auto", images: int | None = None,
+                                   model_name: str = "simple_cnn") -> int:
+    """(f) what adversarial training costs: one epoch of each method on the same images and model, seconds per
+    epoch and the multiple of a standard epoch (FGSM-RS should cost about two: one more forward and backward)."""
+    import tempfile
+    dev = pick_device(device)
+    dataset = _bench_dataset()
+    n = images or 5000
+    console.print(f"bench on {machine()}; {model_name}, {dataset}, {n} training images, device {dev}")
+    rows = []
+    for method, steps in (("none", None), ("fgsm_rs", None), ("pgd", 7), ("trades", 10)):
+        with tempfile.TemporaryDirectory(prefix="robustgrid-bench-adv-") as out:
+            r = train({"model": model_name, "dataset": dataset, "train_subset": n, "synthetic_train": n + 500,
+                       "val_size": 500, "epochs": 1, "batch_size": 128, "device": dev.type, "adversarial": method,
+                       "adv_steps": steps, "robust_val_images": 200, "out_dir": out})
+        train_s = r["history"][0]["train_seconds"]
+        rows.append({"method": method + (f" ({steps} steps)" if steps else ""), "epoch_s": train_s,
+                     "img_per_s": n / train_s, "robust_val_accuracy": r["history"][0].get("robust_val_accuracy")})
+    for row in rows:
+        row["x_standard"] = row["epoch_s"] / rows[0]["epoch_s"]
+    _print_table(f"(f) adversarial training: one epoch of {n} images ({model_name}, batch 128, {dev})", rows,
+                 {"method": "{}", "epoch_s": "{:.1f}", "img_per_s": "{:.0f}", "x_standard": "{:.2f}x"})
+    if json_path:
+        _write_json(json_path, {"machine": machine(), "device": str(dev), "dataset": dataset, "adversarial_training": rows})
+    return 0
+
+
 AUTOATTACK_CASES = (("linf", 8 / 255), ("l2", 0.5))     # RobustBench's two CIFAR-10 threat models
 
 

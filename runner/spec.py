@@ -25,7 +25,7 @@ from pydantic import (
 
 from ..attacks import ZOO_PREFIX, attack_names, attack_params_json, max_eps, norm_of
 from ..defenses import DEFENSES, defense_names
-from ..models import QUANT, model_names
+from ..models import MODELS, QUANT, model_names
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}   # imagefolder's images
 
@@ -83,6 +83,7 @@ FLAT_DATA_KEYS = {"dataset": "dataset", "data_root": "root", "data_path": "path"
                   "split_seed": "split_seed", "train_subset": "train_subset", "synthetic_train": "synthetic_train",
                   "synthetic_test": "synthetic_test"}
 RUNNER_KEYS = ("out_dir", "threads")     # filled in by the runner, not the sweep file
+ARCHITECTURE_KEYS = ("dropout", "depth", "widen_factor")   # passed to the model's constructor when set
 
 
 class TrainConfig(Strict):
@@ -98,7 +99,17 @@ class TrainConfig(Strict):
     lr_patience: int = Field(2, ge=0)
     lr_factor: float = Field(0.5, gt=0, lt=1)
     dropout: float | None = Field(None, ge=0, lt=1)
+    depth: int | None = Field(None, gt=0)            # wide_resnet: 6n + 4 (28, 34; 16 for CPU tests)
+    widen_factor: int | None = Field(None, gt=0)     # wide_resnet: 10 in RobustBench's entries
     augment: bool = True
+    # adversarial training (runner/adversarial.py): the method, its ball and steps; robust validation's images
+    adversarial: Literal["none", "fgsm_rs", "pgd", "trades"] = "none"
+    adv_eps: float = 8 / 255
+    adv_alpha: float | None = Field(None, gt=0)      # None: fgsm_rs 1.25 eps, pgd and trades 2/255
+    adv_steps: int | None = Field(None, ge=1)       # None: fgsm_rs 1, pgd and trades 10
+    trades_beta: float = Field(6.0, gt=0)
+    robust_val_images: int = Field(500, ge=1)        # PGD-10 on the first N validation images, each epoch
+    lr_schedule: Literal["plateau", "cosine", "one_cycle", "multistep"] = "plateau"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True                 # bf16 autocast, on CUDA only
@@ -123,12 +134,42 @@ class TrainConfig(Strict):
             v["data"] = data
         return v
 
+    @field_validator("adv_eps", mode="before")
+    @classmethod
+    def _adv_eps(cls, v):
+        v = parse_eps(v)
+        if not isinstance(v, (int, float)) or not (1 / 255 - 1e-9 <= v <= 1):
+            raise ValueError(f"must be in [1/255, 1] (pixel scale, L-inf), got {v!r}")
+        return v
+
+    @field_validator("adv_alpha", mode="before")
+    @classmethod
+    def _adv_alpha(cls, v):
+        return parse_eps(v) if isinstance(v, str) else v
+
     @field_validator("model")
     @classmethod
     def _known_model(cls, v):
         if v not in model_names():
             raise ValueError(f"unknown model {v!r}; known: {', '.join(model_names())}")
         return v
+
+    @model_validator(mode="after")
+    def _architecture_keys(self):
+        """depth, widen_factor (and dropout) only for a model that takes them, inside its domain."""
+        for key in ARCHITECTURE_KEYS:
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if key not in MODELS.get(self.model).params:
+                raise ValueError(f".{key}: {self.model} takes no {key}")
+            if key == "depth" and (value < 10 or (value - 4) % 6):
+                raise ValueError(f".depth: must be 6n + 4 >= 10 (16, 22, 28, 34...), got {value}")
+        return self
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The architecture's own keyword arguments this trial sets."""
+        return {k: getattr(self, k) for k in ARCHITECTURE_KEYS if getattr(self, k) is not None}
 
     def flat(self) -> dict[str, Any]:
         """The flat form: training keys, then the data fields under their flat names, then runner keys."""

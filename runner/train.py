@@ -27,6 +27,7 @@ from ..models import (
     save_checkpoint,
     state_dict_bytes,
 )
+from . import adversarial as adv
 from .data import Splits, TensorBatches, load_splits, to_float
 from .device import ieee_fp32, pick_device
 from .distributed import DistInfo, from_rank0, setup_distributed
@@ -55,9 +56,8 @@ def accuracy(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, device: t
 
 
 def build_model(cfg: TrainConfig, splits: Splits) -> tuple[nn.Module, dict[str, Any]]:
-    kwargs: dict[str, Any] = {"num_classes": len(splits.classes), "mean": list(splits.mean), "std": list(splits.std)}
-    if cfg.dropout is not None:
-        kwargs["dropout"] = cfg.dropout
+    kwargs: dict[str, Any] = {"num_classes": len(splits.classes), "mean": list(splits.mean), "std": list(splits.std),
+                              **cfg.model_kwargs()}
     return create_model(cfg.model, **kwargs), kwargs
 
 
@@ -65,6 +65,22 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """(scheduler, when it steps: 'metric' once an epoch on the selection metric, 'epoch', or 'step' every batch).
+    one_cycle is Wong et al.'s cyclic schedule: linear from ~0 up to lr at 2/5 of the run, then down to ~0;
+    multistep Madry's / Rice's decay by 10 at 1/2 and 3/4 of the epochs; cosine over every step."""
+    sched = torch.optim.lr_scheduler
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    if cfg.lr_schedule == "cosine":
+        return sched.CosineAnnealingLR(optimizer, T_max=total), "step"
+    if cfg.lr_schedule == "one_cycle":
+        return sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.4, anneal_strategy="linear",
+                                cycle_momentum=False, div_factor=1e4, final_div_factor=1e4), "step"
+    if cfg.lr_schedule == "multistep":
+        return sched.MultiStepLR(optimizer, milestones=[cfg.epochs // 2, (3 * cfg.epochs) // 4], gamma=0.1), "epoch"
+    return sched.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience), "metric"
 
 
 def train(config: dict[str, Any], report: Reporter | None = None, resume_from: str | Path | None = None,
@@ -97,9 +113,10 @@ def train(config: dict[str, Any], report: Reporter | None = None, resume_from: s
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if on_cuda else None) if di.world_size > 1 else model
     step_net = torch.compile(net) if cfg.compile else net
     optimizer = make_optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (on_cuda and cfg.amp) else contextlib.nullcontext
     batches = make_batches(cfg, splits, di, device)
+    scheduler, sched_when = make_scheduler(cfg, optimizer, len(batches))
+    robust = Robustness(cfg, model, splits, device, di) if cfg.adversarial != "none" else None
 
     state = {"epoch": 0, "best_val": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
     if resume_from is not None:
@@ -107,19 +124,28 @@ def train(config: dict[str, Any], report: Reporter | None = None, resume_from: s
 
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.time()
-        train_loss, train_acc = train_one_epoch(step_net, batches, epoch, optimizer, autocast)
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = train_one_epoch(step_net, batches, epoch, optimizer, autocast,
+                                                robust.trainer(epoch, batches) if robust else None,
+                                                scheduler.step if sched_when == "step" else None)
         train_seconds = time.time() - t0    # train_one_epoch ends in .item(): the device has finished
         val_loss, val_acc = from_rank0(list(accuracy(model, splits.val_x, splits.val_y, device, autocast=autocast)),
                                        di, device)
-        scheduler.step(val_acc)
         row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
-               "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - t0,
-               "train_seconds": train_seconds}
+               "val_accuracy": val_acc, "lr": lr, "seconds": 0.0, "train_seconds": train_seconds}
+        if robust:
+            row.update(robust.measure(state["history"] + [row]))
+        metric = row["robust_val_accuracy"] if robust else val_acc     # Rice et al.: select on robust accuracy
+        if sched_when == "metric":
+            scheduler.step(metric)
+        elif sched_when == "epoch":
+            scheduler.step()
+        row["seconds"] = time.time() - t0
         state["history"].append(row)
         state["epoch"] = epoch + 1
-        improved = val_acc > state["best_val"]
+        improved = metric > state.get("best_metric", state["best_val"])
         if improved:
-            state.update(best_val=val_acc, best_epoch=epoch + 1, bad_epochs=0)
+            state.update(best_metric=metric, best_val=val_acc, best_epoch=epoch + 1, bad_epochs=0)
         else:
             state["bad_epochs"] += 1
         stop = cfg.early_stopping_patience is not None and state["bad_epochs"] >= cfg.early_stopping_patience
@@ -146,24 +172,65 @@ def make_batches(cfg: TrainConfig, splits: Splits, di: DistInfo, device: torch.d
     return TensorBatches(splits.train_x, splits.train_y, cfg.batch_size, di, device, cfg.seed, cfg.augment)
 
 
-def train_one_epoch(net: nn.Module, batches, epoch: int, optimizer, autocast) -> tuple[float, float]:
+def train_one_epoch(net: nn.Module, batches, epoch: int, optimizer, autocast, attack=None,
+                    on_step=None) -> tuple[float, float]:
+    """attack(xb, yb) -> (images to train on, trades' x'): adversarial training (the attack runs outside autocast,
+    in fp32: no fp16 gradient underflows). on_step: a per-step learning-rate schedule."""
     net.train()
     loss_sum = torch.zeros((), dtype=torch.float64)
     correct = torch.zeros((), dtype=torch.int64)
     seen = 0
     for xb, yb in batches.epoch(epoch):
+        x_adv = attack(xb, yb) if attack else None
         with autocast():
-            logits = net(xb)
-            # bf16 logits (AMP) are scored in fp32; fp32 and fp64 logits as they are
-            loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), yb)
+            if attack:
+                loss, logits = attack.loss(net, xb, x_adv, yb)
+            else:
+                logits = net(xb)
+                # bf16 logits (AMP) are scored in fp32; fp32 and fp64 logits as they are
+                loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if on_step:
+            on_step()
         # .item() each step would sync the GPU; accumulate on device, read once per epoch.
         loss_sum = loss_sum.to(loss.device) + loss.detach().double() * len(yb)
         correct = correct.to(loss.device) + (logits.argmax(1) == yb).sum()
         seen += len(yb)
     return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+
+
+class Robustness:
+    """Adversarial training's per-trial parts: the attack each step and the robust measurements each epoch."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, splits: Splits, device: torch.device, di: DistInfo):
+        self.cfg, self.model, self.device, self.di = cfg, model, device, di
+        self.val_x = to_float(splits.val_x[:cfg.robust_val_images].to(device))
+        self.val_y = splits.val_y[:cfg.robust_val_images].to(device)
+        self.train_x = to_float(splits.train_x[:256].to(device))     # Wong et al.'s check: a fixed training batch
+        self.train_y = splits.train_y[:256].to(device)
+
+    def trainer(self, epoch: int, batches):
+        """The epoch's attack: each sample's start from (seed, epoch, its index), so a resumed epoch, a DDP rank
+        and one process draw the same (a DataLoader hides the indices: there, a stream per rank and epoch)."""
+        gen = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + self.di.rank * 1009 + epoch) % 2**63)
+        cfg, model = self.cfg, self.model
+
+        def attack(xb, yb):
+            index = getattr(batches, "index", None)
+            u = (adv.sample_uniform(index, cfg.seed, epoch, tuple(xb.shape[1:])) if index is not None
+                 else torch.rand(xb.shape, generator=gen, dtype=torch.float64))
+            return adv.adversarial_batch(model, xb, yb, cfg, u)
+        attack.loss = lambda net, xb, x_adv, yb: adv.training_loss(net, xb, x_adv, yb, cfg)
+        return attack
+
+    def measure(self, history: list[dict]) -> dict[str, Any]:
+        """robust_val_accuracy (PGD-10 at the training eps), robust_train_accuracy, catastrophic_overfitting."""
+        rv, rt = from_rank0([adv.robust_accuracy(self.model, self.val_x, self.val_y, self.cfg.adv_eps),
+                             adv.robust_accuracy(self.model, self.train_x, self.train_y, self.cfg.adv_eps)], self.di, self.device)
+        row = {"robust_val_accuracy": rv, "robust_train_accuracy": rt}
+        return {**row, "catastrophic_overfitting": adv.catastrophic_overfitting(history[:-1] + [{**history[-1], **row}])}
 
 
 def _save_epoch(out_dir: Path, cfg: TrainConfig, model, model_kwargs, optimizer, scheduler, state, improved, splits) -> Path:
@@ -196,8 +263,12 @@ def _finish(cfg, out_dir, model, splits, device, di, state) -> dict[str, Any]:
     with ieee_fp32():    # the reported test accuracy is an fp32 figure, on a GPU too
         _, test_acc = accuracy(model, splits.test_x, splits.test_y, device)
     cpu_model = model.to("cpu")   # sizes as the notebooks measured them (state_dict_bytes ignores the layout)
+    robust = [h for h in state["history"] if h.get("robust_val_accuracy") is not None]
+    collapsed = [h["epoch"] for h in state["history"] if h.get("catastrophic_overfitting")]
     return {
         "best_val_accuracy": state["best_val"], "best_epoch": state["best_epoch"],
+        "best_robust_val_accuracy": state.get("best_metric") if robust else None,
+        "catastrophic_overfitting_epoch": collapsed[0] if collapsed else None,
         "test_accuracy": test_acc, "epochs_run": state["epoch"], "train_images": len(splits.train_x),
         "world_size": di.world_size, "device": str(device), "node": socket.gethostname(),
         "checkpoint": str(best), "fp32_bytes": state_dict_bytes(cpu_model),

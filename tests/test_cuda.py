@@ -87,6 +87,29 @@ def test_fp16_input_gradient_on_cuda_has_no_dead_images(model_and_images):
     assert (grad == 0).float().mean().item() < 1e-3
 
 
+@pytest.mark.parametrize("method", ["fgsm_rs", "trades"])
+def test_adversarial_training_with_amp_on_cuda(tmp_path, method):
+    """bf16 autocast trains; the inner attack runs outside it in fp32, so every training image moves (no gradient
+    underflows to a dead sign), and robust validation is measured."""
+    from robustgrid.runner import adversarial as adv
+    from robustgrid.runner.spec import TrainConfig
+    from robustgrid.runner.train import train
+    cfg = {"model": "preact_resnet18", "dataset": "synthetic", "synthetic_train": 1200, "synthetic_test": 200,
+           "val_size": 200, "epochs": 1, "batch_size": 128, "device": "cuda", "amp": True, "adversarial": method,
+           "adv_steps": 2 if method == "trades" else None, "robust_val_images": 200, "out_dir": str(tmp_path)}
+    r = train(cfg)
+    assert r["device"].startswith("cuda") and 0 <= r["history"][0]["robust_val_accuracy"] <= 1
+    from robustgrid.models import load_checkpoint
+    model = load_checkpoint(tmp_path / "best.pt").to(CUDA).eval()
+    x = torch.rand(128, 3, 32, 32, device=CUDA)
+    y = torch.randint(0, 10, (128,), device=CUDA)
+    u = torch.rand(128, 3, 32, 32, dtype=torch.float64)
+    # as the training loop calls it: outside the step's autocast, in fp32
+    x_adv = adv.adversarial_batch(model, x, y, TrainConfig.model_validate({**cfg, "out_dir": None}), u)
+    moved = (x_adv - x).flatten(1).abs().amax(1) > 0
+    assert moved.all(), f"{int((~moved).sum())} images never moved"
+
+
 def test_fp32_cells_on_the_gpu_equal_the_cpu_cells(model_and_images):
     """Same model, images and grid on both devices. IEEE fp32 on both, but other summation orders:
     a prediction on a decision boundary, or an FGSM sign of a near-zero gradient, may differ. The

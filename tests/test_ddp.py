@@ -4,6 +4,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 from robustgrid.models import read_checkpoint
 from robustgrid.runner.train import train
@@ -31,17 +32,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes_equal_single_process(tmp_path):
+# adversarial training: each rank attacks its own shard; every sample's random start is its own (seed, epoch,
+# index), so the ranks together train on the very images one process does
+ADVERSARIAL = {"adversarial": "fgsm_rs", "robust_val_images": 8}
+
+
+@pytest.mark.parametrize("extra", [{}, ADVERSARIAL], ids=["standard", "fgsm_rs"])
+def test_ddp_two_processes_equal_single_process(tmp_path, extra):
+    config = {**CONFIG, **extra}
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        single = train({**CONFIG, "out_dir": str(tmp_path / "single")})
+        single = train({**config, "out_dir": str(tmp_path / "single")})
     finally:
         torch.set_default_dtype(default)
     launcher = tmp_path / "launch_fp64.py"
     launcher.write_text(LAUNCHER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [f"{k}={v}" for k, v in CONFIG.items()] + [f"out_dir={tmp_path / 'ddp'}"]
+    args = [f"{k}={v}" for k, v in config.items()] + [f"out_dir={tmp_path / 'ddp'}"]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(launcher), *args],
                           env=env, capture_output=True, text=True, timeout=300)

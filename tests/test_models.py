@@ -19,6 +19,17 @@ def test_improved_cnn_sizes_match_the_notebook():
     assert state_dict_bytes(m.to(memory_format=torch.channels_last)) == state_dict_bytes(create_model("improved_cnn"))
 
 
+@pytest.mark.parametrize("name,kwargs,params", [
+    ("preact_resnet18", {}, 11_172_170), ("resnet18", {}, 11_173_962), ("wide_resnet", {}, 36_479_194),
+    ("wide_resnet", {"depth": 34}, 46_160_474), ("wide_resnet", {"depth": 16, "widen_factor": 4}, 2_748_890),
+])
+def test_the_fields_architectures_have_their_published_sizes(name, kwargs, params):
+    """PreActResNet-18 and ResNet-18 11.2 M (Wong et al. 2020; RobustBench), WRN-28-10 36.5 M, WRN-34-10 46.2 M."""
+    m = create_model(name, **kwargs)
+    assert sum(p.numel() for p in m.parameters()) == params
+    assert m.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_registry_and_forward_on_unit_images():
     assert {"simple_cnn", "improved_cnn"} <= set(model_names())
     for name in model_names():

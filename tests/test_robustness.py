@@ -131,6 +131,30 @@ def test_large_eps_and_noise_baseline_flags():
     assert masking_flags(ev).empty
 
 
+def test_pgd_not_converged_and_square_component_flags():
+    """PGD-10 significantly and >= 2 points above APGD on the same cells: PGD had not converged; an AutoAttack row
+    whose Square component broke over 0.2 % of the images: the gradients were masked. Silent when close."""
+    rng = np.random.default_rng(1)
+    apgd = rng.random(N) < 0.3
+    pgd = apgd | (rng.random(N) < 0.2)          # right wherever APGD is, and on more images
+    ev = pd.DataFrame([_row("pgd", mask=pgd, params='{"steps": 10}'), _row("apgd", mask=apgd, params='{"steps": 100}')])
+    assert set(masking_flags(ev)["check"]) == {"pgd_not_converged"}
+    ev = pd.DataFrame([_row("pgd", mask=apgd, params='{"steps": 10}'), _row("apgd", mask=apgd, params='{"steps": 100}')])
+    assert masking_flags(ev).empty
+    aa = {**_row("autoattack", correct=100, params='{"steps": 100}'),
+          "broken_by": json.dumps({"clean": 50, "apgd-ce": 240, "apgd-t": 4, "fab-t": 0, "square": 6})}
+    assert set(masking_flags(pd.DataFrame([aa]))["check"]) == {"square_broke_what_gradients_missed"}
+    aa["broken_by"] = json.dumps({"clean": 50, "apgd-ce": 250, "apgd-t": 0, "fab-t": 0, "square": 0})
+    assert masking_flags(pd.DataFrame([aa])).empty
+
+
+def test_two_norms_are_never_one_cell_set():
+    linf, l2 = _row("pgd", correct=100, params='{"steps": 10}'), _row("pgd", correct=300, params='{"norm": "l2", "steps": 10}')
+    l2["norm"], linf["norm"] = "l2", "linf"
+    worst = worst_case(pd.DataFrame([linf, l2]))
+    assert sorted(worst["correct"]) == [100, 300]      # not the per-image minimum over both norms
+
+
 def test_worst_case_keeps_two_calibrations_apart():
     a = _row("fgsm", correct=100, quant="int8_static")
     b = _row("pgd", correct=50, quant="int8_static", params='{"steps": 10}')

@@ -139,6 +139,7 @@ def test_autoattack_rows_count_what_each_component_broke(standard_rows):
     for r in aa:
         broken = json.loads(r["broken_by"])
         assert list(broken) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
+        assert [c["name"] for c in json.loads(r["attack_params"])["components"]] == list(broken)[1:]
         assert sum(broken.values()) == r["n"] - r["correct"], r
         assert r["candidates"] == 5
     assert any(json.loads(r["broken_by"])["apgd-ce"] > 0 for r in aa)

@@ -40,7 +40,8 @@ def test_linnaeus_sweep_needs_its_folder(tmp_path):
 def test_bundled_sweeps_are_listed_with_descriptions_and_run_by_name():
     from robustgrid.runner.bundled import bundled_sweeps, resolve_sweep
     bundled = bundled_sweeps()
-    assert set(bundled) == {"quickstart", "cifar10_notebook", "cifar10_cluster", "linnaeus5", "adaptive", "quant"}
+    assert set(bundled) == {"quickstart", "cifar10_notebook", "cifar10_cluster", "linnaeus5", "adaptive", "quant",
+                            "autoattack", "robust_training", "fast_at_preact18"}
     assert all(desc for _, desc in bundled.values())
     assert resolve_sweep("quickstart") == bundled["quickstart"][0]
     assert load_spec(resolve_sweep("quickstart"))[0].name == "quickstart"
@@ -53,3 +54,16 @@ def test_adaptive_sweep_trains_the_quickstarts_models_and_attacks_through_every_
     assert [trial_id_of(c) for c in spec.trial_configs()] == [trial_id_of(c) for c in quick.trial_configs()]
     assert spec.evaluate.threats == ["oblivious", "adaptive"] and spec.evaluate.n_images == quick.evaluate.n_images
     assert [a.name for a in spec.evaluate.attacks] == ["fgsm", "pgd"]
+
+
+def test_autoattack_sweep_reuses_the_quickstarts_models_and_keeps_its_trial_ids():
+    from robustgrid.runner.execute import trial_id_of
+    quick, _ = load_spec(SWEEPS / "quickstart.yaml")
+    spec, _ = load_spec(SWEEPS / "autoattack.yaml")
+    ids = [trial_id_of(c) for c in quick.trial_configs()]
+    assert [trial_id_of(c) for c in spec.trial_configs()] == ids == ["t99b64ffc97", "td2c15ab70b"]   # ids of earlier releases
+    attacks = [(a.name, a.params.get("version"), a.norm, spec.evaluate.eps_of(a)) for a in spec.evaluate.attacks]
+    assert ("autoattack", "standard", "linf", [0, 8 / 255]) in attacks and ("autoattack", "standard", "l2", [0.5]) in attacks
+    assert ("autoattack", "rand", "linf", [0, 8 / 255]) in attacks and ("pgd", None, "linf", [0, 8 / 255]) in attacks
+    wide = {**quick.trial_configs()[0], "model": "wide_resnet", "depth": 16, "widen_factor": 4}
+    assert trial_id_of(wide) not in ids

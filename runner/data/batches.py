@@ -52,6 +52,7 @@ class TensorBatches:
                  device: torch.device, seed: int, augment: bool):
         self.x, self.y = x.to(device), y.to(device)
         self.batch_size, self.device, self.seed, self.augment = batch_size, device, seed, augment
+        self.index: torch.Tensor | None = None
         # Each rank takes 1/world of the global batch, so gradients average to the global one.
         self.local_batch = max(1, batch_size // dist_info.world_size)
         self.sampler = DistributedSampler(range(len(x)), num_replicas=dist_info.world_size,
@@ -66,6 +67,7 @@ class TensorBatches:
         params = augment_params(len(self.x), self.seed, epoch) if self.augment else None
         for i in range(0, len(order), self.local_batch):
             idx = order[i:i + self.local_batch]
+            self.index = idx          # the batch's samples (adversarial training draws its starts per sample)
             xb = self.x[idx.to(self.device)]
             if params is not None:
                 xb = crop_flip(xb, *(p[idx] for p in params))

@@ -13,7 +13,7 @@ from ..provenance import software
 from .plan import Cell, attack_setting
 from .stats import wilson_interval
 
-META_KEYS = ("sweep", "run_id", "trial_id", "model", "dataset")
+META_KEYS = ("sweep", "run_id", "trial_id", "model", "dataset", "training")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def _row(c: Cell, verdict: Verdict, clean_ok: torch.Tensor, seconds: float, meta
     base = int(clean_ok.sum())
     flipped = int((clean_ok & ~ok).sum())
     return {
-        **{k: meta[k] for k in META_KEYS},
+        **{k: meta.get(k) for k in META_KEYS},
         "quant": c.quant, "quant_params": c.quant_params, "model_bytes": model_bytes, "attack": c.attack, "attack_params": c.attack_params,
         "attack_source": c.attack_source, "threat": c.threat,
         "eps": c.eps, "defense": c.defense, "defense_params": c.defense_params, "n": n, "correct": correct,

@@ -28,12 +28,13 @@ class EvalTask:
     evaluate: EvaluateSpec
     threads: int | None = None
     examples_path: str | None = None
+    training: str = "none"        # the trial's training method (train.adversarial)
 
     @property
     def meta(self) -> dict[str, str]:
         """What every row of this task says about where it came from."""
         return {"sweep": self.sweep, "run_id": self.run_id, "trial_id": self.trial_id, "model": self.model,
-                "dataset": self.data.dataset}
+                "dataset": self.data.dataset, "training": self.training}
 
     def with_grid(self, **updates) -> EvalTask:
         """The same task on part of its grid (e.g. quant=['dynamic_int8'], defenses={...}, device='cpu')."""

@@ -23,11 +23,17 @@ from ..results import TRIAL_KEY, ResultStore
 from ..spec import DataSpec, SweepSpec, count_test_images
 
 IGNORED_IN_TRIAL_ID = ("out_dir", "threads")
+# Keys added after trial ids existed enter the id only when set: every earlier trial keeps its id (its folder
+# resumes, its checkpoints are reused) and a trial that sets one is another trial.
+ADDED_LATER = {"depth": None, "widen_factor": None, "adversarial": "none", "lr_schedule": "plateau"}
+ADVERSARIAL_KEYS = ("adv_eps", "adv_alpha", "adv_steps", "trades_beta", "robust_val_images")   # only with a method
 
 
 def trial_id_of(config: dict[str, Any]) -> str:
     """Stable across runs: the same configuration is the same trial (resume, re-evaluation)."""
-    key = {k: v for k, v in sorted(config.items()) if k not in IGNORED_IN_TRIAL_ID}
+    standard = config.get("adversarial", "none") == "none"
+    key = {k: v for k, v in sorted(config.items()) if k not in IGNORED_IN_TRIAL_ID
+           and not (k in ADDED_LATER and v == ADDED_LATER[k]) and not (standard and k in ADVERSARIAL_KEYS)}
     return "t" + hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -148,7 +154,8 @@ class Sweep:
     def eval_task(self, trial: dict) -> EvalTask:
         return EvalTask(checkpoint=trial["checkpoint"], trial_id=trial["trial_id"], sweep=self.spec.name,
                         run_id=self.run_id, model=trial["model"], data=self.data(), evaluate=self.spec.evaluate,
-                        examples_path=str(self.out / "examples" / f"{trial['trial_id']}.npz"))
+                        examples_path=str(self.out / "examples" / f"{trial['trial_id']}.npz"),
+                        training=trial.get("adversarial") if isinstance(trial.get("adversarial"), str) else "none")
 
 
 def resolve_out(spec: SweepSpec, out: str | os.PathLike | None) -> Path:

@@ -31,7 +31,7 @@ def plot_accuracy_vs_eps(ev: pd.DataFrame, path: Path, title: str) -> Path:
     """A panel per (quant, source, attack); a line per defense, dashed where the attacker is adaptive."""
     import matplotlib.pyplot as plt
     ev = ev.assign(threat=ev["threat"].fillna("oblivious"),
-                   norm=ev["norm"].fillna("linf") if "norm" in ev else "linf")
+                   norm=ev["norm"].astype(object).fillna("linf") if "norm" in ev else "linf")
     panels = list(ev.groupby(["quant", "attack_source", "attack", "norm"], sort=False))   # one norm an axis
     cols = min(4, len(panels))                    # wrap: a quant sweep has two dozen panels
     rows = -(-len(panels) // cols)

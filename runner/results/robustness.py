@@ -30,7 +30,7 @@ ALPHA = 0.05          # the masking checks' significance level (one-sided exact 
 def _prepared(ev: pd.DataFrame) -> pd.DataFrame:
     fill = {"attack_params": "{}", "threat": "oblivious", "data_digest": "", "quant_params": "{}", "seed": 0,
             "norm": "linf", "broken_by": None}
-    ev = ev.assign(**{k: ev[k].fillna(v) if k in ev else v for k, v in fill.items()})
+    ev = ev.assign(**{k: ev[k].astype(object).fillna(v) if k in ev else v for k, v in fill.items()})
     return ev.assign(setting=ev["attack_params"].map(lambda p: json.dumps(attack_setting(p), sort_keys=True)))
 
 

@@ -29,6 +29,7 @@ PROVENANCE_FIELDS = [
 
 EVAL_SCHEMA = pa.schema([
     ("sweep", pa.string()), ("run_id", pa.string()), ("trial_id", pa.string()), ("model", pa.string()),
+    ("training", pa.string()),       # the trial's training method: none, fgsm_rs, pgd, trades
     ("dataset", pa.string()), ("quant", pa.string()),
     ("quant_params", pa.string()),   # canonical JSON of what made the quantized model (int8_static: calibration_images)
     ("model_bytes", pa.int64()), ("attack", pa.string()),
@@ -56,11 +57,17 @@ EPOCH_SCHEMA = pa.schema([
     ("train_loss", pa.float64()), ("train_accuracy", pa.float64()), ("val_loss", pa.float64()),
     ("val_accuracy", pa.float64()), ("lr", pa.float64()), ("seconds", pa.float64()),
     ("train_seconds", pa.float64()),   # the training steps alone (seconds adds the validation pass)
+    # adversarial training: PGD-10 accuracy on the first robust_val_images validation images and on a fixed
+    # training batch; catastrophic overfitting: the latter collapsed (Wong et al. 2020)
+    ("robust_val_accuracy", pa.float64()), ("robust_train_accuracy", pa.float64()),
+    ("catastrophic_overfitting", pa.bool_()),
 ])
 
 _TRIAL_RESULT_FIELDS = [
     ("sweep", pa.string()), ("run_id", pa.string()), ("trial_id", pa.string()), ("status", pa.string()),
     ("error", pa.string()), ("best_val_accuracy", pa.float64()), ("best_epoch", pa.int64()),
+    # with adversarial training best_val_accuracy and best_epoch are chosen by robust validation accuracy
+    ("best_robust_val_accuracy", pa.float64()), ("catastrophic_overfitting_epoch", pa.int64()),
     ("test_accuracy", pa.float64()), ("epochs_run", pa.int64()), ("seconds", pa.float64()),
     ("world_size", pa.int64()), ("device", pa.string()), ("node", pa.string()), ("node_ip", pa.string()), ("node_id", pa.string()),
     ("gpu_ids", pa.string()), ("cuda_visible_devices", pa.string()), ("checkpoint", pa.string()),

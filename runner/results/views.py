@@ -142,17 +142,21 @@ def pivot_views(ev: pd.DataFrame) -> list[View]:
     ev = ev.assign(data_digest=ev["data_digest"].fillna("") if "data_digest" in ev else "",
                    attack_params=ev["attack_params"].fillna("{}") if "attack_params" in ev else "{}",
                    threat=ev["threat"].fillna("oblivious") if "threat" in ev else "oblivious",
-                   norm=ev["norm"].fillna("linf") if "norm" in ev else "linf")
+                   norm=ev["norm"].astype(object).fillna("linf") if "norm" in ev else "linf",
+                   training=ev["training"].astype(object).fillna("none") if "training" in ev else "none")
     ev = ev.assign(attack_setting=ev["attack_params"].map(_setting_json))
     views = []
-    keys = ["norm", "quant", "attack_source", "attack", "attack_setting", *IMAGE_SET]    # never two norms in one table
+    # never two norms in one table; each training method its own table
+    keys = ["training", "norm", "quant", "attack_source", "attack", "attack_setting", *IMAGE_SET]
     several_digests = ev.groupby(["n", "seed"])["data_digest"].nunique().max() > 1
-    for (norm, q, src, attack, setting, n, seed, digest), part in ev.groupby(keys, sort=False):
+    for (training, norm, q, src, attack, setting, n, seed, digest), part in ev.groupby(keys, sort=False):
         what = (f"worst case over every {NORM_LABELS[norm]} attack" if attack == "worst_case"
                 else f"{attack}{_setting(setting)}")
         if src == "self" and part["attack_params"].map(through_twin).any():
             src = "self (white-box through its fake-quant twin, STE)"
         title = f"{what} accuracy %, {NORM_LABELS[norm]}, quant={q}, source={src}, n={n} images"
+        if training != "none":
+            title += f", trained {training}"
         if several_digests and digest:
             title += f" (images {digest[:8]})"
         views.append(pivot_view(part, title))
