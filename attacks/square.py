@@ -76,14 +76,15 @@ def p_selection(p_init: float, it: int, n_queries: int, rescale: bool) -> float:
 
 
 def _margin_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Through a randomized defense (a model with `eot_draws`), each query sees one draw, the next in turn: a
+    black-box attacker queries the random system as it is, as the authors' Square does (averaging the draws
+    would multiply 5000 queries by them; AutoAttack's rand version is the one with EOT)."""
+    draws = getattr(model, "eot_draws", None)
+    if draws:
+        model.draw = draws[getattr(model, "_square_calls", 0) % len(draws)]
+        model._square_calls = getattr(model, "_square_calls", 0) + 1
     with torch.no_grad():
-        draws = getattr(model, "eot_draws", None) or [None]
-        logits = 0
-        for d in draws:
-            if d is not None:
-                model.draw = d
-            logits = logits + model(x).float()
-        logits = logits / len(draws)
+        logits = model(x).float()
     u = torch.arange(len(x), device=x.device)
     y_corr = logits[u, y].clone()
     xent = nn.functional.cross_entropy(logits, y, reduction="none")
@@ -194,6 +195,7 @@ def square_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
     """The authors' attack_single_run: the best image found per image (fooling, else the lowest loss)."""
     c, h, w = x.shape[1:]
     n_features = c * h * w
+    model._square_calls = 0       # query k sees draw k in turn, in any batch
     x_best = (_linf_init if norm == "linf" else _l2_init)(x, eps, draws)
     margin_min, loss_min = _margin_and_loss(model, x_best, y, loss)
     for i_iter in range(queries):
