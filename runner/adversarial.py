@@ -2,7 +2,7 @@
 
     fgsm_rs  Wong, Rice & Kolter 2020 ("Fast is better than free"): a random start in the ball, one signed
              step of alpha = 1.25 eps, projected; train on it
-    pgd      Madry et al. 2018: `adv_steps` (10) signed steps of alpha = 2/255 from a random start
+    pgd      Madry et al. 2018: `adv_steps` (7, their CIFAR-10 setting) signed steps of alpha = 2/255 from a random start
     trades   Zhang et al. 2019: CE on the clean image + beta * KL(f(x) || f(x')), x' maximizing that KL
              (10 steps of 2/255 from x + 0.001 N(0, 1)); beta 6
 
@@ -41,7 +41,7 @@ def alpha_of(cfg: TrainConfig) -> float:
 def steps_of(cfg: TrainConfig) -> int:
     if cfg.adv_steps is not None:
         return cfg.adv_steps
-    return 1 if cfg.adversarial == "fgsm_rs" else 10
+    return {"fgsm_rs": 1, "pgd": 7}.get(cfg.adversarial, 10)
 
 
 def sample_uniform(index: torch.Tensor, seed: int, epoch: int, shape: tuple[int, ...]) -> torch.Tensor:

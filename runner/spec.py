@@ -106,7 +106,7 @@ class TrainConfig(Strict):
     adversarial: Literal["none", "fgsm_rs", "pgd", "trades"] = "none"
     adv_eps: float = 8 / 255
     adv_alpha: float | None = Field(None, gt=0)      # None: fgsm_rs 1.25 eps, pgd and trades 2/255
-    adv_steps: int | None = Field(None, ge=1)       # None: fgsm_rs 1, pgd and trades 10
+    adv_steps: int | None = Field(None, ge=1)       # None: fgsm_rs 1, pgd 7, trades 10
     trades_beta: float = Field(6.0, gt=0)
     robust_val_images: int = Field(500, ge=1)        # PGD-10 on the first N validation images, each epoch
     lr_schedule: Literal["plateau", "cosine", "one_cycle", "multistep"] = "plateau"
@@ -153,6 +153,12 @@ class TrainConfig(Strict):
         if v not in model_names():
             raise ValueError(f"unknown model {v!r}; known: {', '.join(model_names())}")
         return v
+
+    @model_validator(mode="after")
+    def _one_step_fgsm(self):
+        if self.adversarial == "fgsm_rs" and self.adv_steps not in (None, 1):
+            raise ValueError(f".adv_steps: fgsm_rs takes one step, got {self.adv_steps}; several steps are adversarial: pgd")
+        return self
 
     @model_validator(mode="after")
     def _architecture_keys(self):

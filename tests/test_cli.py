@@ -94,6 +94,7 @@ def test_show_and_models(tiny_run, capsys):
     (lambda s: s["evaluate"].update(eps=[0, 0.1, -0.5]), "evaluate.eps[2]: must be a finite number >= 0"),
     (lambda s: s["train"].update(depth=16), "train.depth: simple_cnn takes no depth"),
     (lambda s: s["train"].update(adversarial="pgd", adv_eps=-0.1), "train.adv_eps: must be in [1/255, 1]"),
+    (lambda s: s["train"].update(adversarial="fgsm_rs", adv_steps=7), "train.adv_steps: fgsm_rs takes one step"),
     (lambda s: s["train"].update(adversarial="free"), "train.adversarial: Input should be 'none', 'fgsm_rs', 'pgd' or 'trades'"),
     (lambda s: s["train"].update(adversarial="trades", trades_beta=0), "train.trades_beta: Input should be greater than 0"),
     (lambda s: s["train"].update(adversarial={"grid_search": ["pgd", "madry"]}), "train.adversarial.grid_search[1]: Input should be"),
