@@ -202,6 +202,7 @@ def record_result(sweep: Sweep, trial: dict, metrics: dict | None, error: str | 
 
 
 _RESULT_KEYS = {"best_val_accuracy", "best_epoch", "test_accuracy", "epochs_run", "seconds", "world_size",
+                "best_robust_val_accuracy", "catastrophic_overfitting_epoch",
                 "device", "checkpoint", "fp32_bytes", "int8_bytes", *PROVENANCE_KEYS}
 
 
