@@ -9,6 +9,7 @@ from . import square as _square  # noqa: F401  (registers)
 from .base import (
                    ATTACKS,
                    NORMS,
+                   ZOO_CHUNK,
                    ZOO_PREFIX,
                    Attack,
                    as_candidates,
@@ -36,7 +37,7 @@ from .pgd import strength
 __all__ = [
                    "ATTACKS",
                    "NORMS",
-                   "ZOO_PREFIX",
+                   "ZOO_CHUNK", "ZOO_PREFIX",
                    "Attack",
                    "as_candidates",
                    "attack_names",

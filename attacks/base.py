@@ -127,6 +127,9 @@ def resolve_attack(name: str, params: dict | None = None) -> dict:
 
 
 ZOO_PREFIX = "torchattacks."
+# zoo attacks draw from the global RNG per call: they run on fixed chunks of the test split, each seeded from
+# its first index (an evaluation shard starts on a chunk boundary, so its cells equal the unsharded ones)
+ZOO_CHUNK = 100
 
 
 def gradient_step(name: str) -> Callable | None:

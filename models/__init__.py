@@ -5,6 +5,7 @@ from . import simple_cnn as _simple_cnn  # noqa: F401  (registers)
 from .checkpoint import (
            CheckpointError,
            load_checkpoint,
+           load_model,
            read_checkpoint,
            save_checkpoint,
            state_dict_bytes,
@@ -12,5 +13,5 @@ from .checkpoint import (
 from .quant import QUANT, QuantMode, fake_quant_twin, int8_share, quant_mode, quantize, shipped_bytes
 from .registry import MODELS, create_model, model_names, register_model
 
-__all__ = ["CheckpointError", "MODELS", "QUANT", "QuantMode", "create_model", "fake_quant_twin", "int8_share", "load_checkpoint", "model_names",
+__all__ = ["CheckpointError", "MODELS", "QUANT", "QuantMode", "create_model", "fake_quant_twin", "int8_share", "load_checkpoint", "load_model", "model_names",
            "quant_mode", "quantize", "read_checkpoint", "register_model", "save_checkpoint", "shipped_bytes", "state_dict_bytes"]

@@ -41,7 +41,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_checkpoint(path: str | os.PathLike) -> nn.Module:
     """A ready model in eval mode on the CPU that takes [0,1] images."""
-    payload = read_checkpoint(path)
+    return load_model(read_checkpoint(path), path)
+
+
+def load_model(payload: dict[str, Any], path: str | os.PathLike = "checkpoint") -> nn.Module:
+    """The model of a checkpoint already read (read_checkpoint's dict; `path` names it in errors)."""
     try:
         model = create_model(payload["model"], **payload["model_kwargs"])
         model.load_state_dict(payload["state_dict"])

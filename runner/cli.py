@@ -128,6 +128,9 @@ def cmd_run(args) -> int:
     sweep = Sweep(spec, raw, resolve_out(spec, args.out))
     check_out(sweep.out)
     _check_checkpoints_readable(sweep)
+    if args.executor == "inline":
+        from .execute import check_inline
+        check_inline(sweep)
     if args.executor == "ray":        # the cluster is checked before a file is written
         from .execute import check_cluster, init_ray
         init_ray(args.address)
@@ -135,7 +138,9 @@ def cmd_run(args) -> int:
     with FolderLock(sweep.out):
         sweep.store.set_aside_damaged()
         sweep.write_spec()
-        console.print(f"sweep [bold]{spec.name}[/bold]: {len(spec.trial_configs())} trial(s) -> {sweep.out}")
+        searched = spec.search.algorithm in ("optuna", "hyperopt")
+        count = f"{spec.num_samples} trial(s) drawn by {spec.search.algorithm}" if searched else f"{len(spec.trial_configs())} trial(s)"
+        console.print(f"sweep [bold]{spec.name}[/bold]: {count} -> {sweep.out}")
         if args.executor == "inline":
             from .execute import run_inline
             run_inline(sweep, resume=True)

@@ -13,6 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import (
     BaseModel,
@@ -23,9 +24,11 @@ from pydantic import (
     model_validator,
 )
 
-from ..attacks import ZOO_PREFIX, attack_names, attack_params_json, max_eps, norm_of
+from ..attacks import ZOO_CHUNK, ZOO_PREFIX, attack_names, attack_params_json, max_eps, norm_of
 from ..defenses import DEFENSES, defense_names
 from ..models import MODELS, QUANT, model_names
+from .space import SAMPLED, kind_of, values_to_check
+from .space import sample as space_sample
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}   # imagefolder's images
 
@@ -219,6 +222,41 @@ class Scheduler(Strict):
     reduction_factor: float = Field(2, gt=1)
 
 
+SearchMetric = Literal["val_accuracy", "robust_val_accuracy"]
+
+
+class SearchSpec(Strict):
+    """How trials are chosen: the grid (every combination), or num_samples configurations sampled from the
+    training keys' distributions: `random` (here, seeded), `optuna` / `hyperopt` (Ray Tune's searchers,
+    learning from finished trials; the `search` extra)."""
+    algorithm: Literal["grid", "random", "optuna", "hyperopt"] = "grid"
+    # what a searcher maximizes: validation accuracy, robust validation accuracy (adversarial training), or
+    # both (optuna only: a multi-objective search whose Pareto front `show` prints)
+    metric: SearchMetric | list[SearchMetric] = "val_accuracy"
+    mode: Literal["max", "min"] = "max"
+    seed: int = 0
+    max_concurrent: int | None = Field(None, gt=0)    # trials a searcher keeps in flight (ConcurrencyLimiter)
+
+    @model_validator(mode="after")
+    def _metrics(self):
+        if isinstance(self.metric, list):
+            if len(self.metric) != len(set(self.metric)) or not self.metric:
+                raise ValueError(".metric: a list names each metric once")
+            if len(self.metric) > 1 and self.algorithm != "optuna":
+                raise ValueError(f".metric: several objectives need algorithm optuna (not {self.algorithm})")
+        if self.algorithm in ("optuna", "hyperopt"):
+            try:
+                __import__(self.algorithm)
+            except ImportError:
+                raise ValueError(f".algorithm: {self.algorithm} is not installed: pip install 'robustgrid[search]' "
+                                 f"(or pip install {self.algorithm})") from None
+        return self
+
+    @property
+    def metrics(self) -> list[str]:
+        return self.metric if isinstance(self.metric, list) else [self.metric]
+
+
 NOTEBOOK_DEFENSES = ["none", "gaussian_blur", "jpeg", "median", "tv_denoise"]   # the default grid
 
 
@@ -266,6 +304,9 @@ class AttackChoice(Strict):
 
 class EvaluateSpec(Strict):
     select: Literal["all", "best", "top_k"] = "all"
+    # what `best` / `top_k` rank trials by: clean validation accuracy, or robust validation accuracy (PGD-10
+    # on the validation subset; adversarially trained trials have it, the others rank last)
+    select_by: Literal["val_accuracy", "robust_val_accuracy"] = "val_accuracy"
     top_k: int = Field(1, gt=0)
     n_images: int | None = Field(None, gt=0)   # first N test images; None = the whole test split
     attacks: list[AttackChoice] = [AttackChoice(name="fgsm")]
@@ -281,6 +322,9 @@ class EvaluateSpec(Strict):
     calibration_images: int = Field(1000, gt=0)   # int8_static: the first N training images calibrate it
     defense_backend: Literal["reference", "batched"] = "batched"
     batch_size: int = Field(500, gt=0)
+    # images per evaluation shard (a Ray task each; a cell is the exact sum of its shards): fixed by the sweep,
+    # never by the cluster, so the same sweep makes the same shards anywhere
+    shard_images: int = Field(500, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     examples: int = Field(4, ge=0)            # images in the example panel plot
@@ -314,6 +358,15 @@ class EvaluateSpec(Strict):
                             "{pgd: {norm: l2, eps: [0.5]}}" if a.norm == "linf" else f"at most sqrt(3*32*32) = {limit:.2f}")
                     raise ValueError(f"{where}: {e:g} is beyond any image in [0,1] for the {a.norm} attack "
                                      f"{a.name} (attacks[{i}]): {hint}")
+        return self
+
+    @model_validator(mode="after")
+    def _shards_on_zoo_chunks(self):
+        """A torchattacks zoo attack runs on fixed ZOO_CHUNK-image chunks: a shard must start on one."""
+        zoo = [a.name for a in self.attacks if a.name.startswith(ZOO_PREFIX)]
+        if zoo and self.shard_images % ZOO_CHUNK:
+            raise ValueError(f".shard_images: {self.shard_images} must be a multiple of {ZOO_CHUNK} with a torchattacks "
+                             f"zoo attack ({zoo[0]}): the zoo runs on fixed {ZOO_CHUNK}-image chunks of the test split")
         return self
 
     def eps_of(self, attack: AttackChoice) -> list[float]:
@@ -380,24 +433,42 @@ class SweepSpec(Strict):
     num_samples: int = Field(1, ge=1)
     resources: Resources = Resources()
     scheduler: Scheduler = Scheduler()
+    search: SearchSpec = SearchSpec()
     evaluate: EvaluateSpec = EvaluateSpec()
 
     def grid_axes(self) -> dict[str, list]:
-        return {k: v["grid_search"] for k, v in self.train.items() if isinstance(v, dict)}
+        return {k: v["grid_search"] for k, v in self.train.items() if kind_of(v) == "grid_search"}
+
+    def sampled_axes(self) -> dict[str, dict]:
+        """Training keys with a distribution to sample (loguniform, uniform, randint, choice)."""
+        return {k: v for k, v in self.train.items() if kind_of(v) in SAMPLED}
 
     def base_train(self) -> dict[str, Any]:
         return {k: v for k, v in self.train.items() if not isinstance(v, dict)}
 
     def trial_configs(self) -> list[dict[str, Any]]:
-        """Every trial's flat config: the grid, times num_samples seeds."""
-        axes = self.grid_axes()
+        """Every trial's flat config. grid: the grid, times num_samples seeds. random: per grid point,
+        num_samples configurations drawn from the search seed's stream, in order (the same file draws
+        the same ones). optuna / hyperopt draw theirs while they run (runner/execute/ray_trials.py)."""
+        if self.search.algorithm in ("optuna", "hyperopt"):
+            return []
+        axes, sampled = self.grid_axes(), self.sampled_axes()
+        rng = np.random.default_rng(self.search.seed)
         configs = []
         for values in itertools.product(*axes.values()) if axes else [()]:
             for sample in range(self.num_samples):
                 cfg = {**self.base_train(), **dict(zip(axes, values))}
-                cfg["seed"] = cfg.get("seed", 0) + sample
+                if self.search.algorithm == "random":
+                    cfg.update({k: space_sample(v, rng) for k, v in sampled.items()})
+                else:
+                    cfg["seed"] = cfg.get("seed", 0) + sample
                 configs.append(self.trial_config(cfg))
         return configs
+
+    def max_epochs(self) -> int:
+        """The longest training any trial of the sweep can have (a scheduler's horizon)."""
+        epochs = self.train.get("epochs", TrainConfig.model_fields["epochs"].default)
+        return int(max(v for _, v in values_to_check("epochs", epochs))) if kind_of(epochs) else int(epochs)
 
     def trial_config(self, train: dict[str, Any]) -> dict[str, Any]:
         return TrainConfig.model_validate({**train, "data": self.data.model_dump()}).flat()
@@ -434,17 +505,24 @@ def _validate_train(spec: SweepSpec) -> None:
         TrainConfig.model_validate(spec.base_train())
     except ValidationError as e:
         raise SpecError(_format(e, "train")) from None
+    sampled = spec.sampled_axes()
+    if sampled and spec.search.algorithm == "grid":
+        key = next(iter(sampled))
+        raise SpecError(f"train.{key}: {kind_of(sampled[key])} is sampled, not a grid: set search.algorithm to "
+                        "random, optuna or hyperopt (and num_samples to the configurations to draw)")
     for key, value in spec.train.items():
         if not isinstance(value, dict):
             continue
-        if set(value) != {"grid_search"} or not isinstance(value["grid_search"], list) or not value["grid_search"]:
-            raise SpecError(f"train.{key}: a dict value must be {{grid_search: [non-empty list]}}")
-        for i, v in enumerate(value["grid_search"]):
+        try:
+            checks = values_to_check(key, value)
+        except ValueError as e:
+            raise SpecError(str(e)) from None
+        for where, v in checks:
             try:
                 TrainConfig.model_validate({**spec.base_train(), key: v})
             except ValidationError as e:
                 msg = _format(e).partition(": ")[2]
-                raise SpecError(f"train.{key}.grid_search[{i}]: {msg}") from None
+                raise SpecError(f"{where}: {msg}") from None
 
 
 def _check_paths(spec: SweepSpec) -> None:

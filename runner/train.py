@@ -153,7 +153,9 @@ def train(config: dict[str, Any], report: Reporter | None = None, resume_from: s
         if progress:
             progress(epoch + 1, cfg.epochs, row)
         if report:
-            report({**row, "best_val_accuracy": state["best_val"]}, ckpt_dir)
+            robust = row.get("robust_val_accuracy") is not None     # a searcher may rank by either figure
+            report({**row, "best_val_accuracy": state["best_val"],
+                    "best_robust_val_accuracy": state["best_metric"] if robust else None}, ckpt_dir)
         if stop:
             break
 

@@ -257,6 +257,26 @@ def test_progress_counts_what_will_be_computed(tiny_run):
     assert progress == {"total": 60, "completed": 0}
 
 
+def test_best_ranks_by_robust_validation_accuracy_when_asked(tiny_run, tmp_path):
+    """select: best with select_by robust_val_accuracy takes the trial robust on validation, not the
+    clean-best one; a trial without a robust figure (standard training) ranks last."""
+    import shutil
+
+    from robustgrid.runner.execute import Sweep
+    from robustgrid.runner.spec import load_spec
+    _, out = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("eval", "shards", "plots"))
+    trials = ResultStore(copy).read("trials").sort_values("best_val_accuracy", ascending=False)
+    clean_best, other = trials["trial_id"].tolist()
+    ResultStore(copy).upsert("trials", [{**trials.iloc[1].to_dict(), "best_robust_val_accuracy": 0.3}], ["trial_id"])
+    picks = {}
+    for by in ("val_accuracy", "robust_val_accuracy"):
+        spec, raw = load_spec(copy / "sweep.yaml", ["evaluate.select=best", f"evaluate.select_by={by}"])
+        picks[by] = [t["trial_id"] for t in Sweep(spec, raw, copy).selected_checkpoints()]
+    assert picks == {"val_accuracy": [clean_best], "robust_val_accuracy": [other]}
+
+
 def test_notebook_api_runs_a_dict_and_loads_the_folder(tmp_path):
     import robustgrid
     sweep = yaml.safe_load(yaml.safe_dump(SWEEP))

@@ -3,6 +3,7 @@
 One Ray instance (a `ray.cluster_utils.Cluster`) is shared by every test here: Ray's start-up
 is the expensive part.
 """
+import json
 import os
 import signal
 import subprocess
@@ -292,6 +293,7 @@ def test_fault_matrix_loses_nothing_and_duplicates_nothing(cluster, tmp_path, fa
     out = tmp_path / "out"
     p = sweep_file(tmp_path, "matrix", train__lr={"grid_search": [0.002]}, data__synthetic_test=400,
                    resources__gpus_per_trial=0, resources__cpus_per_trial=1, evaluate__n_images=400,
+                   evaluate__shard_images=100,      # 4 shards a cell: killed between shards, resumed by shard
                    evaluate__defenses=["none", "tv_denoise"], evaluate__attacks=["fgsm", {"pgd": {"steps": 10}}])
     cmd = [sys.executable, "-m", "robustgrid.runner.cli", "run", str(p), "--out", str(out), "--address", cluster.address]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -321,6 +323,9 @@ def test_fault_matrix_loses_nothing_and_duplicates_nothing(cluster, tmp_path, fa
     assert len(ev) == count_cells(load_spec(p)[0].evaluate)
     assert not ev.duplicated(["trial_id", "quant", "attack", "attack_params", "attack_source", "eps", "defense"]).any()
     assert {c: c.stat().st_mtime for c in mtimes} == mtimes          # nothing finished was retrained
+    shards = pd.read_parquet(out / "shards")      # resumed by shard: no shard that had landed was computed again
+    assert not shards.duplicated(["quant", "attack", "attack_params", "attack_source", "eps", "defense", "shard_start"]).any()
+    assert set(ev["shards"].map(lambda s: len(json.loads(s)))) == {4}
 
 
 def test_a_node_removed_mid_sweep_has_its_trial_and_its_evaluation_rerun_elsewhere(tmp_path):

@@ -96,3 +96,22 @@ def test_wilson_interval_equals_scipy(correct, n):
     from scipy.stats import binomtest
     ci = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
     assert wilson_interval(correct, n) == pytest.approx((ci.low, ci.high), abs=1e-12)
+
+
+def test_training_methods_get_a_plot_of_their_own(tmp_path):
+    """Several training methods in one folder: a bar per trial, labelled with its method, per defense."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from robustgrid.runner.results.plots import plot_training_methods
+    rows = [(t, m, d, e, acc) for t, m in (("a", "none"), ("b", "fgsm_rs"), ("c", "pgd"))
+            for d in ("none", "jpeg") for e, acc in ((0.0, 0.8), (8 / 255, {"none": 0.02, "fgsm_rs": 0.3, "pgd": 0.4}[m]))]
+    ev = pd.DataFrame([{"trial_id": t, "training": m, "defense": d, "eps": e, "accuracy": a, "ci_low": a - 0.05,
+                        "ci_high": a + 0.05, "n": 100, "quant": "fp32", "attack_source": "self", "attack": "pgd",
+                        "norm": "linf", "threat": "adaptive"} for t, m, d, e, a in rows])
+    assert plot_training_methods(ev, tmp_path / "by_training.png").stat().st_size > 10_000
+    from robustgrid.runner.results.plots import training_bars
+    (title, table), = training_bars(ev).items()
+    assert title == "pgd L-inf 8/255: fp32, source=self, adaptive"
+    assert table["accuracy"].loc["jpeg"].to_dict() == {"fgsm_rs": 0.3, "none": 0.02, "pgd": 0.4}   # eps 8/255 only
+    two = training_bars(pd.concat([ev, ev[ev.trial_id == "c"].assign(trial_id="d")]))      # two trials of each method: ids say which
+    assert set(next(iter(two.values()))["accuracy"].columns) >= {"pgd (c)", "pgd (d)"}

@@ -9,11 +9,12 @@ from .sources import (
                       load_cifar10,
                       load_imagefolder,
                       load_splits,
+                      load_test_split,
                       make_synthetic,
                       resolve_root,
                       split_train_val,
 )
 
 __all__ = ["DataError", "DownloadError", "Splits", "TensorBatches", "augment_params", "cifar10_present", "crop_flip",
-           "default_data_root", "fetch_cifar10", "fetch_data", "load_cifar10", "load_imagefolder", "load_splits", "make_synthetic",
+           "default_data_root", "fetch_cifar10", "fetch_data", "load_cifar10", "load_imagefolder", "load_splits", "load_test_split", "make_synthetic",
            "resolve_root", "split_train_val", "to_float"]

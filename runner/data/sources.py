@@ -57,19 +57,18 @@ def load_cifar10(root: Path, download: bool = True, progress=None):
         if not download:
             raise DataError(f"CIFAR-10 not found under {root}; run `robustgrid data fetch cifar10`")
         fetch_cifar10(root, progress)
-    d = root / CIFAR_DIR
-
-    def read(name):
-        with open(d / name, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")  # the official files are Python 2 pickles
-        data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        return torch.from_numpy(data.copy()), torch.tensor(entry["labels"], dtype=torch.int64)
-
-    parts = [read(f"data_batch_{i}") for i in range(1, 6)]
+    parts = [_read_cifar_batch(root, f"data_batch_{i}") for i in range(1, 6)]
     train_x = torch.cat([p[0] for p in parts])
     train_y = torch.cat([p[1] for p in parts])
-    test_x, test_y = read("test_batch")
+    test_x, test_y = _read_cifar_batch(root, "test_batch")
     return train_x, train_y, test_x, test_y, list(CIFAR10_CLASSES)
+
+
+def _read_cifar_batch(root: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    with open(root / CIFAR_DIR / name, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")  # the official files are Python 2 pickles
+    data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return torch.from_numpy(data.copy()), torch.tensor(entry["labels"], dtype=torch.int64)
 
 
 def check_imagefolder(path: str | os.PathLike) -> Path:
@@ -99,11 +98,16 @@ def _read_folder(split_dir: Path, classes: list[str], size: int):
     return x, torch.tensor(labels, dtype=torch.int64)
 
 
-def load_imagefolder(path: str | os.PathLike, size: int = 32):
-    path = check_imagefolder(path)
+def _folder_classes(path: Path) -> list[str]:
     classes = sorted(p.name for p in (path / "train").iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{path / 'train'}: no class folders")
+    return classes
+
+
+def load_imagefolder(path: str | os.PathLike, size: int = 32):
+    path = check_imagefolder(path)
+    classes = _folder_classes(path)
     train_x, train_y = _read_folder(path / "train", classes, size)
     test_x, test_y = _read_folder(path / "test", classes, size)
     return train_x, train_y, test_x, test_y, classes
@@ -167,6 +171,23 @@ def load_splits(data: DataSpec, progress=None) -> Splits:
     if data.train_subset:
         tr_x, tr_y = tr_x[:data.train_subset], tr_y[:data.train_subset]
     return Splits(tr_x, tr_y, va_x, va_y, test_x, test_y, classes, mean, std)
+
+
+def load_test_split(data: DataSpec) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The test split alone (an evaluation shard reads no training image): images, labels, class names."""
+    if data.dataset == "cifar10":
+        root = resolve_root(data.root)
+        if not cifar10_present(root):
+            fetch_cifar10(root)
+        return (*_read_cifar_batch(root, "test_batch"), list(CIFAR10_CLASSES))
+    if data.dataset == "imagefolder":
+        if not data.path:
+            raise DataError("data.path: imagefolder needs a folder with train/ and test/")
+        path = check_imagefolder(data.path)
+        classes = _folder_classes(path)
+        return (*_read_folder(path / "test", classes, 32), classes)
+    _, _, test_x, test_y, classes = load_synthetic(0, data.synthetic_test)
+    return test_x, test_y, classes
 
 
 def _channel_stats(x: torch.Tensor):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ...attacks import as_candidates, deliver, get_attack, norm_of, start_seed
+from ...attacks import ZOO_CHUNK, as_candidates, deliver, get_attack, norm_of, start_seed
 from ...defenses import apply_defense
 
 
@@ -49,9 +49,6 @@ def attack_images(model: nn.Module, attack: str, images: torch.Tensor, labels: t
     def run(m, x, y, **kw):
         return deliver(as_candidates(fn(m, x, y, eps, **params, **kw), x), x, eps, norm)
     return over_batches(run, model, images, labels, device, batch_size, per_image)
-
-
-ZOO_CHUNK = 100    # zoo attacks run on fixed chunks of the test split, each seeded from its first index
 
 
 def zoo_images(model: nn.Module, attack: str, images: torch.Tensor, labels: torch.Tensor, eps: float,

@@ -84,12 +84,14 @@ class Engine:
     """
 
     def __init__(self, fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor,
-                 device: torch.device, calibration: torch.Tensor | None = None, first_index: int = 0):
+                 device: torch.device, calibration: torch.Tensor | None = None, first_index: int = 0,
+                 data_digest: str | None = None):
         # Images stay on the device (defenses run there); labels stay on the CPU, with the predictions.
         self.ev, self.images, self.labels, self.device = ev, images.to(device), labels.cpu(), device
         # each image's place in the test split: the defender's draws come from it, never from pixels
         self.index = torch.arange(first_index, first_index + len(images))
-        self.data_digest = images_digest(images, labels)       # which test images every row saw
+        # which test images every row saw: a shard is handed the digest of its whole image set
+        self.data_digest = data_digest or images_digest(images, labels)
         self.built = Models.build(fp32, ev.quant, device, calibration)
         self.models, self.devices, self.sizes = self.built.models, self.built.devices, self.built.sizes
         self.precision = self.built.precision

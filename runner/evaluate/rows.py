@@ -35,7 +35,8 @@ class Verdict:
         firsts = torch.stack(first)
         earliest = torch.where(firsts < 0, candidates, firsts).amin(0)
         broken = torch.bincount(earliest[earliest < candidates], minlength=candidates)
-        return cls(stack.all(0), stack.float().mean().item(), len(per_draw), candidates, distances[0], distances[1],
+        # the mean as an exact ratio of counts: a sum of shards gives the same float as the whole set
+        return cls(stack.all(0), int(stack.sum()) / stack.numel(), len(per_draw), candidates, distances[0], distances[1],
                    tuple(int(b) for b in broken))
 
 
@@ -56,7 +57,9 @@ def make_row(c: Cell, verdict: Verdict, clean_ok: torch.Tensor, seconds: float, 
     return {**_row(c, verdict, clean_ok, seconds, meta, model_bytes=model_bytes, device=device, precision=precision,
                    seed=seed, data_digest=data_digest, dead_gradients=dead_gradients),
             "norm": norm_of(attack_setting(c.attack_params)), "delivered_l2": verdict.l2,
-            "broken_by": _broken_by(c, verdict)}
+            "broken_by": _broken_by(c, verdict),
+            # what a merge of shards needs beyond the row (runner/evaluate/shards.py)
+            "clean_correct": int(clean_ok.sum()), "flipped": int((clean_ok & ~verdict.ok).sum())}
 
 
 def _broken_by(c: Cell, verdict: Verdict) -> str | None:

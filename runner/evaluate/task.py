@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from ...models import load_checkpoint
-from ..data import load_splits, to_float
+from ...models import load_checkpoint, load_model
+from ..data import load_splits, load_test_split, to_float
 from ..device import ieee_fp32, pick_device
+from ..provenance import images_digest
 from ..spec import DataSpec, EvaluateSpec
 from .engine import Engine, run_cells
 from .examples import save_examples
@@ -29,6 +30,8 @@ class EvalTask:
     threads: int | None = None
     examples_path: str | None = None
     training: str = "none"        # the trial's training method (train.adversarial)
+    shard: tuple[int, int] | None = None   # [start, stop) of the first n_images this task judges (None: all)
+    data_digest: str | None = None         # of the whole image set, computed once by the driver
 
     @property
     def meta(self) -> dict[str, str]:
@@ -40,29 +43,29 @@ class EvalTask:
         """The same task on part of its grid (e.g. quant=['dynamic_int8'], defenses={...}, device='cpu')."""
         return replace(self, evaluate=self.evaluate.model_copy(update=updates))
 
+    def for_shard(self, start: int, stop: int, data_digest: str) -> EvalTask:
+        """The same task on images [start, stop) of its set (examples only where the set starts)."""
+        return replace(self, shard=(start, stop), data_digest=data_digest,
+                       examples_path=self.examples_path if start == 0 else None)
+
     def cells_left(self, done: Iterable[tuple], n: int) -> list[Cell]:
         done = set(done)
         return [c for c in plan_cells(self.evaluate) if c.key(self.trial_id, n, self.evaluate.seed) not in done]
 
 
 def test_images(data: DataSpec, n_images: int | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    splits = load_splits(data)
-    return (*_first_test_images(splits, n_images), splits.classes)
-
-
-def _first_test_images(splits, n_images: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = splits.test_x, splits.test_y
+    x, y, classes = load_test_split(data)
     if n_images:
         x, y = x[:n_images], y[:n_images]  # the first N test images: the same subset everywhere
-    return to_float(x), y
+    return to_float(x), y, classes
 
 
-def _calibration_images(splits, ev: EvaluateSpec) -> torch.Tensor | None:
+def _calibration_images(data: DataSpec, ev: EvaluateSpec) -> torch.Tensor | None:
     """The first evaluate.calibration_images training images, where a quant mode calibrates on them."""
     from ...models import quant_mode
     if not any(quant_mode(q).needs_calibration for q in ev.quant):
         return None
-    return to_float(splits.train_x[:ev.calibration_images])
+    return to_float(load_splits(data).train_x[:ev.calibration_images])
 
 
 @dataclass(frozen=True)
@@ -72,47 +75,64 @@ class _Prepared:
     classes: list[str]
     calibration: torch.Tensor | None
     cells: list[Cell]
+    shard: tuple[int, int]     # [start, stop) of the image set
+    n: int                     # the whole image set's size (a cell's n)
+    data_digest: str
 
 
 def _prepare(task: EvalTask, done: Iterable[tuple]) -> _Prepared:
-    """The task's test images, calibration images and cells still to do, the data read once."""
+    """The task's shard of test images (the test split alone is read), calibration images where a mode needs
+    them, and the cells still to do."""
     if task.threads:
         torch.set_num_threads(int(task.threads))
     torch.manual_seed(task.evaluate.seed)
-    splits = load_splits(task.data)
-    images, labels = _first_test_images(splits, task.evaluate.n_images)
-    return _Prepared(images, labels, splits.classes, _calibration_images(splits, task.evaluate),
-                     task.cells_left(done, len(images)))
+    x, y, classes = load_test_split(task.data)
+    n = min(task.evaluate.n_images or len(y), len(y))    # the first N test images: the same subset everywhere
+    a, b = task.shard or (0, n)
+    digest = task.data_digest or images_digest(x[:n], y[:n])
+    return _Prepared(to_float(x[a:b]), y[a:b], classes, _calibration_images(task.data, task.evaluate),
+                     task.cells_left(done, n), (a, b), n, digest)
 
 
-def _engine(task: EvalTask, ev: EvaluateSpec, p: _Prepared) -> Engine:
-    return Engine(load_checkpoint(task.checkpoint), ev, p.images, p.labels, pick_device(ev.device), p.calibration)
+def _engine(task: EvalTask, ev: EvaluateSpec, p: _Prepared, weights: dict | None = None) -> Engine:
+    model = load_model(weights, task.checkpoint) if weights is not None else load_checkpoint(task.checkpoint)
+    return Engine(model, ev, p.images, p.labels, pick_device(ev.device), p.calibration,
+                  first_index=p.shard[0], data_digest=p.data_digest)
 
 
 def evaluate_checkpoint(task: EvalTask, done: Iterable[tuple] = (),
                         on_rows: Callable[[list[dict]], None] | None = None,
                         progress: Callable[[int], None] | None = None,
-                        adversarials: dict | None = None) -> list[dict]:
-    """Evaluate one checkpoint over task.evaluate's grid, skipping cells in `done`.
+                        adversarials: dict | None = None, weights: dict | None = None) -> list[dict]:
+    """Evaluate one checkpoint over task.evaluate's grid on the task's shard of images, skipping cells in
+    `done`: one shard row per cell (runner/evaluate/shards.py merges a cell's shards).
 
     adversarials: FP32-made images {image key: uint8} made elsewhere (make_adversarials),
-    used instead of making them again.
+    used instead of making them again. weights: the checkpoint as read_checkpoint returns it (handed
+    over by Ray's object store), instead of reading task.checkpoint.
     """
     p = _prepare(task, done)
     if not p.cells:
         return []
     ev = task.evaluate
-    engine = _engine(task, ev, p)
+    engine = _engine(task, ev, p, weights)
     if adversarials:
         engine.import_adversarials(adversarials)
-    rows = run_cells(engine, p.cells, task.meta, on_rows, progress)
+    where = {"cell_n": p.n, "shard_start": p.shard[0], "shard_stop": p.shard[1]}
+
+    def stamped(rows: list[dict]) -> None:
+        for r in rows:
+            r.update(where)
+        if on_rows:
+            on_rows(rows)
+    rows = run_cells(engine, p.cells, task.meta, stamped, progress)
     if task.examples_path and ev.examples and "fp32" in engine.models:
         with ieee_fp32():
             save_examples(engine, ev, p.classes, Path(task.examples_path))
     return rows
 
 
-def make_adversarials(task: EvalTask, done: Iterable[tuple] = ()) -> dict[tuple, torch.Tensor]:
+def make_adversarials(task: EvalTask, done: Iterable[tuple] = (), weights: dict | None = None) -> dict[tuple, torch.Tensor]:
     """The FP32-made adversarial images {image key: uint8} of the cells still to do, for other
     tasks to share (an attack task on the GPU feeds the int8 CPU tasks and the GPU cells task)."""
     p = _prepare(task, done)
@@ -120,6 +140,6 @@ def make_adversarials(task: EvalTask, done: Iterable[tuple] = ()) -> dict[tuple,
     if not wanted:
         return {}
     ev = task.evaluate.model_copy(update={"quant": ["fp32"]})
-    engine = _engine(task, ev, p)
+    engine = _engine(task, ev, p, weights)
     with ieee_fp32():
         return engine.export_adversarials(sorted(wanted))

@@ -3,17 +3,27 @@ For debuggers and profilers; the tables are the Ray executor's."""
 from __future__ import annotations
 
 import os
+import socket
 import traceback
 from pathlib import Path
 
 from ..console import console, progress_bar
 from ..evaluate import evaluate_checkpoint
+from ..spec import SpecError
 from ..train import train
 from .sweep import Sweep
 
 
+def check_inline(sweep: Sweep) -> None:
+    """What the inline executor cannot run, refused before anything is written."""
+    if sweep.spec.search.algorithm in ("optuna", "hyperopt"):
+        raise SpecError(f"search.algorithm: {sweep.spec.search.algorithm} draws trials through Ray Tune's searcher: "
+                        "run it with --executor ray (the inline executor runs grids and random searches)")
+
+
 def run_inline(sweep: Sweep, resume: bool = True) -> None:
     """Train every trial, then evaluate, in this process: the debugger's executor."""
+    check_inline(sweep)
     done = sweep.finished_trials() if resume else {}
     sweep.fetch_data()
     for trial in sweep.trials():
@@ -38,12 +48,23 @@ def run_inline(sweep: Sweep, resume: bool = True) -> None:
 
 
 def evaluate_inline(sweep: Sweep) -> None:
+    """Every shard of every selected checkpoint in turn, each cell written when its last shard is in."""
     store = sweep.store
     sweep.fetch_data()
-    done = store.eval_keys()
+    ledger = sweep.shard_ledger()
+    store.append_eval(ledger.landed_before())      # cells whose last shard landed just before a stop
     checkpoints = sweep.selected_checkpoints()
+    where = {"node": socket.gethostname(), "gpu_ids": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
     with progress_bar() as bar:
-        task = bar.add_task("evaluate cells", **sweep.eval_progress(done, checkpoints))
-        for trial in checkpoints:
-            evaluate_checkpoint(sweep.eval_task(trial), done, on_rows=store.append_eval,
-                                progress=lambda n: bar.advance(task, n))
+        cells_job = bar.add_task("evaluate cells", **sweep.eval_progress(ledger.done, checkpoints))
+        units = sweep.shards_to_run(ledger, checkpoints)
+        shards_job = bar.add_task("shards", total=len(units))
+
+        def land(rows: list[dict]) -> None:
+            cells = ledger.add([{**r, **where} for r in rows])
+            store.append_eval(cells)
+            bar.advance(cells_job, len(cells))
+        for trial, shard in units:
+            task = sweep.eval_task(trial).for_shard(*shard, ledger.data_digest)
+            evaluate_checkpoint(task, ledger.done_in(shard), on_rows=land)
+            bar.advance(shards_job, 1)

@@ -45,6 +45,15 @@ def run_task(fn, *args, **kwargs):
     return fn(*args, **kwargs)
 
 
+def run_shard_task(fn, *args, **kwargs) -> list[dict]:
+    """An evaluation shard's task: its rows say where it ran (node, the GPU ids Ray gave it)."""
+    rows = run_task(fn, *args, **kwargs)
+    where = _where()
+    for r in rows:
+        r.update(node=f"{where['node_ip']}/{where['node_id'][:8]}", gpu_ids=where["gpu_ids"])
+    return rows
+
+
 def init_ray(address: str | None) -> None:
     """Start Ray in this process (address None) or join a cluster. Ray's own banners and warnings
     stay in Ray's logs (session folder, results/ray/driver.log); robustgrid's output stays readable."""

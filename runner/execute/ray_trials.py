@@ -17,6 +17,7 @@ from ..console import console
 from ..provenance import PROVENANCE_KEYS
 from .live import LiveTrials
 from .ray_setup import _where, device_for, hide_unassigned_gpus, trial_resources
+from ..space import kind_of, to_tune
 from .sweep import Sweep
 
 EXPERIMENT_PREFIX = "train-"
@@ -42,6 +43,11 @@ def _resume_path(out_dir: Path) -> Path | None:
 def final_metrics(result: dict[str, Any], where: dict[str, str]) -> dict[str, Any]:
     return {**{k: v for k, v in result.items() if k != "history"}, **where, "final": True,
             "history_json": json.dumps(result["history"])}
+
+
+def searched_trainable(config: dict[str, Any], sweep: Sweep) -> None:
+    """A trial whose values a searcher drew (optuna, hyperopt): the trial they make, trained like any."""
+    tune_trainable({"trial": {**sweep.trial_of(config["values"]), **config["run"]}})
 
 
 def tune_trainable(config: dict[str, Any]) -> None:
@@ -106,9 +112,12 @@ def train_ray(sweep: Sweep, resume: bool) -> None:
             todo.append(dict(t, config=config, cpus=res["cpu"], gpus=res["gpu"], workers=r.workers_per_trial))
     storage = sweep.out / "ray"
     restore = _restorable(storage) if resume else None
-    if not todo and restore is None:
+    searched = sweep.spec.search.algorithm in ("optuna", "hyperopt")
+    if not todo and restore is None and not searched:
         return
-    if r.workers_per_trial > 1:
+    if searched:
+        trainable = tune.with_resources(tune.with_parameters(searched_trainable, sweep=sweep), res)
+    elif r.workers_per_trial > 1:
         # The workers hold the CPUs/GPUs; the trial itself asks for one byte of memory, because Tune
         # refuses an empty request and any CPU share would deadlock a 2-core machine.
         trainable = tune.with_resources(ddp_trainable, {"cpu": 0, "memory": 1})
@@ -119,12 +128,23 @@ def train_ray(sweep: Sweep, resume: bool) -> None:
         console.print(f"resuming Tune experiment {restore.name}")
         tuner = tune.Tuner.restore(str(restore), trainable, resume_unfinished=True, resume_errored=True)
     else:
+        search = sweep.spec.search
+        metric = {"val_accuracy": "best_val_accuracy", "robust_val_accuracy": "best_robust_val_accuracy"}
+        if searched:
+            param_space = {"values": searched_space(sweep), "run": {"cpus": res["cpu"], "gpus": res["gpu"], "workers": 1}}
+            tune_config = dict(search_alg=_searcher(sweep, [metric[m] for m in search.metrics]), num_samples=sweep.spec.num_samples)
+            if len(search.metrics) == 1:
+                tune_config.update(metric=metric[search.metric if isinstance(search.metric, str) else search.metrics[0]],
+                                   mode=search.mode)
+        else:
+            param_space = {"trial": tune.grid_search(todo)}
+            tune_config = dict(metric="best_val_accuracy", mode="max")
         tuner = tune.Tuner(
             trainable,
-            param_space={"trial": tune.grid_search(todo)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent_trials, scheduler=_scheduler(sweep),
-                                        metric="best_val_accuracy", mode="max", trial_dirname_creator=_dirname,
-                                        reuse_actors=True),  # a new trial skips process start + torch import
+            param_space=param_space,
+            tune_config=tune.TuneConfig(max_concurrent_trials=None if searched else r.max_concurrent_trials,
+                                        scheduler=_scheduler(sweep), trial_dirname_creator=_dirname,
+                                        reuse_actors=True, **tune_config),  # reuse: no process start, no torch import
             run_config=tune.RunConfig(
                 name=EXPERIMENT_PREFIX + sweep.run_id, storage_path=str(storage), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=r.max_failures),
@@ -148,7 +168,7 @@ class RecordTrials(Callback):
 
     def _show(self, trial, **values) -> None:
         if self.live is not None:
-            self.live.update(trial.config["trial"]["trial_id"], **values)
+            self.live.update(trial_of(self.sweep, trial.config)["trial_id"], **values)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._show(trial, status="running")
@@ -162,17 +182,44 @@ class RecordTrials(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         metrics = trial.last_result or {}
-        record_result(self.sweep, trial.config["trial"], metrics, None)
+        record_result(self.sweep, trial_of(self.sweep, trial.config), metrics, None)
         self._show(trial, status="finished" if metrics.get("final") else "stopped", test=metrics.get("test_accuracy"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         err = getattr(trial, "error_msg", None) or "failed"
-        record_result(self.sweep, trial.config["trial"], None, str(err).strip().splitlines()[-1][:500])
+        record_result(self.sweep, trial_of(self.sweep, trial.config), None, str(err).strip().splitlines()[-1][:500])
         self._show(trial, status="failed")
+
+
+def trial_of(sweep: Sweep, config: dict[str, Any]) -> dict[str, Any]:
+    """The robustgrid trial of a Tune trial's config: a grid's, or the one a searcher's values make."""
+    return config["trial"] if "trial" in config else sweep.trial_of(config["values"])
 
 
 def _dirname(trial) -> str:
     return trial.config["trial"]["trial_id"] if isinstance(trial.config.get("trial"), dict) else trial.trial_id
+
+
+def searched_space(sweep: Sweep) -> dict[str, Any]:
+    """The training keys a searcher draws, as Tune's space (a grid becomes a choice: searchers draw)."""
+    return {k: to_tune({"choice": v["grid_search"]} if kind_of(v) == "grid_search" else v)
+            for k, v in sweep.spec.train.items() if kind_of(v)}
+
+
+def _searcher(sweep: Sweep, metrics: list[str]):
+    """Ray Tune's searcher for search.algorithm, seeded, behind a ConcurrencyLimiter where asked."""
+    from ray.tune.search import ConcurrencyLimiter
+    search = sweep.spec.search
+    modes = [search.mode] * len(metrics)
+    if search.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+        many = len(metrics) > 1
+        alg = OptunaSearch(metric=metrics if many else metrics[0], mode=modes if many else modes[0], seed=search.seed)
+    else:
+        from ray.tune.search.hyperopt import HyperOptSearch
+        alg = HyperOptSearch(metric=metrics[0], mode=modes[0], random_state_seed=search.seed)
+    limit = search.max_concurrent or sweep.spec.resources.max_concurrent_trials
+    return ConcurrencyLimiter(alg, max_concurrent=limit) if limit else alg
 
 
 def _scheduler(sweep: Sweep):
@@ -180,7 +227,7 @@ def _scheduler(sweep: Sweep):
     if s.type != "asha":
         return None
     from ray.tune.schedulers import ASHAScheduler
-    return ASHAScheduler(time_attr="training_iteration", max_t=max(c["epochs"] for c in sweep.spec.trial_configs()),
+    return ASHAScheduler(time_attr="training_iteration", max_t=sweep.spec.max_epochs(),
                          grace_period=s.grace_period, reduction_factor=s.reduction_factor)
 
 
@@ -210,7 +257,7 @@ def _record(sweep: Sweep, grid) -> None:
     """After fit: make sure every trial of the grid has its row (the live callback writes most)."""
     recorded = set(sweep.store.read("trials")["trial_id"])
     for res in grid:
-        trial = (res.config or {}).get("trial")
+        trial = trial_of(sweep, res.config) if res.config and ("trial" in res.config or "values" in res.config) else None
         if trial is None or trial["trial_id"] in recorded:
             continue
         record_result(sweep, trial, res.metrics, str(res.error).splitlines()[0] if res.error else None)

@@ -18,9 +18,12 @@ from typing import Any
 import yaml
 
 from ...files import atomic_write
+from ..data import load_test_split
 from ..evaluate import EvalTask, plan_cells
+from ..provenance import images_digest
 from ..results import TRIAL_KEY, ResultStore
 from ..spec import DataSpec, SweepSpec, count_test_images
+from .shard_ledger import ShardLedger
 
 IGNORED_IN_TRIAL_ID = ("out_dir", "threads")
 # Keys added after trial ids existed enter the id only when set: every earlier trial keeps its id (its folder
@@ -49,14 +52,19 @@ class Sweep:
         return ResultStore(self.out)
 
     def trials(self) -> list[dict[str, Any]]:
-        out = []
+        """The trials of a grid or a random search (an optuna / hyperopt search draws its own: trial_of)."""
+        return [self._placed(cfg) for cfg in self.spec.trial_configs()]
+
+    def trial_of(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The trial a searcher's drawn values make (the training keys' fixed values, these drawn ones)."""
+        return self._placed(self.spec.trial_config({**self.spec.base_train(), **values}))
+
+    def _placed(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        tid = trial_id_of(cfg)
         data = self.data()
-        for cfg in self.spec.trial_configs():
-            tid = trial_id_of(cfg)
-            cfg["out_dir"] = str(self.out / "checkpoints" / tid)   # absolute: Ray runs trials elsewhere
-            cfg["data_root"], cfg["data_path"] = data.root, data.path
-            out.append({"trial_id": tid, "config": cfg})
-        return out
+        cfg["out_dir"] = str(self.out / "checkpoints" / tid)   # absolute: Ray runs trials elsewhere
+        cfg["data_root"], cfg["data_path"] = data.root, data.path
+        return {"trial_id": tid, "config": cfg}
 
     def data(self) -> DataSpec:
         """The data section with absolute paths: Ray runs trials in folders of its own."""
@@ -131,7 +139,8 @@ class Sweep:
         df = self._trained()
         if self.spec.evaluate.select != "all":
             k = 1 if self.spec.evaluate.select == "best" else self.spec.evaluate.top_k
-            df = df.sort_values("best_val_accuracy", ascending=False).head(k)
+            by = "best_robust_val_accuracy" if self.spec.evaluate.select_by == "robust_val_accuracy" else "best_val_accuracy"
+            df = df.sort_values([by, "best_val_accuracy"], ascending=False, na_position="last").head(k)
         return df.to_dict("records")
 
     def eval_progress(self, done: set[tuple], checkpoints: list[dict]) -> dict[str, int]:
@@ -150,6 +159,18 @@ class Sweep:
             from ..data import load_splits
             n_test = len(load_splits(self.data()).test_y)
         return min(self.spec.evaluate.n_images or n_test, n_test)
+
+    def shard_ledger(self) -> ShardLedger:
+        """The evaluation's shards and what of them is on disk; the image set read once, for its digest."""
+        x, y, _ = load_test_split(self.data())
+        n = min(self.spec.evaluate.n_images or len(y), len(y))
+        return ShardLedger(self.store, n, self.spec.evaluate.shard_images, images_digest(x[:n], y[:n]))
+
+    def shards_to_run(self, ledger: ShardLedger, checkpoints: list[dict]) -> list[tuple[dict, tuple[int, int]]]:
+        """(checkpoint, shard) pairs with a cell of the grid still missing that shard."""
+        cells = plan_cells(self.spec.evaluate)
+        keys = {t["trial_id"]: {c.key(t["trial_id"], ledger.n, self.spec.evaluate.seed) for c in cells} for t in checkpoints}
+        return [(t, shard) for t in checkpoints for shard in ledger.ranges if ledger.shards_left(keys[t["trial_id"]], shard)]
 
     def eval_task(self, trial: dict) -> EvalTask:
         return EvalTask(checkpoint=trial["checkpoint"], trial_id=trial["trial_id"], sweep=self.spec.name,

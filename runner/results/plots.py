@@ -9,7 +9,7 @@ import pandas as pd
 from ...files import atomic_write
 from ..evaluate.plan import through_twin
 from .store import ResultStore
-from .views import NORM_LABELS
+from .views import NORM_LABELS, eps_label
 
 
 def plot_all(root: Path) -> list[Path]:
@@ -22,6 +22,8 @@ def plot_all(root: Path) -> list[Path]:
     plots.mkdir(parents=True, exist_ok=True)
     for trial_id, part in ev.groupby("trial_id"):
         out.append(plot_accuracy_vs_eps(part, plots / f"accuracy_vs_eps_{trial_id}.png", trial_id))
+    if "training" in ev and ev["training"].fillna("none").nunique() > 1:
+        out.append(plot_training_methods(ev, plots / "robust_accuracy_by_training.png"))
     for npz in sorted((Path(root) / "examples").glob("*.npz")):
         out.append(plot_examples(npz, plots / f"examples_{npz.stem}.png"))
     return out
@@ -57,6 +59,63 @@ def plot_accuracy_vs_eps(ev: pd.DataFrame, path: Path, title: str) -> Path:
     axes[len(panels) - 1].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (3.6 * rows)))   # room for the suptitle
+    _save(fig, path)
+    return path
+
+
+TRAINING_ORDER = ("none", "fgsm_rs", "pgd", "trades")     # standard first, then the cheap to the costly
+
+
+def training_bars(ev: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """What plot_training_methods draws: per panel (attack, norm, quant, source, threat at its largest eps; the
+    largest image set) a table of accuracy, ci_low, ci_high with a row per defense and a column group per trial,
+    the trial labelled with its training method (and its id where two trials share a method)."""
+    ev = ev.assign(training=ev["training"].astype(object).fillna("none"), threat=ev["threat"].fillna("oblivious"),
+                   norm=ev["norm"].astype(object).fillna("linf"))
+    ev = ev[(ev["n"] == ev["n"].max()) & (ev["eps"] > 0)]
+    ev = ev[ev["eps"] == ev.groupby("norm")["eps"].transform("max")]
+    method = ev.groupby("trial_id")["training"].first()
+    shared = method.map(method.value_counts()) > 1
+    label = {t: m + (f" ({t})" if shared[t] else "") for t, m in method.items()}
+    order = {m: i for i, m in enumerate(TRAINING_ORDER)}
+    labels = sorted(label.values(), key=lambda lb: (order.get(lb.split(" ")[0], len(order)), lb))
+    ev = ev.assign(label=ev["trial_id"].map(label))
+    out = {}
+    for (attack, norm, q, src, threat), part in ev.groupby(["attack", "norm", "quant", "attack_source", "threat"], sort=False):
+        title = f"{attack} {NORM_LABELS[norm]} {eps_label(part['eps'].iloc[0], norm)}: {q}, source={src}, {threat}"
+        out[title] = part.pivot_table(index="defense", columns="label", values=["accuracy", "ci_low", "ci_high"],
+                                      sort=False).reindex(columns=labels, level=1)
+    return out
+
+
+def plot_training_methods(ev: pd.DataFrame, path: Path) -> Path:
+    """Training methods side by side: a group of bars per defense, a bar per trial, its Wilson interval as the
+    error bar (per trial: never pooled)."""
+    import matplotlib.pyplot as plt
+    panels = training_bars(ev)
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axs = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False, sharey=True)
+    for ax in list(axs.flat)[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, table) in zip(axs.flat, panels.items()):
+        labels = list(table["accuracy"].columns)
+        width = 0.8 / len(labels)
+        x = np.arange(len(table))
+        for i, label in enumerate(labels):
+            acc = 100 * table["accuracy"][label].to_numpy(float)
+            err = np.vstack([acc - 100 * table["ci_low"][label].to_numpy(float),
+                             100 * table["ci_high"][label].to_numpy(float) - acc])
+            ax.bar(x + i * width, acc, width, yerr=err, capsize=2, color=f"C{i}", label=label)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(x + 0.4 - width / 2, list(table.index), rotation=30, fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    for row in axs:
+        row[0].set_ylabel("robust accuracy %")
+    handles, labels = axs.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.suptitle("robust accuracy by training method (bars: Wilson 95 % per trial)")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     _save(fig, path)
     return path
 

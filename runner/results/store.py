@@ -50,6 +50,14 @@ EVAL_SCHEMA = pa.schema([
     ("created_at", pa.timestamp("us", tz="UTC")), *PROVENANCE_FIELDS,
     ("correct_mask", pa.binary()),   # which images were right, a bit each (evaluate.rows.unpack_mask)
     ("dead_gradients", pa.int64()),  # images whose input gradient was all zero or NaN (single-step attacks)
+    ("shards", pa.string()),         # JSON [{images: [start, stop], node, gpus}]: where the cell's shards ran
+])
+
+# A shard's row of a cell (shards/part-*.parquet): the cell's columns over the shard's images, and what the
+# merge needs (runner/evaluate/shards.py). A cell reaches eval/ once, when its last shard has landed.
+SHARD_SCHEMA = pa.schema([f for f in EVAL_SCHEMA if f.name != "shards"] + [
+    ("cell_n", pa.int64()), ("shard_start", pa.int64()), ("shard_stop", pa.int64()),
+    ("clean_correct", pa.int64()), ("flipped", pa.int64()), ("node", pa.string()), ("gpu_ids", pa.string()),
 ])
 
 EPOCH_SCHEMA = pa.schema([
@@ -187,6 +195,27 @@ class ResultStore:
         if not good:
             return EVAL_SCHEMA.empty_table().select(columns or EVAL_SCHEMA.names).to_pandas()
         return pq.ParquetDataset(good, schema=EVAL_SCHEMA).read(columns=columns).to_pandas()
+
+    # --- shards: the rows of cells not yet whole ---
+    @property
+    def shard_dir(self) -> Path:
+        return self.root / "shards"
+
+    def append_shards(self, rows: list[dict]) -> None:
+        if rows:
+            write_table(_table(rows, SHARD_SCHEMA), self.shard_dir / f"part-{uuid.uuid4().hex}.parquet")
+
+    def read_shards(self) -> list[dict]:
+        """Every stored shard row (unreadable parts left out with a warning: their shards run again)."""
+        parts = sorted(self.shard_dir.glob("part-*.parquet")) if self.shard_dir.is_dir() else []
+        rows = []
+        for part in parts:
+            try:
+                rows += pq.read_table(part, schema=SHARD_SCHEMA).to_pylist()
+            except (pa.ArrowException, OSError) as e:
+                console.print(f"[yellow]warning: {part} is unreadable ({type(e).__name__}); its shards run "
+                              "again[/yellow]", highlight=False, soft_wrap=True)
+        return rows
 
     # --- trials / epochs: small tables, upserted by key ---
     def upsert(self, table: str, rows: Iterable[dict], key: list[str]) -> None:
