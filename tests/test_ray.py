@@ -108,6 +108,31 @@ def test_ddp_trial_with_two_workers_on_cpu(cluster, tmp_path):
     assert len(ResultStore(out).read("epochs")) == 1
 
 
+def test_optuna_search_draws_its_trials_records_them_and_resume_adds_none(cluster, tmp_path):
+    """Ray Tune's OptunaSearch draws num_samples configurations inside the sweep's ranges; each is a trial
+    (its id the hash of its configuration) recorded once; a rerun with --resume restores the finished
+    search and trains nothing again."""
+    pytest.importorskip("optuna")
+    out = tmp_path / "out"
+    p = sweep_file(tmp_path, "optuna", train__lr={"loguniform": [0.0005, 0.02]}, train__weight_decay={"uniform": [0.0, 0.05]},
+                   resources__gpus_per_trial=0, evaluate__defenses=["none"], evaluate__eps=[0])
+    raw = yaml.safe_load(p.read_text())
+    raw.update(search={"algorithm": "optuna", "seed": 3, "max_concurrent": 2}, num_samples=4)
+    p.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(p), "--out", str(out)]) == 0
+    trials = ResultStore(out).read("trials")
+    assert len(trials) == 4 and set(trials["status"]) == {"ok"} and trials["trial_id"].is_unique
+    assert trials["lr"].between(0.0005, 0.02).all() and trials["weight_decay"].between(0.0, 0.05).all()
+    from robustgrid.runner.execute import trial_id_of
+    first = trials.iloc[0]
+    assert (out / "checkpoints" / first["trial_id"] / "best.pt").exists()
+    mtimes = {c: c.stat().st_mtime for c in (out / "checkpoints").glob("*/best.pt")}
+    assert main(["run", str(p), "--out", str(out), "--resume"]) == 0
+    assert len(ResultStore(out).read("trials")) == 4
+    assert {c: c.stat().st_mtime for c in mtimes} == mtimes
+    assert callable(trial_id_of)
+
+
 def test_too_small_cluster_is_refused_with_the_reason(cluster, tmp_path, capsys):
     p = sweep_file(tmp_path, "big", resources__cpus_per_trial=3, resources__workers_per_trial=2,
                    resources__gpus_per_trial=0)

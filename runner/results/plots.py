@@ -9,7 +9,7 @@ import pandas as pd
 from ...files import atomic_write
 from ..evaluate.plan import through_twin
 from .store import ResultStore
-from .views import NORM_LABELS, eps_label
+from .views import NORM_LABELS, eps_label, pareto_front
 
 
 def plot_all(root: Path) -> list[Path]:
@@ -24,6 +24,9 @@ def plot_all(root: Path) -> list[Path]:
         out.append(plot_accuracy_vs_eps(part, plots / f"accuracy_vs_eps_{trial_id}.png", trial_id))
     if "training" in ev and ev["training"].fillna("none").nunique() > 1:
         out.append(plot_training_methods(ev, plots / "robust_accuracy_by_training.png"))
+    trials = store.read("trials")
+    if "best_robust_val_accuracy" in trials and trials["best_robust_val_accuracy"].notna().sum() > 1:
+        out.append(plot_pareto(trials, plots / "pareto_clean_robust.png"))
     for npz in sorted((Path(root) / "examples").glob("*.npz")):
         out.append(plot_examples(npz, plots / f"examples_{npz.stem}.png"))
     return out
@@ -116,6 +119,27 @@ def plot_training_methods(ev: pd.DataFrame, path: Path) -> Path:
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
     fig.suptitle("robust accuracy by training method (bars: Wilson 95 % per trial)")
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    _save(fig, path)
+    return path
+
+
+def plot_pareto(trials: pd.DataFrame, path: Path) -> Path:
+    """Clean against robust validation accuracy, a point per trial (marked by training method), the
+    Pareto front joined."""
+    import matplotlib.pyplot as plt
+    t = trials[trials["best_val_accuracy"].notna() & trials["best_robust_val_accuracy"].notna()]
+    method = t["adversarial"].astype(object).fillna("none") if "adversarial" in t else pd.Series("none", index=t.index)
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for i, (m, part) in enumerate(t.groupby(method, sort=False)):
+        ax.scatter(100 * part["best_val_accuracy"], 100 * part["best_robust_val_accuracy"], color=f"C{i}", label=m, zorder=3)
+    front = pareto_front(t).sort_values("best_val_accuracy")
+    ax.plot(100 * front["best_val_accuracy"], 100 * front["best_robust_val_accuracy"], "k--", lw=1, label="Pareto front")
+    ax.set_xlabel("validation accuracy % (clean)")
+    ax.set_ylabel("robust validation accuracy % (PGD-10)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(f"clean vs robust, {len(t)} trials")
+    fig.tight_layout()
     _save(fig, path)
     return path
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from .render import render
 from .robustness import masking_flags, worst_case
 from .store import ResultStore
-from .views import View, flags_view, grid_axes, pivot_views, provenance_view, trials_views
+from .views import View, flags_view, grid_axes, pivot_views, provenance_view, search_metric, trials_views
 
 
 def views_of(root: Path, quant: list[str] | None = None, defense: list[str] | None = None,
@@ -18,7 +18,7 @@ def views_of(root: Path, quant: list[str] | None = None, defense: list[str] | No
     trials, ev = store.read("trials"), store.read_eval()
     if trial:
         trials, ev = trials[trials["trial_id"].isin(trial)], ev[ev["trial_id"].isin(trial)]
-    views = trials_views(trials, ev, grid_axes(root))
+    views = trials_views(trials, ev, grid_axes(root), search_metric(root))
     if trial:
         views += [provenance_view(t, trials, ev) for t in trial]
     if quant:

@@ -63,6 +63,16 @@ def grid_axes(root: Path) -> list[str]:
     return [k for k, v in (raw.get("train") or {}).items() if isinstance(v, dict)]
 
 
+def search_metric(root: Path) -> str | None:
+    """The trials column a searched sweep ranks by (None for a grid: trials in id order)."""
+    p = Path(root) / "sweep.yaml"
+    search = ((yaml.safe_load(p.read_text()) or {}).get("search") or {}) if p.exists() else {}
+    if search.get("algorithm", "grid") == "grid":
+        return None
+    metric = search.get("metric", "val_accuracy")
+    return "best_" + (metric[0] if isinstance(metric, list) else metric)
+
+
 def clean_accuracy(ev: pd.DataFrame) -> pd.DataFrame:
     """Accuracy without attack or defense, per trial and quant mode, on the largest image set it was measured
     on: never pooled over image sets (a second `eval` on the first 200 images would count them twice)."""
@@ -75,25 +85,52 @@ def clean_accuracy(ev: pd.DataFrame) -> pd.DataFrame:
     return largest.assign(acc=largest["correct"] / largest["n"]).set_index(["trial_id", "quant"])["acc"].unstack("quant")
 
 
-def trials_views(trials: pd.DataFrame, ev: pd.DataFrame, axes: list[str]) -> list[View]:
+def trials_views(trials: pd.DataFrame, ev: pd.DataFrame, axes: list[str], rank_by: str | None = None) -> list[View]:
     """Two narrow tables rather than one wide one: training, then each evaluated model's size and
-    clean accuracy (one row per trial and quant mode)."""
-    trials = trials.sort_values("trial_id")
+    clean accuracy (one row per trial and quant mode); where trials were searched, ranked by the search's
+    metric (rank_by), and where they have robust validation accuracy, the clean-robust Pareto front."""
+    robust = "best_robust_val_accuracy" in trials and trials["best_robust_val_accuracy"].notna().any()
+    trials = trials.sort_values([rank_by, "trial_id"], ascending=[False, True], na_position="last") if rank_by \
+        else trials.sort_values("trial_id")
     train_rows = []
     for r in trials.to_dict("records"):
         train_rows.append([r["trial_id"], *[_value(r.get(a)) for a in axes], str(r["status"]),
-                           _int(r.get("epochs_run")), pct(r.get("best_val_accuracy")), pct(r.get("test_accuracy")),
+                           _int(r.get("epochs_run")), pct(r.get("best_val_accuracy")),
+                           *([pct(r.get("best_robust_val_accuracy"))] if robust else []), pct(r.get("test_accuracy")),
                            "-" if pd.isna(r.get("seconds")) else f"{r['seconds']:.0f}"])
     failed = [f"{r['trial_id']}: {r['error']}" for r in trials.to_dict("records")
               if r["status"] != "ok" and isinstance(r.get("error"), str)]
-    return [
-        View("trials", ["trial", *axes, "status", "ep", "val %", "test %", "s"], train_rows,
-             ["ep: epochs run; val: best validation accuracy; test: test accuracy of the best epoch; "
-              "s: seconds of the whole trial", *failed]),
+    ranked = [f"ranked by {rank_by.removeprefix('best_')} (the search's metric)"] if rank_by else []
+    views = [
+        View("trials", ["trial", *axes, "status", "ep", "val %", *(["robust val %"] if robust else []), "test %", "s"],
+             train_rows, ["ep: epochs run; val: best validation accuracy; test: test accuracy of the best epoch; "
+                          "s: seconds of the whole trial"
+                          + ("; robust val: PGD-10 accuracy on the validation subset (adversarial training)" if robust else ""),
+                          *ranked, *failed]),
         View("models", ["trial", "quant", "device", "MB", "clean %"], _model_rows(trials, ev),
              ["MB: bytes of what the mode ships (torch.save; measured); clean: accuracy without attack or "
               "defense on the evaluation images (the largest set evaluated, never several pooled)"]),
     ]
+    front = pareto_front(trials)
+    if len(front) > 0 and trials["best_robust_val_accuracy"].notna().sum() > 1:
+        views.append(View("clean-robust Pareto front", ["trial", *axes, "val %", "robust val %"],
+                          [[r["trial_id"], *[_value(r.get(a)) for a in axes], pct(r["best_val_accuracy"]),
+                            pct(r["best_robust_val_accuracy"])] for r in front.to_dict("records")],
+                          ["the trials no other trial beats on both validation accuracy and robust validation "
+                           "accuracy, by clean accuracy; every other trial is worse on one without being better on the other"]))
+    return views
+
+
+def pareto_front(trials: pd.DataFrame, x: str = "best_val_accuracy", y: str = "best_robust_val_accuracy") -> pd.DataFrame:
+    """The trials that no other trial dominates (at least as good on x and y, better on one), sorted by x."""
+    if y not in trials:
+        return trials.iloc[:0]
+    pts = trials[trials[x].notna() & trials[y].notna()]
+    if not len(pts):
+        return pts
+    keep = [not ((pts[x] >= r[x]) & (pts[y] >= r[y]) & ((pts[x] > r[x]) | (pts[y] > r[y]))).any()
+            for r in pts.to_dict("records")]
+    return pts[keep].sort_values(x, ascending=False)
 
 
 def _model_rows(trials: pd.DataFrame, ev: pd.DataFrame) -> list[list[str]]:
