@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from .results import ResultStore, plot_all, views_of
+from .results import ResultStore, plot_all, views_of, write_report
 from .results.render import render
 
 
@@ -48,6 +48,14 @@ class Results:
 
     def plot(self) -> list[Path]:
         return plot_all(self.root)
+
+    def report(self, out: str | os.PathLike | None = None) -> Path:
+        """The folder as one self-contained HTML page (robustgrid report); its path."""
+        return write_report(self.root, Path(out) if out else None)
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the tables `show` prints, as HTML."""
+        return render(views_of(self.root), "html")
 
 
 def load(root: str | os.PathLike) -> Results:

@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--format", default="rich", choices=FORMATS,
                       help="rich (terminal), markdown (papers, READMEs), csv, json (scripts)")
 
+    report = sub.add_parser("report", help="one self-contained HTML page of a results folder")
+    report.add_argument("results")
+    report.add_argument("-o", "--output", help="HTML file to write (default RESULTS/report.html)")
+
     sub.add_parser("sweeps", help="list the sweep files that come with robustgrid")
 
     sub.add_parser("models", help="list registered models with parameters and sizes")
@@ -203,6 +207,20 @@ def _views(root: Path) -> None:
     console.print(f"results in {root} ({len(paths)} plots under plots/)")
 
 
+def cmd_report(args) -> int:
+    import time
+
+    from .results import write_report
+    from .spec import SpecError
+    root = Path(args.results)
+    if not (root / "trials.parquet").exists():
+        raise SpecError(f"{root}: not a results folder (no trials.parquet)")
+    t0 = time.perf_counter()
+    path = write_report(root, Path(args.output) if args.output else None)
+    console.print(f"report: {path} ({path.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - t0:.1f} s)", highlight=False)
+    return 0
+
+
 def cmd_show(args) -> int:
     from .results import plot_all, show
     from .spec import SpecError
@@ -288,7 +306,7 @@ def cmd_bench(args) -> int:
     return run_bench(quick=args.quick, json_path=args.json, device=args.device, grid=args.grid, images=args.images)
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "show": cmd_show, "sweeps": cmd_sweeps, "models": cmd_models,
+COMMANDS = {"run": cmd_run, "eval": cmd_eval, "show": cmd_show, "report": cmd_report, "sweeps": cmd_sweeps, "models": cmd_models,
             "data": cmd_data, "bench": cmd_bench}
 
 if __name__ == "__main__":

@@ -277,6 +277,74 @@ def test_best_ranks_by_robust_validation_accuracy_when_asked(tiny_run, tmp_path)
     assert picks == {"val_accuracy": [clean_best], "robust_val_accuracy": [other]}
 
 
+def test_report_is_one_page_that_needs_nothing_else_and_escapes_the_folders_values(tiny_run, tmp_path):
+    """robustgrid report: the tables show prints, the plots inline, no request leaves the page, and a sweep
+    description holding a script is shown as text, never run."""
+    import re
+    import shutil
+    _, out = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    raw = yaml.safe_load((copy / "sweep.yaml").read_text())
+    raw["description"] = "<script>alert('pwned')</script> & more"
+    (copy / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["report", str(copy), "-o", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "<script>alert" not in page and "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt; &amp; more" in page
+    assert page.count("<script>") == 1                                   # the sorter, nothing else
+    assert not re.search(r"(src|href)=\"?(https?:)?//", page)            # no CDN, no remote anything
+    assert page.count('<table class="sortable">') >= 4 and page.count("data:image/png;base64,") == 4
+    assert "fgsm accuracy" in page and "provenance of" in page
+    assert main(["show", str(copy), "--format", "html"]) == 0
+
+
+def test_report_in_headless_chromium_sorts_and_runs_nothing_from_the_data(tiny_run, tmp_path):
+    """The report opened in Debian's chromium (selenium, the system chromedriver): no console error, every
+    table and plot there, a header click reorders its rows, markup from the folder never runs. A screenshot
+    is left beside the page (report.png)."""
+    import shutil
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+    _, out = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    raw = yaml.safe_load((copy / "sweep.yaml").read_text())
+    raw["description"] = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
+    (copy / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    page = tmp_path / "report.html"
+    assert main(["report", str(copy), "-o", str(page)]) == 0
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,2000"):
+        options.add_argument(arg)
+    options.binary_location = shutil.which("chromium")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.set_page_load_timeout(60)
+        driver.get(page.as_uri())
+        assert driver.execute_script("return window.pwned") is None                 # the folder's markup is text
+        tables = driver.find_elements(By.CSS_SELECTOR, "table.sortable")
+        assert len(tables) >= 4
+        images = driver.find_elements(By.TAG_NAME, "img")
+        assert len(images) == 4 and all(driver.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images)
+        trials = tables[0]
+        first_column = lambda: [r.find_elements(By.TAG_NAME, "td")[0].text for r in trials.find_elements(By.CSS_SELECTOR, "tbody tr")]
+        header = trials.find_elements(By.TAG_NAME, "th")[0]
+        header.click()
+        ascending = first_column()
+        header.click()
+        assert first_column() == sorted(ascending, reverse=True) and ascending == sorted(ascending) and len(ascending) == 2
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+        driver.save_screenshot(str(tmp_path / "report.png"))
+    finally:
+        driver.quit()
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
 def test_notebook_api_runs_a_dict_and_loads_the_folder(tmp_path):
     import robustgrid
     sweep = yaml.safe_load(yaml.safe_dump(SWEEP))

@@ -3,7 +3,6 @@ the clean-robust Pareto front."""
 import pandas as pd
 import pytest
 import yaml
-
 from robustgrid.runner.cli import main
 from robustgrid.runner.execute import Sweep
 from robustgrid.runner.spec import SpecError, validate

@@ -15,9 +15,9 @@ from ray.tune import Callback
 from ...files import atomic_write
 from ..console import console
 from ..provenance import PROVENANCE_KEYS
+from ..space import kind_of, to_tune
 from .live import LiveTrials
 from .ray_setup import _where, device_for, hide_unassigned_gpus, trial_resources
-from ..space import kind_of, to_tune
 from .sweep import Sweep
 
 EXPERIMENT_PREFIX = "train-"
@@ -132,13 +132,13 @@ def train_ray(sweep: Sweep, resume: bool) -> None:
         metric = {"val_accuracy": "best_val_accuracy", "robust_val_accuracy": "best_robust_val_accuracy"}
         if searched:
             param_space = {"values": searched_space(sweep), "run": {"cpus": res["cpu"], "gpus": res["gpu"], "workers": 1}}
-            tune_config = dict(search_alg=_searcher(sweep, [metric[m] for m in search.metrics]), num_samples=sweep.spec.num_samples)
+            tune_config = {"search_alg": _searcher(sweep, [metric[m] for m in search.metrics]),
+                           "num_samples": sweep.spec.num_samples}
             if len(search.metrics) == 1:
-                tune_config.update(metric=metric[search.metric if isinstance(search.metric, str) else search.metrics[0]],
-                                   mode=search.mode)
+                tune_config.update(metric=metric[search.metrics[0]], mode=search.mode)
         else:
             param_space = {"trial": tune.grid_search(todo)}
-            tune_config = dict(metric="best_val_accuracy", mode="max")
+            tune_config = {"metric": "best_val_accuracy", "mode": "max"}
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,

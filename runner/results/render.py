@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .views import View
 
-FORMATS = ("rich", "markdown", "csv", "json")
+FORMATS = ("rich", "markdown", "csv", "json", "html")
 
 
 def render(views: list[View], fmt: str = "rich", console: Console | None = None) -> str | None:
@@ -34,6 +34,9 @@ def render(views: list[View], fmt: str = "rich", console: Console | None = None)
         return "\n".join(markdown(v) for v in views)
     if fmt == "csv":
         return "\n".join(as_csv(v) for v in views)
+    if fmt == "html":        # one self-contained page (the report's renderer)
+        from .html import render_html
+        return render_html(views)
     if fmt == "json":
         return json.dumps([v.as_dict() for v in views], indent=2, ensure_ascii=False) + "\n"
     raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")

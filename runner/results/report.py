@@ -36,3 +36,20 @@ def show(root: Path, quant: list[str] | None = None, defense: list[str] | None =
     text = render(views_of(root, quant, defense, trial), fmt, console)
     if text is not None:
         print(text, end="")
+
+
+def write_report(root: Path, out: Path | None = None) -> Path:
+    """`robustgrid report`: the folder's tables, plots and provenance as one HTML file (atomic write)."""
+    from ...files import atomic_write
+    from .html import folder_summary, render_html
+    from .plots import plot_all
+    root = Path(root)
+    store = ResultStore(root)
+    trials, ev = store.read("trials"), store.read_eval()
+    views = views_of(root) + [provenance_view(t, trials, ev) for t in sorted(trials["trial_id"])]
+    title, description, summary = folder_summary(root, trials, ev)
+    page = render_html(views, title, description, summary, plot_all(root))
+    out = Path(out) if out else root / "report.html"
+    with atomic_write(out, "w") as f:
+        f.write(page)
+    return out
