@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--quant", action="append", help="only this quant mode (repeatable)")
     show.add_argument("--defense", action="append", help="only this defense (repeatable)")
     show.add_argument("--trial", action="append", help="only this trial id (repeatable)")
+    show.add_argument("--attack", action="append", help="only this attack (repeatable)")
+    show.add_argument("--source", action="append", choices=["self", "fp32"], help="only this attack source")
+    show.add_argument("--threat", action="append", choices=["oblivious", "adaptive"], help="only this threat model")
+    show.add_argument("--norm", action="append", choices=["linf", "l2"], help="only this norm")
+    show.add_argument("--eps", action="append", help="only this eps (8/255 or 0.0314; repeatable)")
+    show.add_argument("--n", action="append", type=int, help="only the cells of this many images")
     show.add_argument("--plots", action="store_true", help="also (re)write the PNG plots")
     show.add_argument("--format", default="rich", choices=FORMATS,
                       help="rich (terminal), markdown (papers, READMEs), csv, json (scripts)")
@@ -227,7 +233,18 @@ def cmd_show(args) -> int:
     root = Path(args.results)
     if not (root / "trials.parquet").exists():
         raise SpecError(f"{root}: not a results folder (no trials.parquet)")
-    show(root, args.quant, args.defense, args.trial, fmt=args.format)
+    from .results.report import NothingMatched
+    from .spec import parse_eps
+    try:
+        eps = [parse_eps(e) for e in args.eps] if args.eps else None
+    except ValueError as e:
+        raise SpecError(f"--eps: {e}") from None
+    try:
+        show(root, args.quant, args.defense, args.trial, fmt=args.format, attack=args.attack, source=args.source,
+             threat=args.threat, norm=args.norm, eps=eps, n=args.n)
+    except NothingMatched as e:
+        console.print(f"[yellow]{e}[/yellow]", highlight=False)
+        return 1
     if args.plots:
         plot_all(root)
     return 0

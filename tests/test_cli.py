@@ -277,6 +277,17 @@ def test_best_ranks_by_robust_validation_accuracy_when_asked(tiny_run, tmp_path)
     assert picks == {"val_accuracy": [clean_best], "robust_val_accuracy": [other]}
 
 
+def test_show_filters_and_says_when_nothing_matched(tiny_run, capsys):
+    _, out = tiny_run
+    assert main(["show", str(out), "--quant", "int8"]) == 1
+    assert "no cell matches --quant int8 (this folder has: dynamic_int8, fp32)" in capsys.readouterr().err
+    assert main(["show", str(out), "--eps", "4/255"]) == 1
+    assert main(["show", str(out), "--eps", "8/255", "--source", "fp32", "--n", "48", "--format", "csv"]) == 0
+    text = capsys.readouterr().out
+    assert "source=fp32" in text and "source=self" not in text
+    assert main(["show", str(out), "--eps", "eight"]) == 2
+
+
 def test_report_is_one_page_that_needs_nothing_else_and_escapes_the_folders_values(tiny_run, tmp_path):
     """robustgrid report: the tables show prints, the plots inline, no request leaves the page, and a sweep
     description holding a script is shown as text, never run."""

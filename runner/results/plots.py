@@ -9,7 +9,7 @@ import pandas as pd
 from ...files import atomic_write
 from ..evaluate.plan import through_twin
 from .store import ResultStore
-from .views import NORM_LABELS, eps_label, pareto_front
+from .views import NORM_LABELS, eps_label, grid_axes, pareto_front
 
 
 def plot_all(root: Path) -> list[Path]:
@@ -20,16 +20,27 @@ def plot_all(root: Path) -> list[Path]:
     out = []
     plots = Path(root) / "plots"
     plots.mkdir(parents=True, exist_ok=True)
+    trials = store.read("trials").set_index("trial_id")
+    axes = grid_axes(root)
     for trial_id, part in ev.groupby("trial_id"):
-        out.append(plot_accuracy_vs_eps(part, plots / f"accuracy_vs_eps_{trial_id}.png", trial_id))
+        out.append(plot_accuracy_vs_eps(part, plots / f"accuracy_vs_eps_{trial_id}.png", _trial_title(trial_id, trials, axes)))
     if "training" in ev and ev["training"].fillna("none").nunique() > 1:
         out.append(plot_training_methods(ev, plots / "robust_accuracy_by_training.png"))
-    trials = store.read("trials")
+    trials = trials.reset_index()
     if "best_robust_val_accuracy" in trials and trials["best_robust_val_accuracy"].notna().sum() > 1:
         out.append(plot_pareto(trials, plots / "pareto_clean_robust.png"))
     for npz in sorted((Path(root) / "examples").glob("*.npz")):
         out.append(plot_examples(npz, plots / f"examples_{npz.stem}.png"))
     return out
+
+
+def _trial_title(trial_id: str, trials: pd.DataFrame, axes: list[str]) -> str:
+    """What sets the trial apart (the sweep's varied keys, its model and training method), then its id."""
+    if trial_id not in trials.index:
+        return trial_id
+    row = trials.loc[trial_id]
+    keys = list(dict.fromkeys(["model", *axes, *(["adversarial"] if row.get("adversarial") not in (None, "none") else [])]))
+    return ", ".join(f"{k}={row[k]:g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys if k in row) + f"  ({trial_id})"
 
 
 def plot_accuracy_vs_eps(ev: pd.DataFrame, path: Path, title: str) -> Path:
@@ -55,13 +66,20 @@ def plot_accuracy_vs_eps(ev: pd.DataFrame, path: Path, title: str) -> Path:
             ax.fill_between(sub["eps"], 100 * sub["ci_low"], 100 * sub["ci_high"], alpha=0.15, color=colours[d])
         ste = src == "self" and "attack_params" in part and part["attack_params"].map(through_twin).any()
         ax.set_title(f"{attack} {NORM_LABELS[norm]}: {q}, source={src}" + (" (STE twin)" if ste else ""))
-        ax.set_xlabel(f"eps, {NORM_LABELS[norm]} radius (pixel scale [0,1])")
+        ticks = sorted(part["eps"].unique())
+        ax.set_xticks(ticks, [eps_label(e, norm) for e in ticks], fontsize=7)   # as the tables say it: k/255
+        ax.set_xlabel(f"eps, {NORM_LABELS[norm]} radius")
         ax.grid(alpha=0.3)
     for row in axs:
         row[0].set_ylabel("accuracy %")
-    axes[len(panels) - 1].legend(fontsize=7)
+    labels = {}     # one legend for the figure, below the panels, each line once
+    for ax in axes[:len(panels)]:
+        for h, lb in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(lb, h)
+    fig.legend(list(labels.values()), list(labels), loc="lower center", ncol=min(6, len(labels)), fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (3.6 * rows)))   # room for the suptitle
+    legend_rows = -(-len(labels) // 6)
+    fig.tight_layout(rect=(0, 0.3 * legend_rows / (3.6 * rows), 1, 1 - 0.45 / (3.6 * rows)))   # room for both
     _save(fig, path)
     return path
 

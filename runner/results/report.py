@@ -12,19 +12,45 @@ from .store import ResultStore
 from .views import View, flags_view, grid_axes, pivot_views, provenance_view, search_metric, trials_views
 
 
+# show's filters: option -> eval column (eps compares as a number, n as an integer)
+FILTERS = {"quant": "quant", "defense": "defense", "trial": "trial_id", "attack": "attack", "source": "attack_source",
+           "threat": "threat", "norm": "norm", "eps": "eps", "n": "n"}
+
+
+class NothingMatched(ValueError):
+    """A filter of `show` that no cell of the folder matches (the message says what the folder holds)."""
+
+
+def filter_cells(ev, **filters):
+    """The cells every given filter admits; NothingMatched (naming the values present) where one admits none."""
+    for name, values in filters.items():
+        if not values:
+            continue
+        col = FILTERS[name]
+        wanted = {round(float(v), 10) for v in values} if name == "eps" else {int(v) for v in values} if name == "n" else set(values)
+        have = ev[col].round(10) if name == "eps" else ev[col]
+        kept = ev[have.isin(wanted)]
+        if not len(kept):
+            present = sorted({str(v) for v in ev[col].dropna()})
+            raise NothingMatched(f"no cell matches --{name} {' '.join(map(str, values))} (this folder has: "
+                                 f"{', '.join(present) or 'no cells'})")
+        ev = kept
+    return ev
+
+
 def views_of(root: Path, quant: list[str] | None = None, defense: list[str] | None = None,
-             trial: list[str] | None = None) -> list[View]:
+             trial: list[str] | None = None, **filters) -> list[View]:
     store = ResultStore(root)
     trials, ev = store.read("trials"), store.read_eval()
     if trial:
+        if not trials["trial_id"].isin(trial).any():
+            raise NothingMatched(f"no trial matches --trial {' '.join(trial)} (this folder has: "
+                                 f"{', '.join(sorted(trials['trial_id'])) or 'no trials'})")
         trials, ev = trials[trials["trial_id"].isin(trial)], ev[ev["trial_id"].isin(trial)]
     views = trials_views(trials, ev, grid_axes(root), search_metric(root))
     if trial:
         views += [provenance_view(t, trials, ev) for t in trial]
-    if quant:
-        ev = ev[ev["quant"].isin(quant)]
-    if defense:
-        ev = ev[ev["defense"].isin(defense)]
+    ev = filter_cells(ev, quant=quant, defense=defense, **filters)
     worst = worst_case(ev)
     # shown wherever a cell set has more than one attack setting, source or threat to take the worst of
     several = worst[worst["attack_params"].map(lambda p: len(json.loads(p)["over"]) > 1)] if len(worst) else worst
@@ -32,8 +58,8 @@ def views_of(root: Path, quant: list[str] | None = None, defense: list[str] | No
 
 
 def show(root: Path, quant: list[str] | None = None, defense: list[str] | None = None,
-         trial: list[str] | None = None, fmt: str = "rich", console: Console | None = None) -> None:
-    text = render(views_of(root, quant, defense, trial), fmt, console)
+         trial: list[str] | None = None, fmt: str = "rich", console: Console | None = None, **filters) -> None:
+    text = render(views_of(root, quant, defense, trial, **filters), fmt, console)
     if text is not None:
         print(text, end="")
 
