@@ -196,6 +196,7 @@ def cmd_eval(args) -> int:
         read_checkpoint(trial["checkpoint"])
     with FolderLock(root):
         sweep.store.set_aside_damaged()
+        sweep.write_spec(current=False)     # runs/<run id>.yaml: the grid this eval ran; sweep.yaml stays
         if args.executor == "inline":
             from .execute import evaluate_inline
             evaluate_inline(sweep)
@@ -255,29 +256,26 @@ def cmd_models(args) -> int:
     stores, measured) and the share of the parameters held in 8 bits (what the mode quantizes)."""
     import torch
     from rich.console import Console
-    from rich.table import Table
 
     from ..models import QUANT, create_model, int8_share, model_names, quant_mode, quantize, shipped_bytes
+    from .results import View, render
     modes = QUANT.names()
-    t = Table(title="models: MB shipped per quant mode (int8 share of the parameters)", title_justify="left")
-    t.add_column("model", no_wrap=True)
-    t.add_column("parameters", justify="right")
-    for q in modes:
-        t.add_column(q + (" (notebook)" if quant_mode(q).notebook else ""), justify="right")
     # int8_static's scales come from calibration; their number (so the size) does not depend on the images
     calibration = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    rows = []
     for name in model_names():
         m = create_model(name).eval()
         row = [name, f"{sum(p.numel() for p in m.parameters()):,}"]
         for q in modes:
             qm = quantize(m, q, calibration)
             share = int8_share(m, qm)
-            row.append(f"{shipped_bytes(qm) / 1e6:.2f}" + (f" ({share:.2%})" if share else ""))
-        t.add_row(*row)
-    Console().print(t)
-    Console().print("int8_static (PT2E) quantizes convolutions, linears and residual adds; the Linear-only modes "
-                    "(dynamic_int8, int8_dynamic, int8_weight_only) reach only a ResNet's classifier: a share near 0 % "
-                    "means the mode does not apply to that model")
+            row.append(f"{shipped_bytes(qm) / 1e6:.2f}" + (f"\n({share:.1%})" if share else ""))
+        rows.append(row)
+    columns = ["model", "parameters", *[q + (" (notebook)" if quant_mode(q).notebook else "") for q in modes]]
+    render([View("models: MB shipped per quant mode (int8 share of the parameters)", columns, rows,
+                 ["int8_static (PT2E) quantizes convolutions, linears and residual adds; the Linear-only modes "
+                  "(dynamic_int8, int8_dynamic, int8_weight_only) reach only a ResNet's classifier: a share near 0 % "
+                  "means the mode does not apply to that model"])], "rich", Console())   # stdout: pipes
     return 0
 
 

@@ -78,6 +78,10 @@ def test_eval_adds_new_cells_without_retraining(tiny_run):
     ev = ResultStore(out).read_eval()
     assert set(ev["eps"].round(4)) == {0.0, round(8 / 255, 4), 0.03}
     assert {p: p.stat().st_mtime for p in (out / "checkpoints").rglob("best.pt")} == mtimes
+    # the folder remembers each run's grid: sweep.yaml still the run's, the eval's own under runs/<its run id>
+    eval_run = (set(ev["run_id"]) - set(ResultStore(out).read("trials")["run_id"])).pop()
+    kept = yaml.safe_load((out / "runs" / f"{eval_run}.yaml").read_text())
+    assert kept["evaluate"]["eps"] == [0, 0.03] and yaml.safe_load((out / "sweep.yaml").read_text()) == SWEEP
 
 
 def test_show_and_models(tiny_run, capsys):

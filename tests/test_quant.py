@@ -89,9 +89,12 @@ def test_half_precision_runs_on_the_cpu(setting, mode):
 
 
 def test_models_lists_every_mode_without_a_deprecation_warning():
+    """Piped at 80 columns (a terminal's default): the table splits by columns, never cutting a name or a number."""
     done = subprocess.run([sys.executable, "-m", "robustgrid", "models"], capture_output=True, text=True, timeout=240,
-                          env={"COLUMNS": "250", "PATH": "/usr/bin:/bin"})
+                          env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert "13.02" in done.stdout and "6.72" in done.stdout                  # the notebook's sizes
-    assert all(q in done.stdout for q in QUANT.names())
+    assert all(q in done.stdout for q in QUANT.names()) and "…" not in done.stdout
+    assert max(len(line) for line in done.stdout.splitlines()) <= 80
+    assert "11,172,170" in done.stdout and "(99.9%)" in done.stdout
     assert "eprecat" not in done.stdout + done.stderr and "Warning" not in done.stderr, done.stderr

@@ -78,9 +78,27 @@ class Sweep:
         from ..data import fetch_data
         fetch_data(self.data(), progress=lambda msg: console.print(f"[cyan]{msg}[/cyan]", highlight=False))
 
-    def write_spec(self) -> None:
-        with atomic_write(self.out / "sweep.yaml", "w") as f:
-            f.write(yaml.safe_dump(self.raw, sort_keys=False))
+    def write_spec(self, current: bool = True) -> None:
+        """Keep this run's resolved sweep as runs/<run id>.yaml (every run and eval of a folder is remembered);
+        with `current`, sweep.yaml becomes it too, saying so when it replaces a different one (kept under runs/)."""
+        text = yaml.safe_dump(self.raw, sort_keys=False)
+        runs = self.out / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        with atomic_write(runs / f"{self.run_id}.yaml", "w") as f:
+            f.write(text)
+        path = self.out / "sweep.yaml"
+        if not current or (path.exists() and path.read_text() == text):
+            return
+        if path.exists():
+            old = path.read_text()
+            if not any(p.read_text() == old for p in runs.glob("*.yaml")):
+                with atomic_write(runs / f"before-{self.run_id}.yaml", "w") as f:
+                    f.write(old)
+            from ..console import console
+            console.print(f"[dim]{path}: now this run's sweep; the earlier ones are kept under {runs}[/dim]",
+                          highlight=False)
+        with atomic_write(path, "w") as f:
+            f.write(text)
 
     def finished_trials(self) -> dict[str, dict]:
         return {r["trial_id"]: r for r in self._trained().to_dict("records")}

@@ -101,6 +101,10 @@ def trials_views(trials: pd.DataFrame, ev: pd.DataFrame, axes: list[str], rank_b
     failed = [f"{r['trial_id']}: {r['error']}" for r in trials.to_dict("records")
               if r["status"] != "ok" and isinstance(r.get("error"), str)]
     ranked = [f"ranked by {rank_by.removeprefix('best_')} (the search's metric)"] if rank_by else []
+    runs = sorted(set(ev["run_id"].dropna())) if "run_id" in ev else []
+    if len(runs) > 1:      # several grids in one folder: each run's sweep is kept, none describes them all
+        ranked.append(f"this folder holds the cells of {len(runs)} runs ({', '.join(runs)}): each run's sweep is "
+                      "runs/<run id>.yaml; the tables below keep their image sets apart")
     views = [
         View("trials", ["trial", *axes, "status", "ep", "val %", *(["robust val %"] if robust else []), "test %", "s"],
              train_rows, ["ep: epochs run; val: best validation accuracy; test: test accuracy of the best epoch; "
