@@ -108,16 +108,17 @@ def test_ddp_trial_with_two_workers_on_cpu(cluster, tmp_path):
     assert len(ResultStore(out).read("epochs")) == 1
 
 
-def test_optuna_search_draws_its_trials_records_them_and_resume_adds_none(cluster, tmp_path):
-    """Ray Tune's OptunaSearch draws num_samples configurations inside the sweep's ranges; each is a trial
-    (its id the hash of its configuration) recorded once; a rerun with --resume restores the finished
-    search and trains nothing again."""
-    pytest.importorskip("optuna")
+@pytest.mark.parametrize("algorithm", ["optuna", "hyperopt"])
+def test_a_searcher_draws_its_trials_records_them_and_resume_adds_none(cluster, tmp_path, algorithm):
+    """Ray Tune's OptunaSearch / HyperOptSearch draws num_samples configurations inside the sweep's ranges;
+    each is a trial (its id the hash of its configuration) recorded once; a rerun with --resume restores
+    the finished search and trains nothing again. (hyperopt is not in the test extra: skipped without it.)"""
+    pytest.importorskip(algorithm)
     out = tmp_path / "out"
-    p = sweep_file(tmp_path, "optuna", train__lr={"loguniform": [0.0005, 0.02]}, train__weight_decay={"uniform": [0.0, 0.05]},
+    p = sweep_file(tmp_path, algorithm, train__lr={"loguniform": [0.0005, 0.02]}, train__weight_decay={"uniform": [0.0, 0.05]},
                    resources__gpus_per_trial=0, evaluate__defenses=["none"], evaluate__eps=[0])
     raw = yaml.safe_load(p.read_text())
-    raw.update(search={"algorithm": "optuna", "seed": 3, "max_concurrent": 2}, num_samples=4)
+    raw.update(search={"algorithm": algorithm, "seed": 3, "max_concurrent": 2}, num_samples=4)
     p.write_text(yaml.safe_dump(raw))
     assert main(["run", str(p), "--out", str(out)]) == 0
     trials = ResultStore(out).read("trials")
