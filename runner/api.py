@@ -82,13 +82,21 @@ def run(sweep: str | os.PathLike | dict[str, Any], out: str | os.PathLike | None
         from .bundled import resolve_sweep
         spec, raw = load_spec(resolve_sweep(str(sweep)), list(overrides))
     s = Sweep(spec, raw, resolve_out(spec, out))
-    s.write_spec()
     if executor == "inline":
-        from .execute import run_inline
+        from .execute import check_inline, run_inline
+        check_inline(s)
+        s.write_spec()
         run_inline(s, resume=True)
-    else:
+        return Results(s.out)
+    import ray
+    ours = not ray.is_initialized()       # a Ray the user started in the kernel stays; ours ends with the run
+    s.write_spec()
+    try:
         from .execute import run_ray
         run_ray(s, address=address, resume=resume)
+    finally:
+        if ours and ray.is_initialized():
+            ray.shutdown()
     return Results(s.out)
 
 

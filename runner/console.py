@@ -10,7 +10,21 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+def _console() -> Console:
+    """stderr; in Jupyter without ipywidgets (which rich's live displays need there) a plain stream, said
+    once, so a notebook gets each bar's final state and no warning."""
+    c = Console(stderr=True)
+    if c.is_jupyter:
+        try:
+            import ipywidgets  # noqa: F401
+        except ImportError:
+            c = Console(stderr=True, force_jupyter=False)
+            c.print("robustgrid: live progress in Jupyter needs ipywidgets (pip install ipywidgets); without it "
+                    "each progress bar is printed when it ends", highlight=False)
+    return c
+
+
+console = _console()
 
 
 class LiveDisplay(Live):

@@ -46,7 +46,7 @@ def test_run_writes_tables_with_the_design_schema(tiny_run):
     assert set(ev.groupby("quant")["precision"].first().items()) == {("fp32", "fp32"),
                                                                      ("dynamic_int8", "int8 linear, fp32 conv")}
     assert (out / "sweep.yaml").exists() and (out / "plots").is_dir()
-    assert len(list((out / "plots").glob("*.png"))) == 4
+    assert len(list((out / "plots").glob("*.png"))) == 5     # a trial each, their pool, 2 example panels
     clean = ev[(ev.eps == 0) & (ev.defense == "none") & (ev.quant == "fp32")]["accuracy"]
     attacked = ev[(ev.eps > 0) & (ev.defense == "none") & (ev.quant == "fp32")]["accuracy"]
     assert clean.mean() > attacked.mean()
@@ -54,9 +54,10 @@ def test_run_writes_tables_with_the_design_schema(tiny_run):
 
 def test_readme_pivot_query(tiny_run):
     _, out = tiny_run
-    df = pd.read_parquet(out / "eval")
-    piv = df[(df.quant == "dynamic_int8") & (df.attack_source == "fp32")].pivot_table(
-        index="eps", columns="defense", values="accuracy")
+    df = pd.read_parquet(out / "eval")          # the README's recipe: one image set, one source, one threat
+    one_set = df[(df.n == df.n.max()) & (df.seed == 0)]
+    int8 = one_set[(one_set.quant == "dynamic_int8") & (one_set.attack_source == "fp32") & (one_set.threat == "oblivious")]
+    piv = int8.pivot_table(index="eps", columns="defense", values="accuracy")
     assert piv.shape == (2, 5)
 
 
@@ -308,7 +309,7 @@ def test_report_is_one_page_that_needs_nothing_else_and_escapes_the_folders_valu
     assert "<script>alert" not in page and "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt; &amp; more" in page
     assert page.count("<script>") == 1                                   # the sorter, nothing else
     assert not re.search(r"(src|href)=\"?(https?:)?//", page)            # no CDN, no remote anything
-    assert page.count('<table class="sortable">') >= 4 and page.count("data:image/png;base64,") == 4
+    assert page.count('<table class="sortable">') >= 4 and page.count("data:image/png;base64,") == 5
     assert "fgsm accuracy" in page and "provenance of" in page
     assert main(["show", str(copy), "--format", "html"]) == 0
 
@@ -344,7 +345,7 @@ def test_report_in_headless_chromium_sorts_and_runs_nothing_from_the_data(tiny_r
         tables = driver.find_elements(By.CSS_SELECTOR, "table.sortable")
         assert len(tables) >= 4
         images = driver.find_elements(By.TAG_NAME, "img")
-        assert len(images) == 4 and all(driver.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images)
+        assert len(images) == 5 and all(driver.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images)
         trials = tables[0]
         first_column = lambda: [r.find_elements(By.TAG_NAME, "td")[0].text for r in trials.find_elements(By.CSS_SELECTOR, "tbody tr")]
         header = trials.find_elements(By.TAG_NAME, "th")[0]

@@ -22,7 +22,7 @@ def save_examples(engine: Engine, ev: EvaluateSpec, classes: list[str], path: Pa
     cands, _ = engine.adversarial(("fp32", attack.name, attack.params_json, eps) if eps > 0 else ("clean",))
     adv = cands[:k, 0]          # the first candidate (PGD: its first restart's final iterate)
     model, dev = engine.models["fp32"], engine.devices["fp32"]
-    panels = {"original": to_8bit_grid(engine.images[:k]), f"{attack.name} eps={eps:.4f}": adv}
+    panels = {"original": to_8bit_grid(engine.images[:k]), attack.name: adv}    # the plot adds eps as tables say it
     for name, params in ev.defenses.items():
         if name != "none":      # a randomized defense: the defender's first draw for each image
             panels[name] = apply_defense(name, adv, params, ev.defense_backend, engine.index[:k])
@@ -31,4 +31,5 @@ def save_examples(engine: Engine, ev: EvaluateSpec, classes: list[str], path: Pa
     preds = torch.stack([predict(model, panels[t], dev, k) for t in titles])
     with atomic_write(path) as f:
         np.savez(f, images=(stack * 255).round().to(torch.uint8).numpy(), preds=preds.numpy(),
-                 labels=engine.labels[:k].numpy(), titles=np.array(titles), classes=np.array(classes))
+                 labels=engine.labels[:k].numpy(), titles=np.array(titles), classes=np.array(classes),
+                 eps=np.array(eps), norm=np.array(attack.norm))

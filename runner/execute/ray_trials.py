@@ -212,9 +212,13 @@ def _searcher(sweep: Sweep, metrics: list[str]):
     search = sweep.spec.search
     modes = [search.mode] * len(metrics)
     if search.algorithm == "optuna":
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
         many = len(metrics) > 1
-        alg = OptunaSearch(metric=metrics if many else metrics[0], mode=modes if many else modes[0], seed=search.seed)
+        # TPE's default 10 random start-up trials would leave a 9-trial search random throughout: a third of
+        # the budget (at least 2) explores at random, the rest is TPE's
+        sampler = optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=max(2, sweep.spec.num_samples // 3))
+        alg = OptunaSearch(metric=metrics if many else metrics[0], mode=modes if many else modes[0], sampler=sampler)
     else:
         from ray.tune.search.hyperopt import HyperOptSearch
         alg = HyperOptSearch(metric=metrics[0], mode=modes[0], random_state_seed=search.seed)

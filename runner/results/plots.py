@@ -24,6 +24,8 @@ def plot_all(root: Path) -> list[Path]:
     axes = grid_axes(root)
     for trial_id, part in ev.groupby("trial_id"):
         out.append(plot_accuracy_vs_eps(part, plots / f"accuracy_vs_eps_{trial_id}.png", _trial_title(trial_id, trials, axes)))
+    if ev["trial_id"].nunique() > 1:
+        out.append(plot_pooled(ev, plots / "accuracy_vs_eps_pooled.png"))
     if "training" in ev and ev["training"].fillna("none").nunique() > 1:
         out.append(plot_training_methods(ev, plots / "robust_accuracy_by_training.png"))
     trials = trials.reset_index()
@@ -85,6 +87,45 @@ def plot_accuracy_vs_eps(ev: pd.DataFrame, path: Path, title: str) -> Path:
 
 
 TRAINING_ORDER = ("none", "fgsm_rs", "pgd", "trades")     # standard first, then the cheap to the costly
+
+
+def plot_pooled(ev: pd.DataFrame, path: Path) -> Path:
+    """Every trial pooled: per (quant, source, attack, norm) panel and (defense, threat) line, the mean of the
+    trials' accuracies with a band from the lowest to the highest trial (no interval over pooled trials).
+    The largest image set only, so lines never mix image sets."""
+    import matplotlib.pyplot as plt
+    ev = ev.assign(threat=ev["threat"].fillna("oblivious"), norm=ev["norm"].astype(object).fillna("linf"))
+    ev = ev[ev["n"] == ev["n"].max()]
+    panels = list(ev.groupby(["quant", "attack_source", "attack", "norm"], sort=False))
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axs = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False, sharey=True)
+    axes = list(axs.flat)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    labels = {}
+    for ax, ((q, src, attack, norm), part) in zip(axes, panels):
+        colours = {d: f"C{i}" for i, d in enumerate(dict.fromkeys(part["defense"]))}
+        for (d, threat), sub in part.groupby(["defense", "threat"], sort=False):
+            stats = sub.groupby("eps")["accuracy"].agg(["mean", "min", "max"]) * 100
+            label = d + (" adaptive" if threat == "adaptive" else "")
+            (line,) = ax.plot(stats.index, stats["mean"], "--" if threat == "adaptive" else "-", marker="o",
+                              color=colours[d], label=label)
+            ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.15, color=colours[d])
+            labels.setdefault(label, line)
+        ticks = sorted(part["eps"].unique())
+        ax.set_xticks(ticks, [eps_label(e, norm) for e in ticks], fontsize=7)
+        ax.set_title(f"{attack} {NORM_LABELS[norm]}: {q}, source={src}", fontsize=9)
+        ax.grid(alpha=0.3)
+    for row in axs:
+        row[0].set_ylabel("accuracy %")
+    fig.legend(list(labels.values()), list(labels), loc="lower center", ncol=min(6, len(labels)), fontsize=7)
+    fig.suptitle(f"mean over {ev['trial_id'].nunique()} trials (band: the lowest to the highest trial), "
+                 f"n={ev['n'].max()} images")
+    legend_rows = -(-len(labels) // 6)
+    fig.tight_layout(rect=(0, 0.3 * legend_rows / (3.6 * rows), 1, 1 - 0.45 / (3.6 * rows)))
+    _save(fig, path)
+    return path
 
 
 def training_bars(ev: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -165,7 +206,9 @@ def plot_pareto(trials: pd.DataFrame, path: Path) -> Path:
 def plot_examples(npz: Path, path: Path) -> Path:
     import matplotlib.pyplot as plt
     d = np.load(npz)
-    images, preds, labels, titles, classes = d["images"], d["preds"], d["labels"], d["titles"], d["classes"]
+    images, preds, labels, titles, classes = d["images"], d["preds"], d["labels"], list(d["titles"]), d["classes"]
+    if "eps" in d and len(titles) > 1:      # older files carry eps in the title already
+        titles[1] = f"{titles[1]} {eps_label(float(d['eps']), str(d['norm']))}"
     p, k = images.shape[:2]
     fig, axs = plt.subplots(k, p, figsize=(1.9 * p, 2.0 * k), squeeze=False)
     for j in range(k):
@@ -177,7 +220,8 @@ def plot_examples(npz: Path, path: Path) -> Path:
                          fontsize=7, color="green" if ok else "red")
             ax.axis("off")
     fig.suptitle(f"predictions of the FP32 model (true: {', '.join(str(classes[l]) for l in labels)})", fontsize=8)
-    fig.tight_layout()
+    fig.text(0.5, 0.005, "label colour: green = predicted right, red = wrong", ha="center", fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     _save(fig, path)
     return path
 
