@@ -18,7 +18,12 @@ def _console() -> Console:
         try:
             import ipywidgets  # noqa: F401
         except ImportError:
-            c = Console(stderr=True, force_jupyter=False)
+            import logging
+            import warnings
+            # tqdm (imported by Ray) and Ray's widgets say the same at import, each in its own way: said once here
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            logging.getLogger("ray.widgets.util").setLevel(logging.WARNING)
+            c = Console(stderr=True, force_jupyter=False, force_terminal=False)
             c.print("robustgrid: live progress in Jupyter needs ipywidgets (pip install ipywidgets); without it "
                     "each progress bar is printed when it ends", highlight=False)
     return c

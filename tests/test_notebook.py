@@ -14,7 +14,7 @@ SWEEP = {"name": "nb", "data": {"dataset": "synthetic", "synthetic_train": 300, 
 
 def test_the_readme_notebook_example_runs_in_a_kernel_without_warnings(tmp_path):
     cells = [
-        "import robustgrid, ray",
+        "import robustgrid",
         f"res = robustgrid.run({SWEEP!r}, out={str(tmp_path / 'nb')!r})",
         "ev = res.eval[(res.eval.n == 24) & (res.eval.attack_source == 'self')]\n"
         "ev.groupby(['quant', 'eps', 'defense', 'threat'])['accuracy'].mean()",
@@ -22,7 +22,7 @@ def test_the_readme_notebook_example_runs_in_a_kernel_without_warnings(tmp_path)
         "len(res.plot())",
         "res.report().name",
         "res",
-        "ray.is_initialized()",
+        "import ray\nray.is_initialized()",
     ]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
