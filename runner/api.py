@@ -53,6 +53,19 @@ class Results:
         """The folder as one self-contained HTML page (robustgrid report); its path."""
         return write_report(self.root, Path(out) if out else None)
 
+    def __repr__(self) -> str:
+        """A summary, not a path: the sweep, its trials and cells, the image sets and runs they came from."""
+        trials, ev = self.trials, self._store().read_eval(columns=["run_id", "n", "data_digest", "trial_id"])
+        ok = int((trials["status"] == "ok").sum()) if len(trials) else 0
+        sets = sorted({f"n={n}" for n in ev["n"]}) if len(ev) else []
+        runs = ev["run_id"].nunique() if len(ev) else 0
+        return (f"Results({str(self.root)!r}: {len(trials)} trials ({ok} ok), {len(ev)} cells"
+                f"{' on ' + ', '.join(sets) if sets else ''}{f' from {runs} runs' if runs > 1 else ''}; "
+                ".eval .trials .epochs .table() .plot() .report())")
+
+    def _repr_markdown_(self) -> str:
+        return render(views_of(self.root), "markdown")
+
     def _repr_html_(self) -> str:
         """In a notebook: the tables `show` prints, as HTML."""
         return render(views_of(self.root), "html")

@@ -32,5 +32,7 @@ def test_the_readme_notebook_example_runs_in_a_kernel_without_warnings(tmp_path)
     assert not [o for o in outputs if o["output_type"] == "error"]
     printed = "".join(o.get("text", "") for o in nb.cells[3].outputs)
     assert "| eps |" in printed                                          # markdown, not pipes in a repr
-    assert "text/html" in nb.cells[6].outputs[0]["data"]                 # Results shows its tables as HTML
+    shown = nb.cells[6].outputs[0]["data"]
+    assert "text/html" in shown and "text/markdown" in shown              # Results shows its tables
+    assert "1 trials (1 ok), 12 cells on n=24" in shown["text/plain"]      # and a summary, not a path
     assert nb.cells[7].outputs[0]["data"]["text/plain"] == "False"       # Ray ended with the run
