@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("sweeps", help="list the sweep files that come with robustgrid")
 
-    sub.add_parser("models", help="list registered models with parameters and sizes")
+    models = sub.add_parser("models", help="list registered models with parameters and sizes")
+    models.add_argument("--model", action="append", help="only this model (repeatable; default: every one)")
 
     data = sub.add_parser("data", help="data sets")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -263,7 +264,12 @@ def cmd_models(args) -> int:
     # int8_static's scales come from calibration; their number (so the size) does not depend on the images
     calibration = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     rows = []
-    for name in model_names():
+    wanted = args.model or model_names()
+    unknown = [m for m in wanted if m not in model_names()]
+    if unknown:
+        from .spec import SpecError
+        raise SpecError(f"--model: unknown model {unknown[0]!r}; known: {', '.join(model_names())}")
+    for name in wanted:
         m = create_model(name).eval()
         row = [name, f"{sum(p.numel() for p in m.parameters()):,}"]
         for q in modes:

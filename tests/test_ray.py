@@ -389,7 +389,7 @@ def test_a_node_removed_mid_sweep_has_its_trial_and_its_evaluation_rerun_elsewhe
         try:
             for phase, name, ready in [
                     ("training", "ImplicitFunc", lambda: bool(list((out / "checkpoints").glob("*/last.pt")))),
-                    ("evaluation", "run_task", lambda: (out / "trials.parquet").exists()
+                    ("evaluation", "::run_", lambda: (out / "trials.parquet").exists()   # run_task, run_shard_task
                      and len(pd.read_parquet(out / "trials.parquet")) == 2)]:
                 deadline, victim = time.time() + 300, None
                 while time.time() < deadline and victim is None and proc.poll() is None:
