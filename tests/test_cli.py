@@ -293,17 +293,22 @@ def test_show_filters_and_says_when_nothing_matched(tiny_run, capsys):
     assert main(["show", str(out), "--eps", "eight"]) == 2
 
 
+def _copy_described(out, tmp_path, description: str):
+    """A copy of a results folder whose sweep description is `description` (markup a report must not run)."""
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    raw = yaml.safe_load((copy / "sweep.yaml").read_text())
+    raw["description"] = description
+    (copy / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    return copy
+
+
 def test_report_is_one_page_that_needs_nothing_else_and_escapes_the_folders_values(tiny_run, tmp_path):
     """robustgrid report: the tables show prints, the plots inline, no request leaves the page, and a sweep
     description holding a script is shown as text, never run."""
     import re
-    import shutil
-    _, out = tiny_run
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
-    raw = yaml.safe_load((copy / "sweep.yaml").read_text())
-    raw["description"] = "<script>alert('pwned')</script> & more"
-    (copy / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    copy = _copy_described(tiny_run[1], tmp_path, "<script>alert('pwned')</script> & more")
     assert main(["report", str(copy), "-o", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()
     assert "<script>alert" not in page and "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt; &amp; more" in page
@@ -322,12 +327,7 @@ def test_report_in_headless_chromium_sorts_and_runs_nothing_from_the_data(tiny_r
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
-    _, out = tiny_run
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
-    raw = yaml.safe_load((copy / "sweep.yaml").read_text())
-    raw["description"] = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
-    (copy / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    copy = _copy_described(tiny_run[1], tmp_path, '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">')
     page = tmp_path / "report.html"
     assert main(["report", str(copy), "-o", str(page)]) == 0
     options = webdriver.ChromeOptions()

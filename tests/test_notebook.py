@@ -16,8 +16,8 @@ def test_the_readme_notebook_example_runs_in_a_kernel_without_warnings(tmp_path)
     cells = [
         "import robustgrid",
         f"res = robustgrid.run({SWEEP!r}, out={str(tmp_path / 'nb')!r})",
-        "ev = res.eval[(res.eval.n == 24) & (res.eval.attack_source == 'self')]\n"
-        "ev.groupby(['quant', 'eps', 'defense', 'threat'])['accuracy'].mean()",
+        ("ev = res.eval[(res.eval.n == 24) & (res.eval.attack_source == 'self')]\n"
+         "ev.groupby(['quant', 'eps', 'defense', 'threat'])['accuracy'].mean()"),
         "print(res.table('markdown'))",
         "len(res.plot())",
         "res.report().name",

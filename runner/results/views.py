@@ -112,16 +112,16 @@ def trials_views(trials: pd.DataFrame, ev: pd.DataFrame, axes: list[str], rank_b
                           + ("; robust val: PGD-10 accuracy on the validation subset (adversarial training)" if robust else ""),
                           *ranked, *failed]),
         View("models", ["trial", "quant", "device", "MB", "clean %"], _model_rows(trials, ev),
-             ["MB: bytes of what the mode ships (torch.save; measured); clean: accuracy without attack or "
-              "defense on the evaluation images (the largest set evaluated, never several pooled)"]),
+             [("MB: bytes of what the mode ships (torch.save; measured); clean: accuracy without attack or "
+               "defense on the evaluation images (the largest set evaluated, never several pooled)")]),
     ]
     front = pareto_front(trials)
     if len(front) > 0 and trials["best_robust_val_accuracy"].notna().sum() > 1:
         views.append(View("clean-robust Pareto front", ["trial", *axes, "val %", "robust val %"],
                           [[r["trial_id"], *[_value(r.get(a)) for a in axes], pct(r["best_val_accuracy"]),
                             pct(r["best_robust_val_accuracy"])] for r in front.to_dict("records")],
-                          ["the trials no other trial beats on both validation accuracy and robust validation "
-                           "accuracy, by clean accuracy; every other trial is worse on one without being better on the other"]))
+                          [("the trials no other trial beats on both validation accuracy and robust validation "
+                            "accuracy, by clean accuracy; every other trial is worse on one without being better on the other")]))
     return views
 
 
