@@ -74,6 +74,14 @@ def fit(v: View, width: int) -> list[View]:
         parts = [rest[i:i + size] for i in range(0, len(rest), size)]
         if all(fixed + sum(widths[i] + gap for i in part) <= width for part in parts):
             break
+    greedy, used = [[]], fixed                       # one wide column must not force a column a part
+    for i in rest:
+        if greedy[-1] and used + widths[i] + gap > width:
+            greedy.append([])
+            used = fixed
+        greedy[-1].append(i)
+        used += widths[i] + gap
+    parts = greedy if len(greedy) < len(parts) else parts
     keep = [list(range(k)) + part for part in parts]
     return [View(v.title, [v.columns[i] for i in cols], [[r[i] for i in cols] for r in v.rows], [], k) for cols in keep]
 
