@@ -2,6 +2,7 @@
 device cells and the int8 CPU cells where CPUs allow), each cell written once its last shard lands."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 
 from ...models import quant_mode, read_checkpoint
@@ -40,7 +41,7 @@ def evaluate_ray(sweep: Sweep, address: str | None = None) -> None:
                 device=device_for(ev.device, r.eval_gpus if has_gpu else 0))
             refs = _submit_shard(task, ledger.done_in(shard), k, weights[trial["trial_id"]], has_gpu, r)
             tasks_of_unit.update({ref: i for ref in refs})
-        left = {i: sum(1 for u in tasks_of_unit.values() if u == i) for i in range(len(units))}
+        left = Counter(tasks_of_unit.values())      # a shard is done when all of its tasks have returned
         pending = list(tasks_of_unit)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
