@@ -26,14 +26,14 @@ def kind_of(value: Any) -> str | None:
     return None
 
 
-def values_to_check(key: str, value: dict) -> list[tuple[str, Any]]:
+def values_to_check(key: str, value: dict, section: str = "train") -> list[tuple[str, Any]]:
     """(path, value) pairs each of which must be a valid value of the key: the list of a grid or a choice,
     the bounds of a range. Raises ValueError (with the path) for a malformed distribution."""
     kind = kind_of(value)
     if kind is None:
-        raise ValueError(f"train.{key}: a dict value must be one of {{{': [...]}, {'.join(DISTRIBUTIONS)}: [...]}}")
+        raise ValueError(f"{section}.{key}: a dict value must be one of {{{': [...]}, {'.join(DISTRIBUTIONS)}: [...]}}")
     args = value[kind]
-    where = f"train.{key}.{kind}"
+    where = f"{section}.{key}.{kind}"
     if kind in ("grid_search", "choice"):
         if not isinstance(args, list) or not args:
             raise ValueError(f"{where}: must be a non-empty list")
@@ -67,6 +67,12 @@ def sample(value: dict, rng: np.random.Generator) -> Any:
     if kind == "uniform":
         return float(rng.uniform(args[0], args[1]))
     return float(math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))))     # loguniform
+
+
+def bounds(value: dict) -> tuple[float, float] | None:
+    """[low, high] of a range (None for a list of values)."""
+    kind = kind_of(value)
+    return (value[kind][0], value[kind][1]) if kind in ("uniform", "loguniform") else None
 
 
 def to_tune(value: dict):

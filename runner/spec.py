@@ -216,10 +216,41 @@ class Resources(Strict):
         return self
 
 
+# Keys population-based training may change in a running trial: the optimizer's and TRADES' weights. Not the
+# model, data or attack (a clone's weights must fit, its validation figure must stay comparable); not the seed.
+PBT_MUTABLE = ("lr", "weight_decay", "momentum", "trades_beta")
+
+
 class Scheduler(Strict):
-    type: Literal["fifo", "asha"] = "fifo"
+    """fifo: every trial to the end. asha: stop weak trials early (grace_period, reduction_factor, in epochs).
+    pbt: population-based training: every perturbation_interval epochs a trial in the bottom quantile_fraction
+    takes the weights of one in the top and its `mutations` keys, perturbed (x0.8 / x1.2, or a neighbour in a
+    list; resampled with resample_probability), kept inside their bounds."""
+    type: Literal["fifo", "asha", "pbt"] = "fifo"
     grace_period: int = Field(1, gt=0)
     reduction_factor: float = Field(2, gt=1)
+    perturbation_interval: int = Field(1, gt=0)
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0, le=1)
+    mutations: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _mutations(self):
+        if self.type != "pbt":
+            if self.mutations:
+                raise ValueError(".mutations: only with type pbt")
+            return self
+        if not self.mutations:
+            raise ValueError(f".mutations: pbt needs the keys it may change, some of {', '.join(PBT_MUTABLE)}")
+        for key, value in self.mutations.items():
+            if key not in PBT_MUTABLE:
+                raise ValueError(f".mutations.{key}: pbt may change only {', '.join(PBT_MUTABLE)} (a clone's weights "
+                                 "must fit the model and its validation figure stay comparable)")
+            if isinstance(value, list):
+                self.mutations[key] = {"choice": value}
+            elif kind_of(value) not in ("choice", "uniform", "loguniform"):
+                raise ValueError(f".mutations.{key}: a list of values, or {{uniform | loguniform | choice: [...]}}")
+        return self
 
 
 SearchMetric = Literal["val_accuracy", "robust_val_accuracy"]
@@ -525,6 +556,37 @@ def _validate_train(spec: SweepSpec) -> None:
                 raise SpecError(f"{where}: {msg}") from None
 
 
+def _check_pbt(spec: SweepSpec) -> None:
+    """PBT clones weights between trials and restarts them from the clone: only what allows that is accepted."""
+    s = spec.scheduler
+    if s.type != "pbt":
+        return
+    if spec.search.algorithm not in ("grid", "random"):
+        raise SpecError(f"scheduler.type: pbt starts from a grid or a random population, not from {spec.search.algorithm} "
+                        "(Ray Tune runs no searcher beside PBT)")
+    if spec.resources.workers_per_trial > 1:
+        raise SpecError("scheduler.type: pbt restores trials from Tune's checkpoints; DDP trials (workers_per_trial > 1) "
+                        "restore from their own folder: use workers_per_trial 1")
+    varied = [k for k, v in spec.train.items() if kind_of(v) and k not in s.mutations and k != "seed"]
+    if varied:
+        raise SpecError(f"train.{varied[0]}: varies across trials, but pbt clones weights between them: only the keys "
+                        "in scheduler.mutations (and seed) may vary")
+    schedule = spec.train.get("lr_schedule", "plateau")
+    if "lr" in s.mutations and schedule in ("cosine", "one_cycle"):
+        raise SpecError(f"scheduler.mutations.lr: lr_schedule {schedule} sets the learning rate each step and would undo "
+                        "pbt's; use plateau or multistep")
+    for key, value in s.mutations.items():
+        try:
+            checks = values_to_check(key, value, section="scheduler.mutations")
+        except ValueError as e:
+            raise SpecError(str(e)) from None
+        for where, v in checks:
+            try:
+                TrainConfig.model_validate({**spec.base_train(), key: v})
+            except ValidationError as e:
+                raise SpecError(f"{where}: {_format(e).partition(': ')[2]}") from None
+
+
 def _check_paths(spec: SweepSpec) -> None:
     if spec.data.dataset == "imagefolder":
         if not spec.data.path:
@@ -560,6 +622,7 @@ def validate(raw: Any, source: str = "sweep") -> SweepSpec:
     except ValidationError as e:
         raise SpecError(_format(e)) from None
     _validate_train(spec)
+    _check_pbt(spec)
     _check_paths(spec)
     _check_n_images(spec)
     return spec

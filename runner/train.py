@@ -8,6 +8,7 @@ process it is plain single-device training. Ray Tune / Ray Train call it unchang
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import time
@@ -32,7 +33,7 @@ from .data import Splits, TensorBatches, load_splits, to_float
 from .device import ieee_fp32, pick_device
 from .distributed import DistInfo, from_rank0, setup_distributed
 from .provenance import images_digest, software
-from .spec import TrainConfig
+from .spec import PBT_MUTABLE, TrainConfig
 
 Reporter = Callable[[dict[str, Any], Path | None], None]
 
@@ -120,7 +121,7 @@ def train(config: dict[str, Any], report: Reporter | None = None, resume_from: s
 
     state = {"epoch": 0, "best_val": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
     if resume_from is not None:
-        state = _restore(Path(resume_from), model, optimizer, scheduler)
+        state = _restore(Path(resume_from), cfg, model, optimizer, scheduler)
 
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.time()
@@ -246,13 +247,33 @@ def _save_epoch(out_dir: Path, cfg: TrainConfig, model, model_kwargs, optimizer,
     return out_dir
 
 
-def _restore(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
+def _restore(path: Path, cfg: TrainConfig, model, optimizer, scheduler) -> dict[str, Any]:
     path = path / "last.pt" if path.is_dir() else path
     payload = read_checkpoint(path)
     model.load_state_dict(payload["state_dict"])
     optimizer.load_state_dict(payload["meta"]["optimizer"])
     scheduler.load_state_dict(payload["meta"]["scheduler"])
-    return dict(payload["meta"]["state"])
+    state = dict(payload["meta"]["state"])
+    source = payload["meta"]["config"]
+    # A trial's folder is named by its id: another folder's checkpoint is another trial's weights (PBT's clone)
+    if Path(source.get("out_dir") or ".").name != Path(cfg.out_dir or ".").name:
+        state = _adopt(state, source, cfg, optimizer)
+    return state
+
+
+def _adopt(state: dict[str, Any], source: dict[str, Any], cfg: TrainConfig, optimizer) -> dict[str, Any]:
+    """Continue from another trial's weights and optimizer state with this trial's (perturbed) hyperparameters;
+    the learning rate scaled by the perturbation, so a plateau or step decay the source reached is kept.
+    The lineage, carried in the checkpoints, says whose weights these are: every clone back to the first."""
+    mine = {k: getattr(cfg, k) for k in PBT_MUTABLE}
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * cfg.lr / source["lr"]
+        group["weight_decay"] = cfg.weight_decay
+        if "momentum" in group:
+            group["momentum"] = cfg.momentum
+    entry = {"epoch": state["epoch"], "to": Path(cfg.out_dir or ".").name, "from": Path(source["out_dir"]).name,
+             "from_config": {k: source.get(k) for k in PBT_MUTABLE}, "config": mine}
+    return {**state, "lineage": [*state.get("lineage", []), entry]}
 
 
 def _finish(cfg, out_dir, model, splits, device, di, state) -> dict[str, Any]:
@@ -276,6 +297,7 @@ def _finish(cfg, out_dir, model, splits, device, di, state) -> dict[str, Any]:
         "checkpoint": str(best), "fp32_bytes": state_dict_bytes(cpu_model),
         "int8_bytes": state_dict_bytes(quantize(cpu_model, "dynamic_int8")),
         "data_digest": images_digest(splits.train_x, splits.train_y), **software(),
+        "lineage": json.dumps(state["lineage"]) if state.get("lineage") else None,
         "history": state["history"],
     }
 

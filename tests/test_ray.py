@@ -109,29 +109,78 @@ def test_ddp_trial_with_two_workers_on_cpu(cluster, tmp_path):
 
 
 @pytest.mark.parametrize("algorithm", ["optuna", "hyperopt"])
-def test_a_searcher_draws_its_trials_records_them_and_resume_adds_none(cluster, tmp_path, algorithm):
-    """Ray Tune's OptunaSearch / HyperOptSearch draws num_samples configurations inside the sweep's ranges;
-    each is a trial (its id the hash of its configuration) recorded once; a rerun with --resume restores
-    the finished search and trains nothing again. (hyperopt is not in the test extra: skipped without it.)"""
+def test_a_searcher_killed_mid_search_resumes_with_each_trial_once(cluster, tmp_path, algorithm):
+    """Ray Tune's OptunaSearch / HyperOptSearch draws num_samples configurations inside the sweep's ranges, each
+    recorded as it is drawn (status running) and a trial whose id is the hash of its configuration; killed after
+    the first trial, `--resume` continues the searcher: every trial once, the finished one not trained again.
+    (hyperopt is not in the test extra: skipped without it.)"""
     pytest.importorskip(algorithm)
     out = tmp_path / "out"
     p = sweep_file(tmp_path, algorithm, train__lr={"loguniform": [0.0005, 0.02]}, train__weight_decay={"uniform": [0.0, 0.05]},
+                   train__epochs=2, data__synthetic_train=1500, resources__gpus_per_trial=0, evaluate__defenses=["none"],
+                   evaluate__eps=[0])
+    raw = yaml.safe_load(p.read_text())
+    raw.update(search={"algorithm": algorithm, "seed": 3, "max_concurrent": 1}, num_samples=4)
+    p.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "robustgrid.runner.cli", "run", str(p), "--out", str(out), "--address", cluster.address]
+    _kill_after_first_trial(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                             start_new_session=True), out, until_the_next_is_drawn=True)
+    before = ResultStore(out).read("trials")
+    done = before.loc[before["status"] == "ok", "trial_id"].tolist()
+    assert 1 <= len(done) < 4 and "running" in set(before["status"])      # the next draw was recorded before it trained
+    mtime = (out / "checkpoints" / done[0] / "best.pt").stat().st_mtime
+    assert main(["run", str(p), "--out", str(out), "--resume", "--address", cluster.address]) == 0
+    trials = ResultStore(out).read("trials")
+    ok = trials[trials["status"] == "ok"]
+    assert len(ok) == 4 and ok["trial_id"].is_unique and "running" not in set(trials["status"])
+    assert ok["lr"].between(0.0005, 0.02).all() and ok["weight_decay"].between(0.0, 0.05).all()
+    assert (out / "checkpoints" / done[0] / "best.pt").stat().st_mtime == mtime     # not trained again
+    assert not ResultStore(out).read("epochs").duplicated(["trial_id", "epoch"]).any()
+    from robustgrid.runner.results.plots import plot_all
+    from robustgrid.runner.results.views import searched_keys
+    assert searched_keys(out) == {"lr": True, "weight_decay": False}     # lr on a log axis
+    assert out / "plots" / "search_metric_by_key.png" in plot_all(out)
+
+
+def _kill_after_first_trial(proc: subprocess.Popen, out: Path, until_the_next_is_drawn: bool = False) -> None:
+    """Kill the run (its whole process group) once a trial has finished (and, if asked, the next one is recorded)."""
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            status = set(pd.read_parquet(out / "trials.parquet")["status"]) if (out / "trials.parquet").exists() else set()
+            if "ok" in status and ("running" in status or not until_the_next_is_drawn):
+                break
+            time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+
+
+def test_pbt_clones_a_stronger_trials_checkpoint_and_records_the_lineage(cluster, tmp_path):
+    """Synchronous PBT, two trials, quantile 0.5: after epoch 1 the weaker takes the stronger's checkpoint (so
+    both histories share their first epoch to the last digit, which lr 1e-5 and 0.05 would never give), its id
+    and folder stay its own, and each clone is in the trials table's lineage."""
+    out = tmp_path / "out"
+    p = sweep_file(tmp_path, "pbt", train__lr={"grid_search": [0.00001, 0.05]}, train__epochs=3, train__optimizer="sgd",
                    resources__gpus_per_trial=0, evaluate__defenses=["none"], evaluate__eps=[0])
     raw = yaml.safe_load(p.read_text())
-    raw.update(search={"algorithm": algorithm, "seed": 3, "max_concurrent": 2}, num_samples=4)
+    raw["scheduler"] = {"type": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5,
+                        "mutations": {"lr": {"loguniform": [0.00001, 0.1]}}}
     p.write_text(yaml.safe_dump(raw))
     assert main(["run", str(p), "--out", str(out)]) == 0
     trials = ResultStore(out).read("trials")
-    assert len(trials) == 4 and set(trials["status"]) == {"ok"} and trials["trial_id"].is_unique
-    assert trials["lr"].between(0.0005, 0.02).all() and trials["weight_decay"].between(0.0, 0.05).all()
-    from robustgrid.runner.execute import trial_id_of
-    first = trials.iloc[0]
-    assert (out / "checkpoints" / first["trial_id"] / "best.pt").exists()
-    mtimes = {c: c.stat().st_mtime for c in (out / "checkpoints").glob("*/best.pt")}
-    assert main(["run", str(p), "--out", str(out), "--resume"]) == 0
-    assert len(ResultStore(out).read("trials")) == 4
-    assert {c: c.stat().st_mtime for c in mtimes} == mtimes
-    assert callable(trial_id_of)
+    from robustgrid.runner.execute import Sweep
+    from robustgrid.runner.spec import validate
+    planned = {t["trial_id"]: t["config"]["lr"] for t in Sweep(validate(raw), raw, out).trials()}
+    assert dict(zip(trials["trial_id"], trials["lr"])) == planned and set(trials["status"]) == {"ok"}
+    steps = [step for lineage in trials["lineage"].dropna() for step in json.loads(lineage)]
+    assert steps
+    for step in steps:
+        assert {step["to"], step["from"]} == set(planned) and 1 <= step["epoch"] < 3
+        assert 0.00001 <= step["config"]["lr"] <= 0.1
+    epochs = ResultStore(out).read("epochs")
+    first = epochs[epochs["epoch"] == 1]
+    assert len(first) == 2 and first["train_loss"].nunique() == 1 and first["val_accuracy"].nunique() == 1
 
 
 def test_too_small_cluster_is_refused_with_the_reason(cluster, tmp_path, capsys):

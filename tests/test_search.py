@@ -66,6 +66,36 @@ def test_a_sampled_key_needs_a_search_and_several_objectives_need_optuna():
         validate({**SEARCH, "search": {"algorithm": "random", "metric": ["val_accuracy", "robust_val_accuracy"]}})
 
 
+PBT = {**SEARCH, "train": {"model": "simple_cnn", "epochs": 2, "lr": {"grid_search": [0.01, 0.1]}},
+       "search": {"algorithm": "grid"}, "num_samples": 1,
+       "scheduler": {"type": "pbt", "mutations": {"lr": {"loguniform": [1e-4, 1e-1]}}}}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"scheduler": {"type": "pbt"}}, "scheduler.mutations: pbt needs the keys it may change"),
+    ({"scheduler": {"type": "pbt", "mutations": {"model": ["resnet18"]}}}, "scheduler.mutations.model: pbt may change only"),
+    ({"scheduler": {"type": "pbt", "mutations": {"lr": {"loguniform": [0, 1]}}}}, "scheduler.mutations.lr.loguniform: low 0"),
+    ({"scheduler": {"type": "pbt", "mutations": {"lr": [0.1], "momentum": [0.5, 1.5]}}}, "scheduler.mutations.momentum.choice[1]:"),
+    ({"scheduler": {"type": "fifo", "mutations": {"lr": [0.1]}}}, "scheduler.mutations: only with type pbt"),
+    ({"search": {"algorithm": "optuna"}}, "scheduler.type: pbt starts from a grid or a random population"),
+    ({"resources": {"workers_per_trial": 2}}, "scheduler.type: pbt restores trials from Tune's checkpoints"),
+    ({"train": {**PBT["train"], "batch_size": {"grid_search": [32, 64]}}}, "train.batch_size: varies across trials"),
+    ({"train": {**PBT["train"], "lr_schedule": "cosine"}}, "scheduler.mutations.lr: lr_schedule cosine"),
+])
+def test_a_pbt_sweep_that_cannot_clone_weights_is_refused_with_the_key_path(change, message):
+    validate(PBT)
+    with pytest.raises(SpecError) as e:
+        validate({**PBT, **change})
+    assert str(e.value).startswith(message)
+
+
+def test_the_inline_executor_refuses_pbt(tmp_path, capsys):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(PBT))
+    assert main(["run", str(p), "--out", str(tmp_path / "out"), "--executor", "inline"]) == 2
+    assert "scheduler.type: pbt pauses, clones and restarts trials through Ray Tune" in capsys.readouterr().err
+
+
 def views_ev() -> pd.DataFrame:
     return pd.DataFrame(columns=["eps", "defense", "attack_source", "trial_id", "quant", "n", "correct"])
 

@@ -19,6 +19,9 @@ def check_inline(sweep: Sweep) -> None:
     if sweep.spec.search.algorithm in ("optuna", "hyperopt"):
         raise SpecError(f"search.algorithm: {sweep.spec.search.algorithm} draws trials through Ray Tune's searcher: "
                         "run it with --executor ray (the inline executor runs grids and random searches)")
+    if sweep.spec.scheduler.type == "pbt":
+        raise SpecError("scheduler.type: pbt pauses, clones and restarts trials through Ray Tune: run it with "
+                        "--executor ray (the inline executor trains one trial after another, to the end)")
 
 
 def run_inline(sweep: Sweep, resume: bool = True) -> None:

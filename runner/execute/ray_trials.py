@@ -15,8 +15,10 @@ from ray.tune import Callback
 from ...files import atomic_write
 from ..console import console
 from ..provenance import PROVENANCE_KEYS
+from ..results import TRIAL_KEY
 from ..space import kind_of, to_tune
 from .live import LiveTrials
+from .pbt import initial_trial, pbt_scheduler
 from .ray_setup import _where, device_for, hide_unassigned_gpus, trial_resources
 from .sweep import Sweep
 
@@ -26,22 +28,29 @@ EXPERIMENT_PREFIX = "train-"
 # --- inside a trial ---------------------------------------------------------------------------
 
 def _resume_path(out_dir: Path) -> Path | None:
-    """Tune's checkpoint when Tune restores the trial; else last.pt left by an earlier attempt."""
+    """Tune's checkpoint when Tune restores the trial (after a failure, or PBT's clone of a stronger trial: then
+    another trial's last.pt and best.pt, which replace this folder's); else last.pt left by an earlier attempt."""
     from ray import tune
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             if (Path(d) / "last.pt").exists():
-                local = out_dir / "last.pt"
-                if not local.exists():
-                    with atomic_write(local) as f:
-                        f.write((Path(d) / "last.pt").read_bytes())
-                return local
+                out_dir.mkdir(parents=True, exist_ok=True)
+                for name in ("best.pt", "last.pt"):
+                    src, dst = Path(d) / name, out_dir / name
+                    if src.exists() and not (dst.exists() and dst.read_bytes() == src.read_bytes()):
+                        with atomic_write(dst) as f:
+                            f.write(src.read_bytes())
+                return out_dir / "last.pt"
     return out_dir / "last.pt" if (out_dir / "last.pt").exists() else None
 
 
 def final_metrics(result: dict[str, Any], where: dict[str, str]) -> dict[str, Any]:
-    return {**{k: v for k, v in result.items() if k != "history"}, **where, "final": True,
+    """The trial's last report: its results, and its last epoch's figures (a scheduler reads every report for its
+    metric and time; at an epoch it has seen already, PBT does nothing)."""
+    last = result["history"][-1] if result["history"] else {}
+    return {**{k: last[k] for k in ("epoch", "val_accuracy", "robust_val_accuracy") if k in last},
+            **{k: v for k, v in result.items() if k != "history"}, **where, "final": True,
             "history_json": json.dumps(result["history"])}
 
 
@@ -136,6 +145,9 @@ def train_ray(sweep: Sweep, resume: bool) -> None:
                            "num_samples": sweep.spec.num_samples}
             if len(search.metrics) == 1:
                 tune_config.update(metric=metric[search.metrics[0]], mode=search.mode)
+        elif sweep.spec.scheduler.type == "pbt":     # PBT compares trials by their current epoch, not their best
+            param_space = {"trial": tune.grid_search(todo)}
+            tune_config = {"metric": search.metrics[0], "mode": search.mode}
         else:
             param_space = {"trial": tune.grid_search(todo)}
             tune_config = {"metric": "best_val_accuracy", "mode": "max"}
@@ -148,7 +160,8 @@ def train_ray(sweep: Sweep, resume: bool) -> None:
             run_config=tune.RunConfig(
                 name=EXPERIMENT_PREFIX + sweep.run_id, storage_path=str(storage), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=r.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=[RecordTrials(sweep, live)]),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=_checkpoints_kept(sweep)),
+                callbacks=[RecordTrials(sweep, live)]),
         )
     storage.mkdir(parents=True, exist_ok=True)
     with live, open(storage / "driver.log", "a") as log, contextlib.redirect_stdout(log):
@@ -171,6 +184,8 @@ class RecordTrials(Callback):
             self.live.update(trial_of(self.sweep, trial.config)["trial_id"], **values)
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        # recorded as drawn: a searcher's configuration is in the table before it trains, and a kill leaves it there
+        self.sweep.record_running(trial_of(self.sweep, trial.config))
         self._show(trial, status="running")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -192,8 +207,9 @@ class RecordTrials(Callback):
 
 
 def trial_of(sweep: Sweep, config: dict[str, Any]) -> dict[str, Any]:
-    """The robustgrid trial of a Tune trial's config: a grid's, or the one a searcher's values make."""
-    return config["trial"] if "trial" in config else sweep.trial_of(config["values"])
+    """The robustgrid trial of a Tune trial's config: a grid's (as planned, whatever PBT changed since),
+    or the one a searcher's values make."""
+    return initial_trial(config) if "trial" in config else sweep.trial_of(config["values"])
 
 
 def _dirname(trial) -> str:
@@ -228,11 +244,19 @@ def _searcher(sweep: Sweep, metrics: list[str]):
 
 def _scheduler(sweep: Sweep):
     s = sweep.spec.scheduler
+    if s.type == "pbt":
+        return pbt_scheduler(sweep)
     if s.type != "asha":
         return None
     from ray.tune.schedulers import ASHAScheduler
     return ASHAScheduler(time_attr="training_iteration", max_t=sweep.spec.max_epochs(),
                          grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+
+
+def _checkpoints_kept(sweep: Sweep) -> int | None:
+    """One per trial; PBT keeps them all: a paused clone restores from the checkpoint it was handed, which its
+    source would otherwise have deleted by then (Ray Tune warns of num_to_keep <= 2 with PBT)."""
+    return None if sweep.spec.scheduler.type == "pbt" else 1
 
 
 def _restorable(storage: Path) -> Path | None:
@@ -253,15 +277,23 @@ def record_result(sweep: Sweep, trial: dict, metrics: dict | None, error: str | 
 
 
 _RESULT_KEYS = {"best_val_accuracy", "best_epoch", "test_accuracy", "epochs_run", "seconds", "world_size",
-                "best_robust_val_accuracy", "catastrophic_overfitting_epoch",
+                "best_robust_val_accuracy", "catastrophic_overfitting_epoch", "lineage",
                 "device", "checkpoint", "fp32_bytes", "int8_bytes", *PROVENANCE_KEYS}
 
 
 def _record(sweep: Sweep, grid) -> None:
-    """After fit: make sure every trial of the grid has its row (the live callback writes most)."""
-    recorded = set(sweep.store.read("trials")["trial_id"])
+    """After fit: make sure every trial of the grid has its row (the live callback writes most); a row still
+    `running` is a trial a killed run drew that the resumed searcher did not restore: stopped."""
+    rows = sweep.store.read("trials")
+    recorded = set(rows.loc[rows["status"] != "running", "trial_id"])
     for res in grid:
         trial = trial_of(sweep, res.config) if res.config and ("trial" in res.config or "values" in res.config) else None
         if trial is None or trial["trial_id"] in recorded:
             continue
         record_result(sweep, trial, res.metrics, str(res.error).splitlines()[0] if res.error else None)
+        recorded.add(trial["trial_id"])
+    for row in rows[rows["status"] == "running"].to_dict("records"):
+        if row["trial_id"] not in recorded:
+            sweep.store.upsert("trials", [{**row, "status": "stopped",
+                                           "error": "drawn, then the run was killed; the resumed search did not restore it"}],
+                               TRIAL_KEY)

@@ -129,14 +129,15 @@ class Sweep:
             return path
 
     # --- rows ---
-    def trial_row(self, trial: dict, result: dict | None, error: str | None = None, where: dict | None = None) -> dict:
+    def trial_row(self, trial: dict, result: dict | None, error: str | None = None, where: dict | None = None,
+                  running: bool = False) -> dict:
         cfg = trial["config"]
         from ..results.store import trials_schema
         names = set(trials_schema().names)
         row = {("config_" + k if "config_" + k in names else k): v for k, v in cfg.items()}
         row.update(sweep=self.spec.name, run_id=self.run_id, trial_id=trial["trial_id"],
-                   status="ok" if result else ("failed" if error else "stopped"),
-                   error=error if result or error else "stopped before it finished (scheduler or interrupt)")
+                   status="running" if running else "ok" if result else ("failed" if error else "stopped"),
+                   error=None if running else error if result or error else "stopped before it finished (scheduler or interrupt)")
         if result:
             row.update({k: v for k, v in result.items() if k != "history"})
             if row.get("checkpoint"):
@@ -146,6 +147,10 @@ class Sweep:
 
     def epoch_rows(self, trial_id: str, history: list[dict]) -> list[dict]:
         return [{"sweep": self.spec.name, "run_id": self.run_id, "trial_id": trial_id, **h} for h in history]
+
+    def record_running(self, trial: dict) -> None:
+        """The trial's configuration, before it trains (replaced by its result when it ends)."""
+        self.store.upsert("trials", [self.trial_row(trial, None, running=True)], TRIAL_KEY)
 
     def record_trial(self, trial: dict, result: dict | None, error: str | None = None, where: dict | None = None) -> None:
         self.store.upsert("trials", [self.trial_row(trial, result, error, where)], TRIAL_KEY)

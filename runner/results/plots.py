@@ -9,7 +9,7 @@ import pandas as pd
 from ...files import atomic_write
 from ..evaluate.plan import through_twin
 from .store import ResultStore
-from .views import NORM_LABELS, eps_label, grid_axes, pareto_front
+from .views import NORM_LABELS, eps_label, grid_axes, pareto_front, search_metric, searched_keys
 
 
 def plot_all(root: Path) -> list[Path]:
@@ -31,6 +31,9 @@ def plot_all(root: Path) -> list[Path]:
     trials = trials.reset_index()
     if "best_robust_val_accuracy" in trials and trials["best_robust_val_accuracy"].notna().sum() > 1:
         out.append(plot_pareto(trials, plots / "pareto_clean_robust.png"))
+    keys, metric = searched_keys(root), search_metric(root)
+    if keys and metric in trials and trials[metric].notna().sum() > 1:
+        out.append(plot_search(trials, keys, metric, plots / "search_metric_by_key.png"))
     for npz in sorted((Path(root) / "examples").glob("*.npz")):
         out.append(plot_examples(npz, plots / f"examples_{npz.stem}.png"))
     return out
@@ -199,6 +202,32 @@ def plot_pareto(trials: pd.DataFrame, path: Path) -> Path:
     ax.legend(fontsize=8, loc="best")
     ax.set_title(f"clean vs robust, {len(t)} trials")
     fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def plot_search(trials: pd.DataFrame, keys: dict[str, bool], metric: str, path: Path) -> Path:
+    """The search's metric against each searched key, a point per finished trial (log axes where the key was
+    drawn log-uniformly; a choice of labels as categories), the best trial ringed."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+    t = trials[trials[metric].notna()]
+    fig, axs = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), squeeze=False, sharey=True)
+    best = t[metric].idxmax()
+    for ax, (key, log) in zip(axs[0], keys.items()):
+        x = t[key] if pd.api.types.is_numeric_dtype(t[key]) else t[key].astype(str)
+        ax.scatter(x, 100 * t[metric], color="C0", zorder=3)
+        ax.scatter([x.loc[best]], [100 * t.loc[best, metric]], s=160, facecolors="none", edgecolors="C3", zorder=4,
+                   label="best")
+        if log:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())     # minor labels overlap within a decade
+        ax.set_xlabel(key)
+        ax.grid(alpha=0.3)
+    axs[0][0].set_ylabel(metric.removeprefix("best_").replace("_", " ") + " %")
+    fig.legend(*axs[0][0].get_legend_handles_labels(), loc="lower center", ncol=1, fontsize=8, frameon=False)
+    fig.suptitle(f"{metric.removeprefix('best_').replace('_', ' ')} of {len(t)} searched trials", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     _save(fig, path)
     return path
 

@@ -80,6 +80,8 @@ _TRIAL_RESULT_FIELDS = [
     ("world_size", pa.int64()), ("device", pa.string()), ("node", pa.string()), ("node_ip", pa.string()), ("node_id", pa.string()),
     ("gpu_ids", pa.string()), ("cuda_visible_devices", pa.string()), ("checkpoint", pa.string()),
     ("fp32_bytes", pa.int64()), ("int8_bytes", pa.int64()), *PROVENANCE_FIELDS,
+    # population-based training: whose weights the trial took, at which epoch, with which hyperparameters (JSON)
+    ("lineage", pa.string()),
 ]
 
 

@@ -55,19 +55,32 @@ def eps_label(eps: float, norm: str = "linf") -> str:
 
 # --- trials ------------------------------------------------------------------------------------
 
-def grid_axes(root: Path) -> list[str]:
+def sweep_file(root: Path) -> dict:
+    """The folder's sweep.yaml as written (empty where there is none)."""
     p = Path(root) / "sweep.yaml"
-    if not p.exists():
-        return []
-    raw = yaml.safe_load(p.read_text()) or {}
-    return [k for k, v in (raw.get("train") or {}).items() if isinstance(v, dict)]
+    return (yaml.safe_load(p.read_text()) or {}) if p.exists() else {}
+
+
+def grid_axes(root: Path) -> list[str]:
+    """The training keys the sweep varies (a grid or a distribution)."""
+    return [k for k, v in (sweep_file(root).get("train") or {}).items() if isinstance(v, dict)]
+
+
+def searched_keys(root: Path) -> dict[str, bool]:
+    """A sampled search's keys, each with whether it is drawn on a log scale (none for a grid or PBT, where a
+    trial's starting values are not the values it was trained with)."""
+    raw = sweep_file(root)
+    if (raw.get("search") or {}).get("algorithm", "grid") == "grid" or (raw.get("scheduler") or {}).get("type") == "pbt":
+        return {}
+    return {k: "loguniform" in v for k, v in (raw.get("train") or {}).items() if isinstance(v, dict)}
 
 
 def search_metric(root: Path) -> str | None:
     """The trials column a searched sweep ranks by (None for a grid: trials in id order)."""
-    p = Path(root) / "sweep.yaml"
-    search = ((yaml.safe_load(p.read_text()) or {}).get("search") or {}) if p.exists() else {}
-    if search.get("algorithm", "grid") == "grid":
+    raw = sweep_file(root)
+    search = raw.get("search") or {}
+    pbt = (raw.get("scheduler") or {}).get("type") == "pbt"
+    if search.get("algorithm", "grid") == "grid" and not pbt:
         return None
     metric = search.get("metric", "val_accuracy")
     return "best_" + (metric[0] if isinstance(metric, list) else metric)
@@ -122,7 +135,27 @@ def trials_views(trials: pd.DataFrame, ev: pd.DataFrame, axes: list[str], rank_b
                             pct(r["best_robust_val_accuracy"])] for r in front.to_dict("records")],
                           [("the trials no other trial beats on both validation accuracy and robust validation "
                             "accuracy, by clean accuracy; every other trial is worse on one without being better on the other")]))
+    lineage = lineage_rows(trials)
+    if lineage:
+        views.append(View("PBT lineage", ["trial", "epoch", "clone ← source", "then"], lineage,
+                          [("population-based training: each trial's final weights traced back, oldest step first: after "
+                            "`epoch` the clone took the source's weights (and optimizer state) and went on with `then` "
+                            "(the source's values, perturbed); the trials table shows each trial's starting values")]))
     return views
+
+
+def lineage_rows(trials: pd.DataFrame) -> list[list[str]]:
+    """One row per clone in each trial's lineage (trials.parquet's JSON column), its changed values as old→new."""
+    rows = []
+    for r in trials.to_dict("records"):
+        if not isinstance(r.get("lineage"), str):
+            continue
+        for step in json.loads(r["lineage"]):
+            changed = [f"{k} {_value(step['from_config'].get(k))}→{_value(v)}" for k, v in step["config"].items()
+                       if step["from_config"].get(k) != v]
+            rows.append([r["trial_id"], str(step["epoch"]), f"{step.get('to', '?')} ← {step['from']}",
+                         ", ".join(changed) or "the same values"])
+    return rows
 
 
 def pareto_front(trials: pd.DataFrame, x: str = "best_val_accuracy", y: str = "best_robust_val_accuracy") -> pd.DataFrame:

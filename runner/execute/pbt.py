@@ -1,0 +1,62 @@
+"""Population-based training (Jaderberg et al. 2017) through Ray Tune's PopulationBasedTraining.
+
+Tune's PBT hands a weak trial the whole config of the trial it clones. A robustgrid trial is its
+configuration's hash and owns its folder, so here a clone keeps its own id, folder and seed and takes
+only the mutable keys (perturbed, then kept inside their bounds) with the stronger trial's checkpoint;
+the trial itself records whose weights it took (train.py: the lineage, the final weights' ancestry: a
+clone's own earlier epochs, discarded, are not in it).
+"""
+from __future__ import annotations
+
+import copy
+import random
+from typing import Any
+
+from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+from ..space import bounds, kind_of, to_tune
+from .sweep import Sweep
+
+
+class KeepIdentityPBT(PopulationBasedTraining):
+    def __init__(self, limits: dict[str, tuple[float, float]], **kwargs):
+        super().__init__(**kwargs)
+        self._limits = limits
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        # At its last epoch a trial has nothing left to train: a clone there would only copy the other's final
+        # weights (and, while that other is still measuring its test split, again and again)
+        if result.get("epoch", 0) >= trial.config["trial"]["config"]["epochs"]:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def _get_new_config(self, trial, trial_to_clone) -> tuple[dict, dict]:
+        explored, operations = super()._get_new_config(trial, trial_to_clone)
+        mine = copy.deepcopy(trial.config)
+        mine["trial"].setdefault("initial_config", copy.deepcopy(mine["trial"]["config"]))   # what its id hashes
+        for key in self._hyperparam_mutations["trial"]["config"]:
+            value = explored["trial"]["config"][key]
+            lo, hi = self._limits.get(key, (value, value))
+            mine["trial"]["config"][key] = min(max(value, lo), hi)
+        return mine, operations
+
+
+def pbt_scheduler(sweep: Sweep) -> KeepIdentityPBT:
+    """The sweep's PBT; metric and mode come from TuneConfig (the search's metric, each epoch's value).
+    Synchronous: the population meets at each perturbation epoch and is ranked there. (Asynchronous PBT pauses
+    the strong trial while a clone restarts, then ranks the clone's next epoch against the paused trial's
+    last one, clones again, and so on: seen here looping ten times on one epoch.) Tune's explore step draws
+    from Python's `random`, seeded with the search seed."""
+    s = sweep.spec.scheduler
+    random.seed(sweep.spec.search.seed)
+    mutations = {k: v["choice"] if kind_of(v) == "choice" else to_tune(v) for k, v in s.mutations.items()}
+    limits = {k: b for k, v in s.mutations.items() if (b := bounds(v))}
+    return KeepIdentityPBT(limits, time_attr="epoch", perturbation_interval=s.perturbation_interval,
+                           hyperparam_mutations={"trial": {"config": mutations}}, quantile_fraction=s.quantile_fraction,
+                           resample_probability=s.resample_probability, synch=True)
+
+
+def initial_trial(config: dict[str, Any]) -> dict[str, Any]:
+    """The trial as planned (its id is the hash of this configuration), whatever PBT has changed since."""
+    trial = config["trial"]
+    return {**trial, "config": trial["initial_config"]} if "initial_config" in trial else trial
