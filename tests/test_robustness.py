@@ -76,6 +76,7 @@ def test_show_warns_and_lists_worst_case(tmp_path, capsys):
     """Through the CLI: a folder whose cells raise a flag prints the warning table and the worst case."""
     from robustgrid.runner.cli import main
     from robustgrid.runner.results import ResultStore
+    from robustgrid.runner.results.report import views_of
     store = ResultStore(tmp_path)
     store.upsert("trials", [{"trial_id": "t", "status": "ok", "sweep": "s", "run_id": "r"}], ["trial_id"])
     store.append_eval([_row("fgsm", eps=8 / 255, correct=90), _row("fgsm", "adaptive", eps=8 / 255, correct=300),
@@ -84,6 +85,13 @@ def test_show_warns_and_lists_worst_case(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "WARNING: 1 gradient-masking flag(s)" in out and "adaptive_above_oblivious" in out
     assert "worst case over every L-inf attack" in out
+    # the flag's number beside the cell it concerns (the adaptive FGSM one), on no other cell
+    views = {v.title.split(" accuracy")[0]: v for v in views_of(tmp_path)}
+    fgsm = views["fgsm"]
+    assert fgsm.columns[1:] == ["jpeg", "jpeg/a"] and fgsm.rows[0][2].startswith("75.0 ⚑1\n")
+    assert [c for v in views.values() if not v.title.startswith("WARNING") for r in v.rows for c in r if "⚑" in c] \
+        == [fgsm.rows[0][2]]
+    assert any(n.startswith("made by robustgrid") and "run r" in n for n in fgsm.notes)   # the table's provenance
 
 
 def test_adaptive_cells_through_a_randomized_defense_pair_with_their_oblivious_cells():
@@ -184,6 +192,7 @@ def test_worst_case_is_shown_for_one_attack_from_two_sources(tmp_path, capsys):
     name, two sources: the worst case over them is shown (it was hidden unless two attack names shared an eps)."""
     from robustgrid.runner.cli import main
     from robustgrid.runner.results import ResultStore
+    from robustgrid.runner.results.report import views_of
     store = ResultStore(tmp_path)
     store.upsert("trials", [{"trial_id": "t", "status": "ok", "sweep": "s", "run_id": "r"}], ["trial_id"])
     store.append_eval([_row("fgsm", correct=90, quant="dynamic_int8"),

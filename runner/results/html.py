@@ -29,7 +29,8 @@ def folder_summary(root: Path, trials: pd.DataFrame, ev: pd.DataFrame) -> tuple[
     rows = [("folder", str(root)), ("trials", f"{len(trials)} ({(trials['status'] == 'ok').sum() if len(trials) else 0} ok)"),
             ("cells", str(len(ev))), ("runs", ", ".join(sorted(set(ev.get("run_id", pd.Series(dtype=str)).dropna()))) or "-")]
     if len(ev):
-        rows.append(("evaluated", f"{ev['created_at'].min():%Y-%m-%d %H:%M} – {ev['created_at'].max():%Y-%m-%d %H:%M} UTC"))
+        if ev["created_at"].notna().any():
+            rows.append(("evaluated", f"{ev['created_at'].min():%Y-%m-%d %H:%M} – {ev['created_at'].max():%Y-%m-%d %H:%M} UTC"))
         for col in ("git_commit", "code_version", "torch_version", "device"):
             if col in ev:
                 rows.append((col.replace("_", " "), ", ".join(sorted({str(v) for v in ev[col].dropna()})) or "-"))

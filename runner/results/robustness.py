@@ -65,8 +65,8 @@ def _worst_row(cells: pd.DataFrame, scope: str) -> dict:
 # --- gradient-masking flags ------------------------------------------------------------------------
 
 def masking_flags(ev: pd.DataFrame, undefended_floor: float = 0.10) -> pd.DataFrame:
-    """One row per raised check: trial_id, quant, eps, defense, check, detail."""
-    cols = ["trial_id", "quant", "norm", "eps", "defense", "check", "detail"]
+    """One row per raised check: the cell it concerns (FLAGGED_CELL), check, detail."""
+    cols = [*FLAGGED_CELL, "check", "detail"]
     if not len(ev):
         return pd.DataFrame(columns=cols)
     ev = _prepared(ev)
@@ -117,8 +117,13 @@ def _pairs(ev: pd.DataFrame, keys: list[str], split: str, first: str, second: st
                 yield ra, rb
 
 
+# the eval columns that name the cell a flag concerns (the tables mark it there)
+FLAGGED_CELL = ["trial_id", "quant", "norm", "eps", "defense", "defense_params", "threat", "attack", "attack_params",
+                "attack_source", "n", "seed"]
+
+
 def _flag(r: pd.Series, check: str, detail: str) -> list:
-    return [r["trial_id"], r["quant"], r["norm"], r["eps"], r["defense"], check, detail]
+    return [*(r.get(k) for k in FLAGGED_CELL), check, detail]
 
 
 def _pct(r: pd.Series) -> str:

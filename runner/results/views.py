@@ -208,11 +208,13 @@ def _setting_json(params: str) -> str:
     return json.dumps(p, sort_keys=True)
 
 
-def pivot_views(ev: pd.DataFrame) -> list[View]:
+def pivot_views(ev: pd.DataFrame, flags: pd.DataFrame | None = None) -> list[View]:
     """eps x defense per (quant, source, attack) and per image set: the trials pooled; with both
-    threat models, each defense's oblivious and adaptive columns side by side."""
+    threat models, each defense's oblivious and adaptive columns side by side. A cell that a gradient-masking
+    flag concerns carries its number (flags: masking_flags' rows, numbered from 1 as the warning table)."""
     if not len(ev):
         return []
+    ev = ev.assign(flag_numbers=_flag_numbers(ev, flags))
     ev = ev.assign(data_digest=ev["data_digest"].fillna("") if "data_digest" in ev else "",
                    attack_params=ev["attack_params"].fillna("{}") if "attack_params" in ev else "{}",
                    threat=ev["threat"].fillna("oblivious") if "threat" in ev else "oblivious",
@@ -235,6 +237,18 @@ def pivot_views(ev: pd.DataFrame) -> list[View]:
             title += f" (images {digest[:8]})"
         views.append(pivot_view(part, title))
     return views
+
+
+def _flag_numbers(ev: pd.DataFrame, flags: pd.DataFrame | None) -> list[tuple[int, ...]]:
+    """Per eval row, the numbers of the flags raised on it."""
+    from .robustness import FLAGGED_CELL, _prepared
+    if flags is None or not len(flags):
+        return [()] * len(ev)
+    numbers: dict[tuple, list[int]] = {}
+    for i, r in enumerate(flags[FLAGGED_CELL].itertuples(index=False)):
+        numbers.setdefault(tuple(map(str, r)), []).append(i + 1)
+    rows = _prepared(ev)[FLAGGED_CELL].itertuples(index=False)
+    return [tuple(numbers.get(tuple(map(str, r)), ())) for r in rows]
 
 
 def flags_view(flags: pd.DataFrame) -> list[View]:
@@ -268,6 +282,7 @@ def pivot_view(ev: pd.DataFrame, title: str) -> View:
     g = ev.groupby(["eps", "defense", "defense_params", "threat"], sort=True)
     stats = g.agg(correct=("correct", "sum"), n=("n", "sum"), mean=("accuracy", "mean"), lo=("accuracy", "min"),
                   hi=("accuracy", "max"), trials=("trial_id", "nunique"), rows=("accuracy", "size"))
+    marks = g["flag_numbers"].agg(lambda s: sorted({k for t in s for k in t})) if "flag_numbers" in ev else None
     rows = []
     for eps in sorted(ev["eps"].unique()):
         cells = []
@@ -276,11 +291,13 @@ def pivot_view(ev: pd.DataFrame, title: str) -> View:
                 cells.append("-")
                 continue
             r = stats.loc[(eps, *col)]
+            flagged = marks.loc[(eps, *col)] if marks is not None else []
+            mark = (" " + FLAG_MARK + ",".join(map(str, flagged))) if flagged else ""
             if r["rows"] == 1:
                 lo, hi = wilson_interval(int(r["correct"]), int(r["n"]))
-                cells.append(f"{100 * r['correct'] / r['n']:.1f}\n{100 * lo:.1f}–{100 * hi:.1f}")
+                cells.append(f"{100 * r['correct'] / r['n']:.1f}{mark}\n{100 * lo:.1f}–{100 * hi:.1f}")
             else:
-                cells.append(f"{100 * r['mean']:.1f}\nr {100 * r['lo']:.1f}–{100 * r['hi']:.1f}")
+                cells.append(f"{100 * r['mean']:.1f}{mark}\nr {100 * r['lo']:.1f}–{100 * r['hi']:.1f}")
         rows.append([eps_label(eps, ev["norm"].iloc[0] if "norm" in ev else "linf"), *cells])
     n_trials = ev["trial_id"].nunique()
     notes = ["each cell: accuracy %, then its Wilson 95 % interval over the cell's images" if n_trials == 1 else
@@ -299,7 +316,28 @@ def pivot_view(ev: pd.DataFrame, title: str) -> View:
         notes.append("/a: adaptive, the attacker differentiates model o defense (BPDA); plain: oblivious, "
                      "the attacker ignores the defense")
     notes += _defense_notes(list(dict.fromkeys((d, p) for d, p, _ in columns)))
+    if marks is not None and any(len(m) for m in marks):
+        notes.append(f"{FLAG_MARK}k: gradient-masking flag k (the WARNING table) concerns this cell: it may overstate "
+                     "robustness")
+    notes.append(provenance_note(ev))
     return View(title, ["eps", *[_column_label(d, p, t, columns) for d, p, t in columns]], rows, notes)
+
+
+FLAG_MARK = "⚑"
+
+
+def provenance_note(ev: pd.DataFrame) -> str:
+    """What made a table's cells, in one line: code (and whether its tree was dirty), torch, devices, runs, when."""
+    def seen(col, fmt=str):
+        return ", ".join(dict.fromkeys(fmt(v) for v in ev[col].dropna())) if col in ev and ev[col].notna().any() else "-"
+    commits = seen("git_commit", lambda c: str(c)[:10])
+    dirty = " (uncommitted changes)" if "git_dirty" in ev and ev["git_dirty"].fillna(False).astype(bool).any() else ""
+    when = "-"
+    if "created_at" in ev and ev["created_at"].notna().any():
+        first, last = ev["created_at"].min(), ev["created_at"].max()
+        when = f"{first:%Y-%m-%d %H:%M}–{last.strftime('%H:%M' if last.date() == first.date() else '%Y-%m-%d %H:%M')} UTC"
+    return (f"made by robustgrid {seen('code_version')}, git {commits}{dirty}, torch {seen('torch_version')}, "
+            f"on {seen('device')}; run {seen('run_id')}; {when}")
 
 
 def _broken_by_note(ev: pd.DataFrame) -> str:
