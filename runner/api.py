@@ -19,6 +19,7 @@ import pandas as pd
 
 from .results import ResultStore, plot_all, views_of, write_report
 from .results.render import render
+from .results.store import results_folder
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,7 @@ class Results:
 
 
 def load(root: str | os.PathLike) -> Results:
-    root = Path(root).expanduser().resolve()
-    if not (root / "trials.parquet").exists():
-        from .spec import SpecError
-        raise SpecError(f"{root}: not a results folder (no trials.parquet)")
-    return Results(root)
+    return Results(results_folder(Path(root).expanduser().resolve()))
 
 
 def run(sweep: str | os.PathLike | dict[str, Any], out: str | os.PathLike | None = None,

@@ -219,10 +219,8 @@ def cmd_report(args) -> int:
     import time
 
     from .results import write_report
-    from .spec import SpecError
-    root = Path(args.results)
-    if not (root / "trials.parquet").exists():
-        raise SpecError(f"{root}: not a results folder (no trials.parquet)")
+    from .results.store import results_folder
+    root = results_folder(args.results)
     t0 = time.perf_counter()
     path = write_report(root, Path(args.output) if args.output else None)
     console.print(f"report: {path} ({path.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - t0:.1f} s)", highlight=False)
@@ -231,12 +229,10 @@ def cmd_report(args) -> int:
 
 def cmd_show(args) -> int:
     from .results import plot_all, show
-    from .spec import SpecError
-    root = Path(args.results)
-    if not (root / "trials.parquet").exists():
-        raise SpecError(f"{root}: not a results folder (no trials.parquet)")
     from .results.report import NothingMatched
-    from .spec import parse_eps
+    from .results.store import results_folder
+    from .spec import SpecError, parse_eps
+    root = results_folder(args.results)
     try:
         eps = [parse_eps(e) for e in args.eps] if args.eps else None
     except ValueError as e:

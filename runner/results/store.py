@@ -125,6 +125,15 @@ def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=schema)
 
 
+def results_folder(root: str | Path) -> Path:
+    """The folder as a Path, or a SpecError (exit 2) where it is not a results folder."""
+    from ..spec import SpecError
+    root = Path(root)
+    if not (root / "trials.parquet").exists():
+        raise SpecError(f"{root}: not a results folder (no trials.parquet)")
+    return root
+
+
 class DamagedTable(ValueError):
     """A results table that cannot be read; the message says what to do."""
 

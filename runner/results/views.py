@@ -140,7 +140,8 @@ def trials_views(trials: pd.DataFrame, ev: pd.DataFrame, axes: list[str], rank_b
         views.append(View("PBT lineage", ["trial", "epoch", "clone ← source", "then"], lineage,
                           [("population-based training: each trial's final weights traced back, oldest step first: after "
                             "`epoch` the clone took the source's weights (and optimizer state) and went on with `then` "
-                            "(the source's values, perturbed); the trials table shows each trial's starting values")]))
+                            "(the source's values, perturbed); the trials table shows each trial's starting values")],
+                          key_columns=2))
     return views
 
 
@@ -151,7 +152,7 @@ def lineage_rows(trials: pd.DataFrame) -> list[list[str]]:
         if not isinstance(r.get("lineage"), str):
             continue
         for step in json.loads(r["lineage"]):
-            changed = [f"{k} {_value(step['from_config'].get(k))}→{_value(v)}" for k, v in step["config"].items()
+            changed = [f"{k} {_short(step['from_config'].get(k))}→{_short(v)}" for k, v in step["config"].items()
                        if step["from_config"].get(k) != v]
             rows.append([r["trial_id"], str(step["epoch"]), f"{step.get('to', '?')} ← {step['from']}",
                          ", ".join(changed) or "the same values"])
@@ -189,6 +190,10 @@ def _model_rows(trials: pd.DataFrame, ev: pd.DataFrame) -> list[list[str]]:
 
 def _value(v) -> str:
     return "-" if v is None or (isinstance(v, float) and pd.isna(v)) else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else _value(v)
 
 
 def _int(v) -> str:
