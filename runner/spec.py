@@ -556,6 +556,18 @@ def _validate_train(spec: SweepSpec) -> None:
                 raise SpecError(f"{where}: {msg}") from None
 
 
+def _check_search_metric(spec: SweepSpec) -> None:
+    """A search or PBT ranking by robust validation accuracy needs every trial to measure it."""
+    ranks = spec.search.algorithm != "grid" or spec.scheduler.type == "pbt"
+    if not ranks or "robust_val_accuracy" not in spec.search.metrics:
+        return
+    method = spec.train.get("adversarial", "none")
+    methods = [v for _, v in values_to_check("adversarial", method)] if kind_of(method) else [method]
+    if "none" in methods:
+        raise SpecError("search.metric: robust_val_accuracy is measured only with adversarial training, and train."
+                        "adversarial lets a trial train with none: set it to fgsm_rs, pgd or trades")
+
+
 def _check_pbt(spec: SweepSpec) -> None:
     """PBT clones weights between trials and restarts them from the clone: only what allows that is accepted."""
     s = spec.scheduler
@@ -622,6 +634,7 @@ def validate(raw: Any, source: str = "sweep") -> SweepSpec:
     except ValidationError as e:
         raise SpecError(_format(e)) from None
     _validate_train(spec)
+    _check_search_metric(spec)
     _check_pbt(spec)
     _check_paths(spec)
     _check_n_images(spec)

@@ -122,6 +122,7 @@ def train(config: dict[str, Any], report: Reporter | None = None, resume_from: s
     state = {"epoch": 0, "best_val": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
     if resume_from is not None:
         state = _restore(Path(resume_from), cfg, model, optimizer, scheduler)
+    seconds_before = state.get("seconds", 0.0)    # earlier segments (a crash, or PBT's source) behind these weights
 
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.time()
@@ -142,6 +143,7 @@ def train(config: dict[str, Any], report: Reporter | None = None, resume_from: s
         elif sched_when == "epoch":
             scheduler.step()
         row["seconds"] = time.time() - t0
+        state["seconds"] = seconds_before + time.time() - t_start
         state["history"].append(row)
         state["epoch"] = epoch + 1
         improved = metric > state.get("best_metric", state["best_val"])
@@ -161,7 +163,8 @@ def train(config: dict[str, Any], report: Reporter | None = None, resume_from: s
             break
 
     result = _finish(cfg, out_dir, model, splits, device, di, state)
-    result["seconds"] = time.time() - t_start   # the whole trial: data, epochs, test accuracy, sizes
+    # the whole trial: data, epochs, test accuracy, sizes, with the segments before a resume or a PBT clone
+    result["seconds"] = seconds_before + time.time() - t_start
     if di.owns_group:
         dist.destroy_process_group()
     return result

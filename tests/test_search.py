@@ -62,6 +62,10 @@ def test_bad_distributions_exit_2_with_the_key_path(tmp_path, capsys, key, value
 def test_a_sampled_key_needs_a_search_and_several_objectives_need_optuna():
     with pytest.raises(SpecError, match="train.lr: loguniform is sampled, not a grid: set search.algorithm"):
         validate({**SEARCH, "search": {"algorithm": "grid"}})
+    with pytest.raises(SpecError, match="search.metric: robust_val_accuracy is measured only with adversarial training"):
+        validate({**SEARCH, "search": {"algorithm": "random", "metric": "robust_val_accuracy"}})
+    validate({**SEARCH, "train": {**SEARCH["train"], "adversarial": "fgsm_rs"},
+              "search": {"algorithm": "random", "metric": "robust_val_accuracy"}})
     with pytest.raises(SpecError, match="search.metric: several objectives need algorithm optuna"):
         validate({**SEARCH, "search": {"algorithm": "random", "metric": ["val_accuracy", "robust_val_accuracy"]}})
 
