@@ -33,7 +33,7 @@ from .data import Splits, TensorBatches, load_splits, to_float
 from .device import ieee_fp32, pick_device
 from .distributed import DistInfo, from_rank0, setup_distributed
 from .provenance import images_digest, software
-from .spec import PBT_MUTABLE, TrainConfig
+from .spec import TrainConfig
 
 Reporter = Callable[[dict[str, Any], Path | None], None]
 
@@ -267,16 +267,23 @@ def _restore(path: Path, cfg: TrainConfig, model, optimizer, scheduler) -> dict[
 def _adopt(state: dict[str, Any], source: dict[str, Any], cfg: TrainConfig, optimizer) -> dict[str, Any]:
     """Continue from another trial's weights and optimizer state with this trial's (perturbed) hyperparameters;
     the learning rate scaled by the perturbation, so a plateau or step decay the source reached is kept.
-    The lineage, carried in the checkpoints, says whose weights these are: every clone back to the first."""
-    mine = {k: getattr(cfg, k) for k in PBT_MUTABLE}
+    The lineage, carried in the checkpoints, says whose weights these are (every clone back to the first) and
+    the values in force before and after (the optimizer's learning rate, not the configured one)."""
+    before = _in_force(optimizer, source.get("trades_beta"))
     for group in optimizer.param_groups:
         group["lr"] = group["lr"] * cfg.lr / source["lr"]
         group["weight_decay"] = cfg.weight_decay
         if "momentum" in group:
             group["momentum"] = cfg.momentum
     entry = {"epoch": state["epoch"], "to": Path(cfg.out_dir or ".").name, "from": Path(source["out_dir"]).name,
-             "from_config": {k: source.get(k) for k in PBT_MUTABLE}, "config": mine}
+             "from_config": before, "config": _in_force(optimizer, cfg.trades_beta)}
     return {**state, "lineage": [*state.get("lineage", []), entry]}
+
+
+def _in_force(optimizer, trades_beta) -> dict[str, Any]:
+    group = optimizer.param_groups[0]
+    return {"lr": group["lr"], "weight_decay": group["weight_decay"], "momentum": group.get("momentum"),
+            "trades_beta": trades_beta}
 
 
 def _finish(cfg, out_dir, model, splits, device, di, state) -> dict[str, Any]:

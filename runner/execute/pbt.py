@@ -12,6 +12,7 @@ import copy
 import random
 from typing import Any
 
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
 from ..space import bounds, kind_of, to_tune
@@ -29,6 +30,20 @@ class KeepIdentityPBT(PopulationBasedTraining):
         if result.get("epoch", 0) >= trial.config["trial"]["config"]["epochs"]:
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
+
+    def choose_trial_to_run(self, tune_controller):
+        """Tune's choice; and where every trial still training waits at a sync point for trials that have left the
+        population (finished, stopped early, or a resumed population whose members start at different epochs),
+        nothing would ever report again (Tune's loop spins at 100 % CPU): they go on to the next sync point
+        without a perturbation at this one."""
+        trial = super().choose_trial_to_run(tune_controller)
+        live = tune_controller.get_live_trials()
+        waiting = [t for t in live if t.status in (Trial.PAUSED, Trial.PENDING)]
+        if trial is not None or not waiting or any(t.status == Trial.RUNNING for t in live):
+            return trial
+        self._next_perturbation_sync = max(self._trial_state[t].last_train_time for t in waiting) + \
+            self._perturbation_interval
+        return super().choose_trial_to_run(tune_controller)
 
     def _get_new_config(self, trial, trial_to_clone) -> tuple[dict, dict]:
         explored, operations = super()._get_new_config(trial, trial_to_clone)

@@ -120,7 +120,11 @@ def train_ray(sweep: Sweep, resume: bool) -> None:
             config = {**t["config"], "device": device_for(t["config"]["device"], res["gpu"])}
             todo.append(dict(t, config=config, cpus=res["cpu"], gpus=res["gpu"], workers=r.workers_per_trial))
     storage = sweep.out / "ray"
-    restore = _restorable(storage) if resume else None
+    # A synchronous PBT restored by Tune mid-run was seen to stall (trials left pending, nothing training): PBT
+    # resumes as a new population of the unfinished trials, each from its own last.pt (weights, optimizer state
+    # with the mutated values, lineage); finished trials are kept and no longer cloned from.
+    pbt = sweep.spec.scheduler.type == "pbt"
+    restore = _restorable(storage) if resume and not pbt else None
     searched = sweep.spec.search.algorithm in ("optuna", "hyperopt")
     if not todo and restore is None and not searched:
         return
