@@ -92,6 +92,22 @@ def test_a_merge_refuses_shards_that_do_not_tile_the_cell(checkpoint):
         merge_shards(rows + later)
 
 
+def test_a_cell_of_shards_made_by_different_code_says_so(checkpoint):
+    """Two shards from two checkouts (a node on another commit, a tree edited mid-run): the merged cell names
+    both commits and is dirty, rather than claiming the first shard's."""
+    x, y = make_synthetic(N, seed=1)
+    grid = EvaluateSpec(n_images=N, eps=[0], attacks=["fgsm"], defenses={"none": {}}, quant=["fp32"], examples=0)
+    task = EvalTask(checkpoint=checkpoint, trial_id="t0", sweep="s", run_id="r", model="simple_cnn", data=DATA,
+                    evaluate=grid)
+    first = evaluate_checkpoint(task.for_shard(0, 7, images_digest(x, y)))
+    rest = evaluate_checkpoint(task.for_shard(7, 21, images_digest(x, y)))
+    rest = [{**r, "git_commit": "f" * 40, "git_dirty": True} for r in rest]
+    merged = merge_shards(first + rest)
+    assert set(merged["git_commit"].split(",")) == {first[0]["git_commit"], "f" * 40} and merged["git_dirty"] is True
+    same = merge_shards(first + evaluate_checkpoint(task.for_shard(7, 21, images_digest(x, y))))
+    assert same["git_commit"] == first[0]["git_commit"] and same["git_dirty"] == first[0]["git_dirty"]
+
+
 SWEEP = {"name": "shards", "data": {"dataset": "synthetic", "synthetic_train": 300, "synthetic_test": 60},
          "train": {"model": "simple_cnn", "lr": 0.003, "epochs": 1, "batch_size": 64},
          "evaluate": {"n_images": 60, "shard_images": 10, "eps": [0, "16/255"], "batch_size": 10, "examples": 0,

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from ..provenance import SOFTWARE_FIELDS
 from .rows import unpack_mask
 from .stats import wilson_interval
 
@@ -55,8 +56,20 @@ def merge_shards(rows: list[dict]) -> dict:
         dead_gradients=sum(dead) if dead else None,
         shards=json.dumps([{"images": [int(r["shard_start"]), int(r["shard_stop"])], "node": r.get("node") or "",
                             "gpus": r.get("gpu_ids") or ""} for r in rows]),
+        **_software_of(rows),
     )
     return row
+
+
+def _software_of(rows: list[dict]) -> dict:
+    """What made the cell: where its shards' code differs (a node on another checkout, a tree edited mid-run),
+    every value, never the first shard's alone; git_dirty if any shard's tree was."""
+    out = {}
+    for k in SOFTWARE_FIELDS:
+        values = {r.get(k) for r in rows}
+        if len(values) > 1:
+            out[k] = any(bool(v) for v in values) if k == "git_dirty" else ",".join(sorted(str(v) for v in values))
+    return out
 
 
 def _check_cover(rows: list[dict]) -> None:
