@@ -542,18 +542,21 @@ def _validate_train(spec: SweepSpec) -> None:
         raise SpecError(f"train.{key}: {kind_of(sampled[key])} is sampled, not a grid: set search.algorithm to "
                         "random, optuna or hyperopt (and num_samples to the configurations to draw)")
     for key, value in spec.train.items():
-        if not isinstance(value, dict):
-            continue
+        if isinstance(value, dict):
+            _check_distribution(spec, key, value, "train")
+
+
+def _check_distribution(spec: SweepSpec, key: str, value: dict, section: str) -> None:
+    """A distribution well formed, and each value it names (a choice, a bound) a valid value of its key."""
+    try:
+        checks = values_to_check(key, value, section=section)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
+    for where, v in checks:
         try:
-            checks = values_to_check(key, value)
-        except ValueError as e:
-            raise SpecError(str(e)) from None
-        for where, v in checks:
-            try:
-                TrainConfig.model_validate({**spec.base_train(), key: v})
-            except ValidationError as e:
-                msg = _format(e).partition(": ")[2]
-                raise SpecError(f"{where}: {msg}") from None
+            TrainConfig.model_validate({**spec.base_train(), key: v})
+        except ValidationError as e:
+            raise SpecError(f"{where}: {_format(e).partition(': ')[2]}") from None
 
 
 def _check_search_metric(spec: SweepSpec) -> None:
@@ -588,15 +591,7 @@ def _check_pbt(spec: SweepSpec) -> None:
         raise SpecError(f"scheduler.mutations.lr: lr_schedule {schedule} sets the learning rate each step and would undo "
                         "pbt's; use plateau or multistep")
     for key, value in s.mutations.items():
-        try:
-            checks = values_to_check(key, value, section="scheduler.mutations")
-        except ValueError as e:
-            raise SpecError(str(e)) from None
-        for where, v in checks:
-            try:
-                TrainConfig.model_validate({**spec.base_train(), key: v})
-            except ValidationError as e:
-                raise SpecError(f"{where}: {_format(e).partition(': ')[2]}") from None
+        _check_distribution(spec, key, value, "scheduler.mutations")
 
 
 def _check_paths(spec: SweepSpec) -> None:

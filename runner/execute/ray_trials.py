@@ -149,7 +149,7 @@ def train_ray(sweep: Sweep, resume: bool) -> None:
                            "num_samples": sweep.spec.num_samples}
             if len(search.metrics) == 1:
                 tune_config.update(metric=metric[search.metrics[0]], mode=search.mode)
-        elif sweep.spec.scheduler.type == "pbt":     # PBT compares trials by their current epoch, not their best
+        elif pbt:     # PBT compares trials by their current epoch, not their best
             param_space = {"trial": tune.grid_search(todo)}
             tune_config = {"metric": search.metrics[0], "mode": search.mode}
         else:

@@ -27,7 +27,7 @@ CELL_SET = ["trial_id", "quant", "quant_params", "norm", "eps", "defense", "defe
 ALPHA = 0.05          # the masking checks' significance level (one-sided exact McNemar)
 
 
-def _prepared(ev: pd.DataFrame) -> pd.DataFrame:
+def with_defaults(ev: pd.DataFrame) -> pd.DataFrame:
     fill = {"attack_params": "{}", "threat": "oblivious", "data_digest": "", "quant_params": "{}", "seed": 0,
             "norm": "linf", "broken_by": None}
     ev = ev.assign(**{k: ev[k].astype(object).fillna(v) if k in ev else v for k, v in fill.items()})
@@ -39,7 +39,7 @@ def worst_case(ev: pd.DataFrame) -> pd.DataFrame:
     scope, from the per-image masks. Rows of an earlier release (no masks) are left out."""
     if not len(ev) or "correct_mask" not in ev:
         return ev.iloc[0:0]
-    ev = _prepared(ev[(ev["eps"] > 0) & ev["correct_mask"].notna()])
+    ev = with_defaults(ev[(ev["eps"] > 0) & ev["correct_mask"].notna()])
     out = []
     for _, cells in ev.groupby(CELL_SET, sort=False):
         for scope in ("oblivious", "adaptive"):
@@ -69,7 +69,7 @@ def masking_flags(ev: pd.DataFrame, undefended_floor: float = 0.10) -> pd.DataFr
     cols = [*FLAGGED_CELL, "check", "detail"]
     if not len(ev):
         return pd.DataFrame(columns=cols)
-    ev = _prepared(ev)
+    ev = with_defaults(ev)
     if "correct_mask" not in ev:
         ev = ev.assign(correct_mask=None)
     flags = (_adaptive_above_oblivious(ev) + _multistep_weaker(ev) + _transfer_stronger(ev)

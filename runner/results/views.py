@@ -246,13 +246,13 @@ def pivot_views(ev: pd.DataFrame, flags: pd.DataFrame | None = None) -> list[Vie
 
 def _flag_numbers(ev: pd.DataFrame, flags: pd.DataFrame | None) -> list[tuple[int, ...]]:
     """Per eval row, the numbers of the flags raised on it."""
-    from .robustness import FLAGGED_CELL, _prepared
+    from .robustness import FLAGGED_CELL, with_defaults
     if flags is None or not len(flags):
         return [()] * len(ev)
     numbers: dict[tuple, list[int]] = {}
     for i, r in enumerate(flags[FLAGGED_CELL].itertuples(index=False)):
         numbers.setdefault(tuple(map(str, r)), []).append(i + 1)
-    rows = _prepared(ev)[FLAGGED_CELL].itertuples(index=False)
+    rows = with_defaults(ev)[FLAGGED_CELL].itertuples(index=False)
     return [tuple(numbers.get(tuple(map(str, r)), ())) for r in rows]
 
 
