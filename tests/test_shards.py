@@ -104,6 +104,9 @@ def test_a_cell_of_shards_made_by_different_code_says_so(checkpoint):
     rest = [{**r, "git_commit": "f" * 40, "git_dirty": True} for r in rest]
     merged = merge_shards(first + rest)
     assert set(merged["git_commit"].split(",")) == {first[0]["git_commit"], "f" * 40} and merged["git_dirty"] is True
+    from robustgrid.runner.results.views import provenance_note
+    note = provenance_note(pd.DataFrame([merged]))        # the table's line names both commits, not the first
+    assert "f" * 10 in note and first[0]["git_commit"][:10] in note and "(uncommitted changes)" in note
     same = merge_shards(first + evaluate_checkpoint(task.for_shard(7, 21, images_digest(x, y))))
     assert same["git_commit"] == first[0]["git_commit"] and same["git_dirty"] == first[0]["git_dirty"]
 

@@ -335,7 +335,7 @@ def provenance_note(ev: pd.DataFrame) -> str:
     """What made a table's cells, in one line: code (and whether its tree was dirty), torch, devices, runs, when."""
     def seen(col, fmt=str):
         return ", ".join(dict.fromkeys(fmt(v) for v in ev[col].dropna())) if col in ev and ev[col].notna().any() else "-"
-    commits = seen("git_commit", lambda c: str(c)[:10])
+    commits = seen("git_commit", lambda c: ",".join(part[:10] for part in str(c).split(",")))   # a mixed cell: each
     dirty = " (uncommitted changes)" if "git_dirty" in ev and ev["git_dirty"].fillna(False).astype(bool).any() else ""
     when = "-"
     if "created_at" in ev and ev["created_at"].notna().any():
