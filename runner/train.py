@@ -156,8 +156,7 @@ def train(config: dict[str, Any], report: Reporter | None = None, resume_from: s
         if progress:
             progress(epoch + 1, cfg.epochs, row)
         if report:
-            robust = row.get("robust_val_accuracy") is not None     # a searcher may rank by either figure
-            report({**row, "best_val_accuracy": state["best_val"],
+            report({**row, "best_val_accuracy": state["best_val"],     # a searcher may rank by either figure
                     "best_robust_val_accuracy": state["best_metric"] if robust else None}, ckpt_dir)
         if stop:
             break
