@@ -5,10 +5,15 @@
     rand:     APGD-CE -> APGD-DLR, each with EOT over 20 draws (for randomized defenses)
     custom:   the components you list, with those settings
 
-As the authors run it, an image the attacker's model gets wrong unattacked is not attacked, and each
-component runs only on the images every earlier one left unbroken on the attacker's model (judged on
-the delivered 8-bit image). The clean image and each component's image are the candidates, and the
-scored system judges them all: an image is robust only if every one fails. The cell's attack_params
+The authors attack only the images their model gets right, and run each component only on the images every
+earlier one left unbroken, judged by the model they score. Here the scored system is often not the
+attacker's model (a defense, an int8 model behind its STE twin, a transfer): an image the attacker's model
+gets wrong, or that a component breaks there, may still be right on the scored system, and skipping it
+would count it robust (blur at 2/255: 125/300 where APGD-CE alone gives 116/300). So every component runs on
+every image, unless the engine says the attacker's model is the only system that judges these images
+(`attacker_is_judge`: no defense, the model itself), where the authors' rule is exact and only saves time.
+The clean image and each component's image are the candidates, and the scored system judges them all: an
+image is robust only if every one fails. The cell's attack_params
 record every component with its settings; its `broken_by` column counts the images the clean image
 and each component were the first to break on the scored system (AutoAttack's log).
 
@@ -118,9 +123,10 @@ def candidate_names(params: dict) -> list[str]:
 def autoattack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, version: str = "standard",
                norm: str = "linf", components: list | None = None, steps: int = 100, targets: int = 9,
                queries: int = 5000, eot_iter: int | None = None, starts: torch.Tensor | None = None,
-               image_keys: torch.Tensor | None = None) -> torch.Tensor:
+               image_keys: torch.Tensor | None = None, attacker_is_judge: bool = False) -> torch.Tensor:
     """Candidates (N, 1 + components, C, H, W): the clean image, then component k's image where it ran, else the
-    one before it."""
+    one before it. attacker_is_judge: the model is the scored system, so images it already gets wrong are skipped
+    (the authors' rule); otherwise every component runs on every image."""
     if eps == 0:
         return images.clone().detach()
     comps = expand({"version": version, "norm": norm, "components": components, "steps": steps, "targets": targets,
@@ -131,17 +137,16 @@ def autoattack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps
                                kind="rand" if norm == "linf" else "randn").to(images.device)
     keys = image_keys if image_keys is not None else torch.arange(len(images))
     out, cands, first = images.clone(), [images], 0
-    # as the authors: an image the attacker's model already gets wrong is not attacked (its clean image is its
-    # candidate, and the scored system still judges it)
-    fooled = _mean_logits(model, images).argmax(1) != labels
+    fooled = _mean_logits(model, images).argmax(1) != labels if attacker_is_judge \
+        else torch.zeros(len(images), dtype=torch.bool, device=images.device)
     for c, k in zip(comps, streams):
         todo = (~fooled).nonzero().squeeze(1)
         if len(todo):
             found = _run(c, model, images[todo], labels[todo], eps, starts[todo, first:first + k], keys[todo.cpu()])
             out = out.clone()
             out[todo] = found
-            hit = _mean_logits(model, deliver(found, images[todo], eps, norm)).argmax(1) != labels[todo]
-            fooled[todo] = hit
+            if attacker_is_judge:
+                fooled[todo] = _mean_logits(model, deliver(found, images[todo], eps, norm)).argmax(1) != labels[todo]
         cands.append(out)
         first += k
     return torch.stack(cands, dim=1)

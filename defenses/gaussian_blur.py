@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..pixels import from_levels
 from ..registry import Param
 from .base import odd, register_defense, to_uint8
 
@@ -28,7 +29,7 @@ def batched(images: torch.Tensor, ksize: int = 3, sigma: float = 0.0) -> torch.T
     x = x[..., :, :-2] + 2 * x[..., :, 1:-1] + x[..., :, 2:]          # rows: [1, 2, 1]
     x = x[..., :-2, :] + 2 * x[..., 1:-1, :] + x[..., 2:, :]          # columns: [1, 2, 1]
     out = (x + 8) >> 4
-    return (out.to(torch.float32) / 255).reshape(n, c, h, w)
+    return from_levels(out).reshape(n, c, h, w)
 
 def smooth(images: torch.Tensor, ksize: int = 3, sigma: float = 0.0) -> torch.Tensor:
     """The blur in floats, differentiable: OpenCV's separable kernel, reflect-101 borders, no rounding.

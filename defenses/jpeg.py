@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..pixels import from_levels
 from ..registry import Param
 from .base import register_defense, to_uint8
 
@@ -34,7 +35,7 @@ def batched(images: torch.Tensor, quality: int = 30) -> torch.Tensor:
         _POOL = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)))
     hwc = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
     out = np.stack(list(_POOL.map(lambda im: _roundtrip(np.ascontiguousarray(im), quality), hwc)))
-    return (torch.from_numpy(out).permute(0, 3, 1, 2).to(torch.float32) / 255).to(images.device)
+    return from_levels(torch.from_numpy(out).permute(0, 3, 1, 2)).to(images.device)
 
 
 def differentiable(images: torch.Tensor, quality: int = 30) -> torch.Tensor:

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..pixels import from_levels
 from .base import odd, register_defense, to_uint8
 
 
@@ -26,7 +27,7 @@ def batched(images: torch.Tensor, ksize: int = 3) -> torch.Tensor:
     x = F.pad(x.reshape(n * c, 1, h, w), (r, r, r, r), mode="replicate")  # OpenCV: replicate borders
     windows = F.unfold(x, ksize)                                            # (nc, k*k, h*w)
     out = windows.median(dim=1).values                                      # k*k odd: the true median
-    return (out / 255).reshape(n, c, h, w)
+    return from_levels(out).reshape(n, c, h, w)
 
 
 def _sort2(a: torch.Tensor, b: torch.Tensor):
@@ -43,7 +44,7 @@ def _median3(images: torch.Tensor) -> torch.Tensor:
     for i, j in [(1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3), (5, 8),
                  (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2)]:
         v[i], v[j] = _sort2(v[i], v[j])
-    return (v[4] / 255).reshape(n, c, h, w)
+    return from_levels(v[4]).reshape(n, c, h, w)
 
 
 def window_median(images: torch.Tensor, ksize: int = 3) -> torch.Tensor:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..registry import Param
+from ..pixels import from_levels
 from ..rng import hash_draws, splitmix64
 from .base import register_defense, to_uint8
 
@@ -118,7 +119,7 @@ def batched(images: torch.Tensor, min_size: int = 26, seed: int = 0, draw: int =
     """index: each image's place in the test split (the defender's draw); None: the attacker's draw."""
     x = to_uint8(images)
     out = _place(x.to(torch.float32), *_draws(x, seed, draw, min_size, index))
-    return out / 255
+    return from_levels(out)
 
 
 def placed(images: torch.Tensor, min_size: int = 26, seed: int = 0, draw: int = 0, index=None) -> torch.Tensor:

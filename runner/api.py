@@ -80,8 +80,9 @@ def run(sweep: str | os.PathLike | dict[str, Any], out: str | os.PathLike | None
         overrides: Iterable[str] = (), executor: str = "ray", address: str | None = None,
         resume: bool = False) -> Results:
     """Run a sweep (a file, a bundled sweep's name, or a dict shaped like a sweep file) as
-    `robustgrid run` does; returns its results. A bad sweep raises SpecError naming the key path."""
-    from .execute import Sweep, resolve_out
+    `robustgrid run` does, through the same run flow (its checks, the folder's lock); returns its results.
+    A bad sweep raises SpecError naming the key path; a folder another run holds raises FolderBusy."""
+    from .execute.run import run_sweep
     from .spec import load_spec, set_override, validate
     if isinstance(sweep, dict):
         raw = copy.deepcopy(sweep)
@@ -91,23 +92,15 @@ def run(sweep: str | os.PathLike | dict[str, Any], out: str | os.PathLike | None
     else:
         from .bundled import resolve_sweep
         spec, raw = load_spec(resolve_sweep(str(sweep)), list(overrides))
-    s = Sweep(spec, raw, resolve_out(spec, out))
     if executor == "inline":
-        from .execute import check_inline, run_inline
-        check_inline(s)
-        s.write_spec()
-        run_inline(s, resume=True)
-        return Results(s.out)
+        return Results(run_sweep(spec, raw, out, "inline").out)
     import ray
     ours = not ray.is_initialized()       # a Ray the user started in the kernel stays; ours ends with the run
-    s.write_spec()
     try:
-        from .execute import run_ray
-        run_ray(s, address=address, resume=resume)
+        return Results(run_sweep(spec, raw, out, "ray", address, resume).out)
     finally:
         if ours and ray.is_initialized():
             ray.shutdown()
-    return Results(s.out)
 
 
 def list_sweeps() -> pd.DataFrame:

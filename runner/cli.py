@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]error:[/red] a write failed{where}: {escape(e.strerror or str(e))}. Every finished file is "
                       "intact; free space and rerun the same command with --resume.", highlight=False, soft_wrap=True)
         return EXIT_WRITE_FAILED
+    except BrokenPipeError:     # `robustgrid show DIR | head`: the reader has what it wanted, not a failure
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # Python's exit flush must not fail again
+        return 0
     except KeyboardInterrupt:
         console.print("[yellow]interrupted.[/yellow] Finished trials and eval cells are saved; "
                       "continue with the same command and --resume.")
@@ -133,52 +136,31 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_run(args) -> int:
     from .bundled import resolve_sweep
-    from .execute import FolderLock, Sweep, check_out, resolve_out
+    from .execute.run import run_sweep
     from .spec import load_spec
     spec, raw = load_spec(resolve_sweep(args.sweep), args.overrides)   # validates everything before anything is written
-    sweep = Sweep(spec, raw, resolve_out(spec, args.out))
-    check_out(sweep.out)
-    _check_checkpoints_readable(sweep)
-    if args.executor == "inline":
-        from .execute import check_inline
-        check_inline(sweep)
-    if args.executor == "ray":        # the cluster is checked before a file is written
-        from .execute import check_cluster, init_ray
-        init_ray(args.address)
-        check_cluster(sweep, args.address)
-    with FolderLock(sweep.out):
-        sweep.store.set_aside_damaged()
-        sweep.write_spec()
+
+    def announce(sweep) -> None:
         searched = spec.search.algorithm in ("optuna", "hyperopt")
         count = f"{spec.num_samples} trial(s) drawn by {spec.search.algorithm}" if searched else f"{len(spec.trial_configs())} trial(s)"
         console.print(f"sweep [bold]{spec.name}[/bold]: {count} -> {sweep.out}")
-        if args.executor == "inline":
-            from .execute import run_inline
-            run_inline(sweep, resume=True)
-        else:
-            from .execute import run_ray
-            run_ray(sweep, address=args.address, resume=args.resume)
-        _views(sweep.out)
+
+    sweep = run_sweep(spec, raw, args.out, args.executor, args.address, args.resume, on_start=announce, on_done=_views)
     return _status(sweep)
 
 
 def _status(sweep) -> int:
-    """0 only when every trial of the sweep finished; the failed ones are listed by `show`."""
+    """0 only when every trial of the sweep finished; each failed one is named with its error."""
     trials = sweep.store.read("trials")
     ids = {t["trial_id"] for t in sweep.trials()}
     failed = trials[trials["trial_id"].isin(ids) & (trials["status"] == "failed")]
     if len(failed):
-        console.print(f"[red]{len(failed)} trial(s) failed[/red] ({', '.join(failed['trial_id'])}); their errors: "
-                      f"robustgrid show {sweep.out}")
+        console.print(f"[red]{len(failed)} trial(s) failed[/red]:", highlight=False)
+        for r in failed.sort_values("trial_id").to_dict("records"):
+            console.print(f"  {r['trial_id']}: {escape(str(r.get('error') or 'failed'))}", highlight=False, soft_wrap=True)
+        console.print(f"(also under the trials table of robustgrid show {sweep.out})", highlight=False)
         return EXIT_TRIALS_FAILED
     return 0
-
-
-def _check_checkpoints_readable(sweep) -> None:
-    """On a rerun, a trial already marked done must have a readable checkpoint."""
-    from ..models import read_checkpoint
-    for row in sweep.finished_trials().values():
-        read_checkpoint(row["checkpoint"])
 
 
 def cmd_eval(args) -> int:
@@ -265,14 +247,19 @@ def cmd_models(args) -> int:
     if unknown:
         from .spec import SpecError
         raise SpecError(f"--model: unknown model {unknown[0]!r}; known: {', '.join(model_names())}")
-    for name in wanted:
-        m = create_model(name).eval()
-        row = [name, f"{sum(p.numel() for p in m.parameters()):,}"]
-        for q in modes:
-            qm = quantize(m, q, calibration)
-            share = int8_share(m, qm)
-            row.append(f"{shipped_bytes(qm) / 1e6:.2f}" + (f"\n({share:.1%})" if share else ""))
-        rows.append(row)
+    from .console import progress_bar
+    with progress_bar() as bar:      # on stderr's console: quantizing every model takes minutes (int8_static compiles)
+        task = bar.add_task("models x quant modes", total=len(wanted) * len(modes))
+        for name in wanted:
+            m = create_model(name).eval()
+            row = [name, f"{sum(p.numel() for p in m.parameters()):,}"]
+            for q in modes:
+                bar.update(task, description=f"{name} {q}")
+                qm = quantize(m, q, calibration)
+                share = int8_share(m, qm)
+                row.append(f"{shipped_bytes(qm) / 1e6:.2f}" + (f"\n({share:.1%})" if share else ""))
+                bar.advance(task)
+            rows.append(row)
     columns = ["model", "parameters", *[q + (" (notebook)" if quant_mode(q).notebook else "") for q in modes]]
     render([View("models: MB shipped per quant mode (int8 share of the parameters)", columns, rows,
                  ["int8_static (PT2E) quantizes convolutions, linears and residual adds; the Linear-only modes "

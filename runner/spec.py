@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import typing
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
@@ -514,12 +515,24 @@ def _loc(loc: tuple) -> str:
     return out
 
 
-def _format(e: ValidationError, prefix: str = "") -> str:
+def _known_keys(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """The keys the section holding an unknown key accepts (the section is found by walking the model)."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if model is not None and isinstance(part, str) else None
+        if field is None:
+            return []
+        model = next((a for a in (field.annotation, *typing.get_args(field.annotation))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return list(model.model_fields) if model is not None else []
+
+
+def _format(e: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
     err = e.errors()[0]
     path = _loc(tuple(prefix.split(".")) + tuple(err["loc"]) if prefix else tuple(err["loc"]))
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
-        msg = "unknown key"
+        known = _known_keys(model, tuple(err["loc"]))
+        msg = "unknown key" + (f"; known: {', '.join(known)}" if known else "")
     msg = msg.removeprefix("Value error, ")
     if msg.startswith("[") or msg.startswith("."):   # a validator that names a sub-path
         sub, _, msg = msg.partition(": ")
@@ -627,7 +640,7 @@ def validate(raw: Any, source: str = "sweep") -> SweepSpec:
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(_format(e)) from None
+        raise SpecError(_format(e, model=SweepSpec)) from None
     _validate_train(spec)
     _check_search_metric(spec)
     _check_pbt(spec)

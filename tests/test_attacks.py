@@ -1,3 +1,5 @@
+import copy
+
 import torch
 from robustgrid.attacks import attack_names, get_attack, to_8bit_grid
 
@@ -62,6 +64,29 @@ def test_fp16_input_gradients_do_not_underflow(tiny_model, images):
     assert (input_gradient(model, x, labels) == 0).sum() == 0
     # and the step it gives moves almost every pixel the way the fp32 model's does
     assert (grad.sign() == input_gradient(model, x, labels).sign()).float().mean() > 0.98
+
+
+def test_no_image_is_left_without_a_gradient_however_confident_the_model(tiny_model):
+    """A margin past ~100 makes the softmax one-hot even in float32, so no power-of-two scale revives the
+    cross-entropy's gradient (an H200 met it in fp16 at margins the CPU's fp16 kept): every such image takes
+    the gradient of the loss's exact direction, in fp32, bf16 and fp16 alike."""
+    from robustgrid.attacks import input_gradient
+    from robustgrid.models import quantize
+    model = copy.deepcopy(tiny_model)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(32, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        model[-1].weight.mul_(5000)
+        top2 = model(x).topk(2, 1).values
+    assert (top2[:, 0] - top2[:, 1]).min() > 110          # one-hot in float32: the defect's regime
+    labels = model(x).argmax(1)
+    fp32_grad = input_gradient(model, x, labels)
+    for mode in ("fp32", "bf16", "fp16"):
+        m = model if mode == "fp32" else quantize(copy.deepcopy(model), mode)
+        grad = input_gradient(m, x, labels)
+        assert torch.isfinite(grad).all() and not (grad.flatten(1) == 0).all(1).any(), mode
+        if mode != "fp32":   # the step still points where the fp32 model's does
+            assert (grad.sign() == fp32_grad.sign()).float().mean() > 0.9, mode
 
 
 def test_scaled_gradient_keeps_fgsm_equal_to_torchattacks_on_a_confident_model(tiny_model, images):

@@ -319,6 +319,13 @@ def test_report_is_one_page_that_needs_nothing_else_and_escapes_the_folders_valu
     assert main(["show", str(copy), "--format", "html"]) == 0
 
 
+def _sort_key(text: str) -> tuple:
+    """The report's sort key in Python: a number where JavaScript's parseFloat reads one (numbers first), else text."""
+    import re
+    m = re.match(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", text)
+    return (0, float(m.group(0)), "") if m else (1, 0.0, text.strip())
+
+
 def test_report_in_headless_chromium_sorts_and_runs_nothing_from_the_data(tiny_run, tmp_path):
     """The report opened in Debian's chromium (selenium, the system chromedriver): no console error, every
     table and plot there, a header click reorders its rows, markup from the folder never runs. A screenshot
@@ -346,13 +353,15 @@ def test_report_in_headless_chromium_sorts_and_runs_nothing_from_the_data(tiny_r
         assert len(tables) >= 4
         images = driver.find_elements(By.TAG_NAME, "img")
         assert len(images) == 5 and all(driver.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images)
-        trials = tables[0]
-        first_column = lambda: [r.find_elements(By.TAG_NAME, "td")[0].text for r in trials.find_elements(By.CSS_SELECTOR, "tbody tr")]
-        header = trials.find_elements(By.TAG_NAME, "th")[0]
-        header.click()
-        ascending = first_column()
-        header.click()
-        assert first_column() == sorted(ascending, reverse=True) and ascending == sorted(ascending) and len(ascending) == 2
+        for table in tables:       # a header of every table sorts its own rows (the column index is per table)
+            headers = table.find_elements(By.CSS_SELECTOR, "thead th") or table.find_elements(By.TAG_NAME, "th")
+            col = len(headers) - 1
+            column = lambda: [_sort_key(r.find_elements(By.TAG_NAME, "td")[col].text)
+                              for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+            headers[col].click()
+            ascending = column()
+            headers[col].click()
+            assert ascending == sorted(ascending) and column() == sorted(ascending, reverse=True)
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
         driver.save_screenshot(str(tmp_path / "report.png"))
@@ -557,3 +566,59 @@ def test_a_live_table_in_a_file_ends_its_line_before_the_next_message():
         raise KeyboardInterrupt
     con.print("interrupted.")
     assert out.getvalue().splitlines()[-1] == "interrupted."
+
+
+def _image_folder(root, classes=("a", "b"), n=3):
+    import numpy as np
+    from PIL import Image
+    g = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(g.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("damage", ["truncated image", "empty class folder", "different classes"])
+def test_a_bad_image_folder_is_refused_before_any_trial_naming_what(tmp_path, capsys, damage):
+    folder = _image_folder(tmp_path / "images")
+    if damage == "truncated image":
+        bad = folder / "train" / "b" / "1.png"
+        bad.write_bytes(bad.read_bytes()[:200])      # a valid header, the pixels cut off: only decoding finds it
+        named = str(bad)
+    elif damage == "empty class folder":
+        for f in (folder / "test" / "a").iterdir():
+            f.unlink()
+        named = str(folder / "test" / "a")
+    else:
+        (folder / "test" / "b").rename(folder / "test" / "c")
+        named = "only in train/: b; only in test/: c"
+    sweep = {"name": "folder", "data": {"dataset": "imagefolder", "path": str(folder), "val_size": 2},
+             "train": {"model": "simple_cnn", "epochs": 1}, "evaluate": {"n_images": 2, "eps": [0]}}
+    p = tmp_path / "folder.yaml"
+    p.write_text(yaml.safe_dump(sweep))
+    out = tmp_path / "out"
+    assert main(["run", str(p), "--out", str(out)]) == 2          # the default executor: refused before Ray starts
+    said = capsys.readouterr()
+    assert named in " ".join((said.out + said.err).split())
+    assert not out.exists(), "nothing written"
+
+
+def test_the_notebook_api_refuses_a_folder_another_run_holds(tmp_path, capsys):
+    """One run flow for the CLI and the notebook: both take the folder's lock, both are refused by its holder."""
+    import os
+
+    import robustgrid
+    from robustgrid.runner.execute import FolderBusy, FolderLock
+    out = tmp_path / "held"
+    sweep = yaml.safe_load(yaml.safe_dump(SWEEP))
+    with FolderLock(out):           # a run in progress (another open of the lock file conflicts as another process would)
+        with pytest.raises(FolderBusy, match=f"in use by another robustgrid run \\(pid {os.getpid()} "):
+            robustgrid.run(sweep, out=out, executor="inline")
+        p = tmp_path / "tiny.yaml"
+        p.write_text(yaml.safe_dump(sweep))
+        assert main(["run", str(p), "--out", str(out), "--executor", "inline"]) == 2
+        said = capsys.readouterr()
+        assert f"pid {os.getpid()}" in said.out + said.err
+    assert not (out / "trials").exists() and not (out / "sweep.yaml").exists()

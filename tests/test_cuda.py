@@ -45,13 +45,13 @@ def _random_8bit(n=64, seed=0):
 
 @pytest.mark.parametrize("name,params", [("gaussian_blur", {}), ("median", {}), ("median", {"ksize": 5}),
                                          ("jpeg", {}), ("tv_denoise", {}), ("none", {})])
-@pytest.mark.parametrize("benchmark", [False, True])
-def test_batched_defense_on_cuda_equals_cpu_reference(name, params, benchmark):
+@pytest.mark.parametrize("cudnn_benchmark", [False, True])
+def test_batched_defense_on_cuda_equals_cpu_reference(name, params, cudnn_benchmark):
     from robustgrid.defenses import apply_defense
     x = _random_8bit()
     ref = apply_defense(name, x, params, backend="reference")
     # cudnn.benchmark may pick FFT / Winograd algorithms: exactness must not rest on the algorithm
-    with torch.backends.cudnn.flags(enabled=True, benchmark=benchmark, deterministic=False, allow_tf32=True):
+    with torch.backends.cudnn.flags(enabled=True, benchmark=cudnn_benchmark, deterministic=False, allow_tf32=True):
         got = apply_defense(name, x.to(CUDA), params, backend="batched")
     assert got.device.type == "cuda"
     diff = (got.cpu().double() - ref.double()).abs().max().item()

@@ -99,13 +99,34 @@ def test_zero_gpu_task_sees_no_gpu_and_a_gpu_task_its_own(cluster):
 
 
 def test_ddp_trial_with_two_workers_on_cpu(cluster, tmp_path):
+    """Ray Train workers, TRADES for two epochs: under Ray train() reports every epoch, the path on which adversarial
+    training crashed in its second epoch ('bool' object has no attribute 'trainer') while every direct call of
+    train() passed. (FGSM-RS and PGD-AT through Tune: e2e's robust_training and fast_at_preact18, two epochs.)"""
     out = tmp_path / "out"
     p = sweep_file(tmp_path, "ddp", train__lr={"grid_search": [0.002]}, resources__gpus_per_trial=0,
-                   resources__workers_per_trial=2, resources__cpus_per_trial=1)
+                   resources__workers_per_trial=2, resources__cpus_per_trial=1, train__epochs=2,
+                   train__adversarial="trades", train__adv_steps=2, train__robust_val_images=16,
+                   evaluate__defenses=["none"])
     assert main(["run", str(p), "--out", str(out)]) == 0
     trials = ResultStore(out).read("trials")
     assert trials["status"].tolist() == ["ok"] and trials["world_size"].tolist() == [2]
-    assert len(ResultStore(out).read("epochs")) == 1
+    epochs = ResultStore(out).read("epochs")
+    assert len(epochs) == 2 and epochs["robust_val_accuracy"].notna().all()
+
+
+def test_a_failed_trial_says_why(cluster, tmp_path, capsys):
+    """A node that declares GPUs it cannot drive: the trial fails inside Ray, and the user reads the exception and
+    where it arose in the run's closing lines, trials.parquet and show (Ray's own frames never stand in for it)."""
+    bad = tmp_path / "bad"
+    p = sweep_file(tmp_path, "bad", train__lr={"grid_search": [0.002]}, train__device="cuda")
+    assert main(["run", str(p), "--out", str(bad)]) == 1
+    said = capsys.readouterr()
+    said = " ".join((said.out + said.err).split())
+    (error,) = ResultStore(bad).read("trials")["error"]
+    assert error.startswith("RuntimeError: device: cuda asked for, but no CUDA device is visible") and "device.py:" in error
+    assert error in said          # the closing lines (rich may wrap: compared with whitespace collapsed)
+    assert main(["show", str(bad)]) == 0
+    assert "no CUDA device is visible" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize("algorithm", ["optuna", "hyperopt"])

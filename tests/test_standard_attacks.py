@@ -173,6 +173,21 @@ def test_l2_delivery_rounds_inside_the_ball():
     assert left, "plain rounding would leave the ball"
 
 
+def test_l2_delivery_keeps_a_perturbation_on_the_sphere_at_its_radius():
+    """Rounding to the grid adds ~n/12 squared levels, so a perturbation on the sphere almost never rounds
+    inside the ball; truncating every pixel toward the clean one delivered 0.18 for eps 0.25. Delivery
+    undoes only the outward roundings the ball needs: at least 0.95 eps, never more than eps."""
+    g = torch.Generator().manual_seed(2)
+    clean = torch.round(torch.rand(64, 3, 32, 32, generator=g) * 255) / 255
+    for eps in (0.25, 0.5, 1.0):
+        d = torch.randn(64, 3, 32, 32, generator=g)
+        adv = clean + eps * d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        float_l2 = (adv.clamp(0, 1) - clean).double().flatten(1).norm(dim=1)
+        delivered = torch.round((deliver(adv, clean, eps, "l2") - clean) * 255).double().flatten(1).norm(dim=1) / 255
+        assert (delivered <= eps).all() and (delivered >= 0.95 * eps).all(), (eps, delivered.min().item())
+        assert ((delivered - float_l2).abs() * 255 <= 2).all()     # within the grid's own rounding
+
+
 class _ZeroGradient(nn.Module):
     """A gradient-masking model: its input is rounded to the 8-bit grid, so every input gradient is zero."""
 
@@ -203,3 +218,28 @@ def test_square_beating_apgd_flags_masked_gradients_and_stays_silent_on_an_hones
     honest, acc = _flags(model, images, labels)
     assert acc["apgd"] <= acc["square"], acc
     assert "black_box_stronger_than_white_box" not in set(honest["check"]), honest
+
+
+def test_autoattack_through_a_defense_is_never_above_its_first_component_image_by_image():
+    """The scored system (Patchy behind blur) gets every image right; the bare model gets some wrong. The authors'
+    rule judged on the attacker's model never attacked those, so AutoAttack counted them robust where APGD-CE
+    alone (same starts, same steps) broke them. Every component now runs on every image the attacker's model
+    does not alone judge: AutoAttack is at most its first component on each image."""
+    from robustgrid.defenses import apply_defense
+    from robustgrid.runner.evaluate.rows import unpack_mask
+    model = Patchy().eval()
+    g = torch.Generator().manual_seed(5)
+    images = torch.round(torch.rand(96, 3, 32, 32, generator=g) * 255) / 255
+    with torch.no_grad():
+        labels = model(apply_defense("gaussian_blur", images, {}, backend="batched")).argmax(1)   # right behind blur
+        bare_wrong = model(images).argmax(1) != labels
+    assert bare_wrong.sum() >= 5, "the case needs images blur fixes"
+    ev = EvaluateSpec.model_validate({
+        "attacks": [{"apgd": {"steps": 10}},
+                    {"autoattack": {"version": "custom", "components": ["apgd-ce", "apgd-t"], "steps": 10, "targets": 2}}],
+        "eps": ["2/255"], "sources": ["self"], "quant": ["fp32"], "defenses": ["gaussian_blur"],
+        "batch_size": 32, "examples": 0})
+    rows = run_cells(Engine(model, ev, images, labels, torch.device("cpu")), plan_cells(ev), META)
+    mask = {r["attack"]: unpack_mask(r["correct_mask"], r["n"]) for r in rows}
+    assert not (mask["autoattack"] & ~mask["apgd"]).any(), "an image robust to AutoAttack that APGD-CE broke"
+    assert (~mask["apgd"][bare_wrong.numpy()]).any(), "APGD-CE breaks images the bare model gets wrong"

@@ -11,12 +11,13 @@ import math
 import torch
 from torch.utils.data import DistributedSampler
 
+from ...pixels import from_levels
 from ..distributed import DistInfo
 
 
 def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
     """[0,1] images in the default float dtype (float32 unless a caller chose float64, as the DDP test does)."""
-    return x_uint8.to(torch.get_default_dtype()) / 255
+    return from_levels(x_uint8, torch.get_default_dtype())
 
 
 def augment_params(n: int, seed: int, epoch: int, pad: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

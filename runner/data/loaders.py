@@ -12,6 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
+from ...pixels import from_levels
+
 
 class UInt8Images(Dataset):
     def __init__(self, x: torch.Tensor, y: torch.Tensor, augment: bool):
@@ -44,4 +46,4 @@ class DataLoaderBatches:
     def epoch(self, epoch: int):
         self.sampler.set_epoch(epoch)
         for xb, yb in self.loader:
-            yield xb.to(self.device, non_blocking=True).float() / 255, yb.to(self.device, non_blocking=True)
+            yield from_levels(xb.to(self.device, non_blocking=True)), yb.to(self.device, non_blocking=True)

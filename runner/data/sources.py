@@ -79,6 +79,32 @@ def check_imagefolder(path: str | os.PathLike) -> Path:
     return path.resolve()
 
 
+def verify_imagefolder(path: str | os.PathLike) -> None:
+    """Refuse a folder-per-class set that no trial could train on, before any trial starts, naming what is wrong:
+    a missing split, train and test with different classes, a class folder without images, an image that does
+    not decode (each one is decoded: a truncated file passes a header check)."""
+    from PIL import Image
+    path = check_imagefolder(path)
+    classes = {split: sorted(p.name for p in (path / split).iterdir() if p.is_dir()) for split in ("train", "test")}
+    if classes["train"] != classes["test"]:
+        only = lambda a, b: ", ".join(sorted(set(classes[a]) - set(classes[b]))) or "none"
+        raise DataError(f"{path}: train/ and test/ hold different classes (only in train/: {only('train', 'test')}; "
+                        f"only in test/: {only('test', 'train')})")
+    if not classes["train"]:
+        raise DataError(f"{path / 'train'}: no class folders")
+    for split in ("train", "test"):
+        for cls in classes[split]:
+            files = [f for f in sorted((path / split / cls).iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
+            if not files:
+                raise DataError(f"{path / split / cls}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in this class folder")
+            for f in files:
+                try:
+                    with Image.open(f) as im:
+                        im.load()
+                except Exception as e:     # PIL raises OSError, SyntaxError, ValueError... for a damaged file
+                    raise DataError(f"{f}: not a readable image ({type(e).__name__}: {e})") from None
+
+
 def _read_folder(split_dir: Path, classes: list[str], size: int):
     from PIL import Image
     images, labels = [], []
@@ -86,11 +112,14 @@ def _read_folder(split_dir: Path, classes: list[str], size: int):
         for f in sorted((split_dir / cls).iterdir()):
             if f.suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
-            with Image.open(f) as im:
-                im = im.convert("RGB")
-                if im.size != (size, size):
-                    im = im.resize((size, size), Image.BILINEAR)
-                images.append(np.asarray(im, dtype=np.uint8))
+            try:
+                with Image.open(f) as im:
+                    im = im.convert("RGB")
+                    if im.size != (size, size):
+                        im = im.resize((size, size), Image.BILINEAR)
+                    images.append(np.asarray(im, dtype=np.uint8))
+            except Exception as e:     # changed since the run checked it: the trial's error names the file
+                raise DataError(f"{f}: not a readable image ({type(e).__name__}: {e})") from None
             labels.append(label)
     if not images:
         raise DataError(f"{split_dir}: no images found")

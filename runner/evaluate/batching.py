@@ -40,14 +40,15 @@ def over_batches(fn: Callable, model: nn.Module, images: torch.Tensor, labels: t
 
 def attack_images(model: nn.Module, attack: str, images: torch.Tensor, labels: torch.Tensor, eps: float,
                   device: torch.device, batch_size: int, params: dict | None = None,
-                  per_image: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                  per_image: dict[str, torch.Tensor] | None = None, options: dict | None = None) -> torch.Tensor:
     """Candidates (N, K, C, H, W) on the 8-bit grid inside the eps-ball of the attack's norm (what an attacker
-    delivers as files). per_image: `starts`, `image_keys`, sliced per batch."""
-    fn, params = get_attack(attack), params or {}
+    delivers as files). per_image: `starts`, `image_keys`, sliced per batch; options: what the engine tells the
+    attack about the cells (never recorded: no option changes a number)."""
+    fn, params, options = get_attack(attack), params or {}, options or {}
     norm = norm_of(params)
 
     def run(m, x, y, **kw):
-        return deliver(as_candidates(fn(m, x, y, eps, **params, **kw), x), x, eps, norm)
+        return deliver(as_candidates(fn(m, x, y, eps, **params, **kw, **options), x), x, eps, norm)
     return over_batches(run, model, images, labels, device, batch_size, per_image)
 
 

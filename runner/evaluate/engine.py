@@ -33,12 +33,13 @@ from ...attacks import (
 from ...attacks.noise import NOISE_SEED_SALT
 from ...defenses import defend_differentiably, is_randomized
 from ...models import fake_quant_twin, quant_mode, quantize, shipped_bytes
+from ...pixels import from_levels
 from ...rng import hash_draws
 from ..device import clock, fp32_precision, ieee_fp32
 from ..provenance import images_digest
 from ..spec import EvaluateSpec
 from .batching import attack_images, defend_images, over_batches, predict, zoo_images
-from .plan import MODEL_FREE, Cell, attack_setting, defense_setting, image_key, parse_params
+from .plan import MODEL_FREE, Cell, attack_setting, defense_setting, image_key, parse_params, plan_cells
 from .rows import Verdict, delivered_distances, make_row
 
 
@@ -139,7 +140,7 @@ class Engine:
                 return zoo_images(model, attack, self.images, self.labels, eps, dev, params, self.ev.seed,
                                   int(self.index[0]))
             return attack_images(model, attack, self.images, self.labels, eps, dev, bs, params,
-                                 self._per_image(attack, params, eps))
+                                 self._per_image(attack, params, eps), self._options(attack, key))
         if grad_key not in self._grad:      # single-step attack: one gradient serves every eps
             self._grad = {grad_key: self._clean_gradient(grad_key, model, dev, bs)}
         self.dead_gradients[key] = self._dead[grad_key]
@@ -151,6 +152,15 @@ class Engine:
         grad = over_batches(input_gradient, model, self.images, self.labels, dev, bs)
         self._dead[grad_key] = int((~(torch.isfinite(grad) & (grad != 0)).flatten(1).any(1)).sum())
         return grad
+
+    def _options(self, attack: str, key: tuple) -> dict:
+        """autoattack's `attacker_is_judge`: every cell of the whole grid (not this task's share) that judges image
+        set `key` scores the attacker's own model with no defense. Only then may it skip the images that model gets
+        wrong: there it changes no verdict and saves the time."""
+        if attack != "autoattack":
+            return {}
+        judges = {(c.defense, c.quant) for c in plan_cells(self.ev) if image_key(c) == key}
+        return {"attacker_is_judge": key[0] not in self.built.twins and judges == {("none", key[0])}}
 
     def _per_image(self, attack: str, params: dict, eps: float) -> dict[str, torch.Tensor]:
         """What the attack draws per image, the same on any batch size or shard: its random starts (each image's
@@ -177,7 +187,7 @@ class Engine:
     def import_adversarials(self, adversarials: dict[tuple, torch.Tensor]) -> None:
         """FP32-made candidates from another task (a GPU task hands them to the int8 CPU tasks)."""
         for key, images in adversarials.items():
-            self._adv[key] = (images.to(self.device, torch.float32) / 255, 0.0)
+            self._adv[key] = (from_levels(images.to(self.device)), 0.0)
 
     def export_adversarials(self, keys: Iterable[tuple]) -> dict[tuple, torch.Tensor]:
         """FP32-made candidates {image key: uint8} for other tasks; exact, as they lie on the 8-bit grid."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -168,9 +169,27 @@ def train_ray(sweep: Sweep, resume: bool) -> None:
                 callbacks=[RecordTrials(sweep, live)]),
         )
     storage.mkdir(parents=True, exist_ok=True)
-    with live, open(storage / "driver.log", "a") as log, contextlib.redirect_stdout(log):
+    with live, open(storage / "driver.log", "a") as log, contextlib.redirect_stdout(log), _tune_logging_to(log):
         grid = tuner.fit()      # what Tune prints goes to results/ray/driver.log, not between our tables
     _record(sweep, grid)
+
+
+@contextlib.contextmanager
+def _tune_logging_to(stream):
+    """Tune's log records (a failed trial's 50-line traceback of Ray's own frames among them) into the driver log:
+    the user reads the failure as one line, the exception and where it arose (`trial_error`)."""
+    import logging
+    tune_logger = logging.getLogger("ray.tune")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s -- %(message)s"))
+    propagate = tune_logger.propagate
+    tune_logger.addHandler(handler)
+    tune_logger.propagate = False
+    try:
+        yield
+    finally:
+        tune_logger.removeHandler(handler)
+        tune_logger.propagate = propagate
 
 
 class RecordTrials(Callback):
@@ -205,9 +224,41 @@ class RecordTrials(Callback):
         self._show(trial, status="finished" if metrics.get("final") else "stopped", test=metrics.get("test_accuracy"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        err = getattr(trial, "error_msg", None) or "failed"
-        record_result(self.sweep, trial_of(self.sweep, trial.config), None, str(err).strip().splitlines()[-1][:500])
+        record_result(self.sweep, trial_of(self.sweep, trial.config), None, trial_error(trial))
         self._show(trial, status="failed")
+
+
+def trial_error(trial) -> str:
+    """Why a Tune trial failed, as a user reads it: 'Type: message (file:line)', the message's last line and the
+    frame where the exception arose, from the records this Ray keeps of it (the pickled RayTaskError, else the
+    error.txt traceback); Ray's own frames never stand in for the cause."""
+    exc = None
+    with contextlib.suppress(Exception):       # an exception that does not unpickle here: the text record
+        exc = trial.get_pickled_error()
+    if exc is None:                            # the trial's local copy of the same record
+        with contextlib.suppress(Exception), open(trial.pickled_error_file, "rb") as f:
+            import cloudpickle
+            exc = cloudpickle.load(f)
+    if exc is not None:
+        cause = getattr(exc, "cause", None) or exc
+        message = str(cause).strip().splitlines()
+        text = f"{type(cause).__name__}: {message[-1] if message else ''}".rstrip(": ")
+        return (text + _raised_at(getattr(exc, "traceback_str", "") or ""))[:500]
+    with contextlib.suppress(Exception):
+        record = trial.get_error() or Path(trial.error_file).read_text()
+        lines = [ln for ln in record.strip().splitlines() if ln.strip()]
+        if lines:
+            return (lines[-1].strip() + _raised_at(record))[:500]
+    return "failed (Ray recorded no error)"
+
+
+def _raised_at(traceback_text: str) -> str:
+    """' (folder/file.py:line)' of the innermost frame of a formatted traceback, or ''."""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', traceback_text)
+    if not frames:
+        return ""
+    path, line = frames[-1]
+    return f" ({'/'.join(Path(path).parts[-2:])}:{line})"
 
 
 def trial_of(sweep: Sweep, config: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from rich.console import Console
 from .render import render
 from .robustness import masking_flags, worst_case
 from .store import ResultStore
-from .views import View, flags_view, grid_axes, pivot_views, provenance_view, search_metric, trials_views
+from .views import View, eps_label, flags_view, grid_axes, pivot_views, provenance_view, search_metric, trials_views
 
 
 # show's filters: option -> eval column (eps compares as a number, n as an integer)
@@ -31,9 +31,10 @@ def filter_cells(ev, **filters):
         have = ev[col].round(10) if name == "eps" else ev[col]
         kept = ev[have.isin(wanted)]
         if not len(kept):
-            present = sorted({str(v) for v in ev[col].dropna()})
-            raise NothingMatched(f"no cell matches --{name} {' '.join(map(str, values))} (this folder has: "
-                                 f"{', '.join(present) or 'no cells'})")
+            label = eps_label if name == "eps" else str     # 16/255, never 0.06274509803921569
+            present = [label(v) for v in sorted(set(ev[col].dropna()), key=lambda v: (isinstance(v, str), v))]
+            raise NothingMatched(f"no cell matches --{name} {' '.join(label(float(v)) if name == 'eps' else str(v) for v in values)} "
+                                 f"(this folder has: {', '.join(present) or 'no cells'})")
         ev = kept
     return ev
 
@@ -47,7 +48,8 @@ def views_of(root: Path, quant: list[str] | None = None, defense: list[str] | No
             raise NothingMatched(f"no trial matches --trial {' '.join(trial)} (this folder has: "
                                  f"{', '.join(sorted(trials['trial_id'])) or 'no trials'})")
         trials, ev = trials[trials["trial_id"].isin(trial)], ev[ev["trial_id"].isin(trial)]
-    views = trials_views(trials, ev, grid_axes(root), search_metric(root))
+    # the models table lists the quant modes asked for (a size and clean accuracy per mode), the rest of the trials table all
+    views = trials_views(trials, filter_cells(ev, quant=quant), grid_axes(root), search_metric(root))
     if trial:
         views += [provenance_view(t, trials, ev) for t in trial]
     ev = filter_cells(ev, quant=quant, defense=defense, **filters)
