@@ -29,6 +29,7 @@ from .base import (
                    resolve_attack,
                    start_seed,
                    start_streams,
+                   is_black_box,
                    takes_image_keys,
                    to_8bit_grid,
 )
@@ -57,6 +58,6 @@ __all__ = [
                    "start_seed",
                    "start_streams",
                    "strength",
-                   "takes_image_keys",
+                   "is_black_box", "takes_image_keys",
                    "to_8bit_grid",
 ]

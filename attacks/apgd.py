@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..registry import Param
-from .base import NORMS, deliver, random_starts, register_attack
+from .base import NORMS, _cross_entropy_direction, deliver, random_starts, register_attack
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -52,9 +52,15 @@ LOSSES = {"ce": ce_loss, "dlr": dlr_loss}
 
 
 def _loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss):
-    """(gradient of the summed loss, logits, per-image loss), each the mean over the model's EOT draws."""
+    """(gradient of the summed loss, each image's up to its own positive power of two, logits, per-image loss),
+    each the mean over the model's EOT draws.
+
+    The loss's gradient reaches the model's backward scaled per image so that its largest logit entry is in
+    [1, 2): through a half model a confident image's cross-entropy gradient otherwise underflows to 0, and
+    sign(0) never moves it (12 of 60 images robust in fp16 against 1 in fp32). A power of two changes no sign
+    and no L2 direction, bit for bit. A cross-entropy one-hot even in float32 takes its exact direction."""
     draws = getattr(model, "eot_draws", None) or [None]
-    grad, logits, losses = 0, 0, 0
+    grad, logits, losses, scale = 0, 0, 0, None
     for d in draws:
         if d is not None:
             model.draw = d
@@ -62,7 +68,15 @@ def _loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss
         with torch.enable_grad():
             out = model(x_).float()
             per_image = loss_fn(out, y)
-        grad = grad + torch.autograd.grad(per_image.sum(), x_)[0].detach()
+            g = torch.autograd.grad(per_image.sum(), out, retain_graph=True)[0]
+            top = g.abs().amax(1)
+            if loss_fn is ce_loss and (top == 0).any():
+                dead = top == 0
+                g = torch.where(dead[:, None], _cross_entropy_direction(out.detach(), y), g)
+                top = torch.where(dead, torch.ones_like(top), top)
+            if scale is None:       # one scale per image for every draw: the mean stays the mean
+                scale = torch.exp2(-torch.floor(torch.log2(top.clamp_min(2.0 ** -126)))).clamp(max=2.0 ** 126)
+            grad = grad + torch.autograd.grad(out, x_, grad_outputs=g * scale[:, None])[0].detach()
         logits, losses = logits + out.detach(), losses + per_image.detach()
     n = len(draws)
     return grad / n, logits / n, losses / n

@@ -31,16 +31,19 @@ NORMS = ("linf", "l2")
 
 def register_attack(*, step: Callable | None = None, params: dict[str, Param] | None = None,
                     starts: Callable[[dict], tuple[int, str]] | None = None, image_keys: bool = False,
-                    expand: Callable[[dict], dict] | None = None, candidates: Callable[[dict], list[str]] | None = None):
+                    expand: Callable[[dict], dict] | None = None, candidates: Callable[[dict], list[str]] | None = None,
+                    black_box: bool = False):
     """Register an attack under its function's name. `step(images, grad, eps[, norm])` marks a single-step
     attack: one input gradient then serves every eps (the engine makes it once). `starts(params) ->
     (streams, kind)`: the random starts it takes per image (`random_starts`), which the engine draws for
     the whole image set from the evaluation seed and slices per batch. image_keys: it takes `image_keys`, one
     int64 per image from the evaluation seed and the image's index, for draws of its own (Square's).
     expand(params): the parameters a row records, derived ones spelled out (AutoAttack's components);
-    candidates(params): a name for each candidate it returns (a row counts the images each broke first)."""
+    candidates(params): a name for each candidate it returns (a row counts the images each broke first).
+    black_box: it only queries the model's outputs, so it queries the scored model itself (the real int8 model,
+    never its fake-quant twin: the check that would expose a twin that differs from it)."""
     return ATTACKS.register(params=params, step=step, starts=starts, image_keys=image_keys, expand=expand,
-                            candidates=candidates)
+                            candidates=candidates, black_box=black_box)
 
 
 def candidate_names(name: str, params: dict) -> list[str] | None:
@@ -49,6 +52,10 @@ def candidate_names(name: str, params: dict) -> list[str] | None:
         return None
     names = ATTACKS.get(name).extras.get("candidates")
     return names(params) if names else None
+
+
+def is_black_box(name: str) -> bool:
+    return not name.startswith(ZOO_PREFIX) and bool(ATTACKS.get(name).extras.get("black_box"))
 
 
 def takes_image_keys(name: str) -> bool:

@@ -227,7 +227,7 @@ def square_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
     "norm": Param("linf", str, lambda n: n in NORMS, " or ".join(NORMS)),
     "loss": Param("margin", str, lambda v: v in ("margin", "ce"), "margin or ce"),
     "resc_schedule": Param(False, bool),
-}, image_keys=True)
+}, image_keys=True, black_box=True)
 def square(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, queries: int = 5000,
            p_init: float = 0.8, norm: str = "linf", loss: str = "margin", resc_schedule: bool = False,
            image_keys: torch.Tensor | None = None) -> torch.Tensor:

@@ -4,12 +4,13 @@
              step of alpha = 1.25 eps, projected; train on it
     pgd      Madry et al. 2018: `adv_steps` (7, their CIFAR-10 setting) signed steps of alpha = 2/255 from a random start
     trades   Zhang et al. 2019: CE on the clean image + beta * KL(f(x) || f(x')), x' maximizing that KL
-             (10 steps of 2/255 from x + 0.001 N(0, 1)); beta 6
+             (10 steps of 0.007 from x + 0.001 N(0, 1)); beta 6
 
-The inner maximization runs on the model in eval mode with its weights frozen (TRADES' own choice; the
-batch statistics then come from clean images only) through attacks/' PGD loop, the code that evaluates,
-so one implementation serves training and evaluation. Under DDP each rank attacks its own shard of the
-batch on the unwrapped model. Robust validation: PGD-10 (alpha 2/255, one start from a fixed seed) at
+Each inner maximization is crafted as its authors craft it, weights frozen: FGSM-RS and PGD-AT on the model
+in train mode (Wong et al.'s and Rice et al.'s code: batch statistics, the running ones updated by the
+attack's passes too), TRADES' on the model in eval mode; TRADES' loss takes the clean and the adversarial
+batch through the model in two passes (two batch-norm batches), as its code does. Under DDP each rank
+attacks its own shard of the batch on the unwrapped model. Robust validation: PGD-10 (alpha 2/255, one start from a fixed seed) at
 the training eps on the first `robust_val_images` validation images, delivered on the 8-bit grid; with
 adversarial training on it chooses the best checkpoint (Rice, Wong & Kolter 2020: robust overfitting).
 """
@@ -35,7 +36,7 @@ START_SALT = 0x5EED_7A1D  # training starts are apart from evaluation's streams
 def alpha_of(cfg: TrainConfig) -> float:
     if cfg.adv_alpha is not None:
         return cfg.adv_alpha
-    return 1.25 * cfg.adv_eps if cfg.adversarial == "fgsm_rs" else 2 / 255
+    return {"fgsm_rs": 1.25 * cfg.adv_eps, "trades": 0.007}.get(cfg.adversarial, 2 / 255)
 
 
 def steps_of(cfg: TrainConfig) -> int:
@@ -63,9 +64,24 @@ def adversarial_batch(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, cfg:
         if cfg.adversarial == "trades":
             out = _trades_inner(model, xb, eps, alpha_of(cfg), steps_of(cfg), u)
         else:
-            out, _ = pgd_steps(model, xb, yb, eps, alpha_of(cfg), steps_of(cfg), (2 * u - 1) * eps, track_best=False)
+            out = _steps_in_train_mode(model, xb, yb, eps, alpha_of(cfg), steps_of(cfg), (2 * u - 1) * eps)
     model.train(was_training)
     return out.detach()
+
+
+def _steps_in_train_mode(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
+                         start: torch.Tensor) -> torch.Tensor:
+    """FGSM-RS's and PGD-AT's inner loop as Wong et al. and Rice et al. run it: the model in train mode, signed
+    steps of the cross-entropy's gradient, projected on the eps-ball and [0, 1]."""
+    model.train()
+    adv = torch.clamp(x + start, 0, 1)
+    for _ in range(steps):
+        adv = adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(adv).float(), y)
+        grad = torch.autograd.grad(loss, adv)[0]
+        adv = torch.min(torch.max(adv.detach() + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
+    return adv.detach()
 
 
 def _trades_inner(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, steps: int,
@@ -91,9 +107,8 @@ def _trades_inner(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, s
 def training_loss(net: nn.Module, xb: torch.Tensor, x_adv: torch.Tensor | None, yb: torch.Tensor,
                   cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, logits the accuracy is counted on) of one step."""
-    if cfg.adversarial == "trades":
-        logits = net(torch.cat([xb, x_adv]))
-        clean, adv = logits[:len(xb)].float(), logits[len(xb):].float()
+    if cfg.adversarial == "trades":     # two passes, two batch-norm batches, as TRADES' code
+        clean, adv = net(xb).float(), net(x_adv).float()
         kl = F.kl_div(F.log_softmax(adv, 1), F.softmax(clean, 1), reduction="batchmean")
         return F.cross_entropy(clean, yb) + cfg.trades_beta * kl, clean
     logits = net(xb if x_adv is None else x_adv)

@@ -63,3 +63,38 @@ def test_schedules_follow_their_recipe(tmp_path, schedule):
         assert lrs == pytest.approx([0.01, 0.01, 0.001, 0.0001])
     else:
         assert lrs[0] == pytest.approx(0.01) and lrs[0] > lrs[1] > lrs[2] > lrs[3]
+
+
+def _bn_model():
+    from robustgrid.models import create_model
+    torch.manual_seed(0)
+    return create_model("improved_cnn")
+
+
+def test_training_attacks_are_crafted_as_their_authors_craft_them():
+    """FGSM-RS and PGD-AT on the model in train mode (Wong et al.'s and Rice et al.'s code: batch statistics, the
+    running ones moved by the attack's passes); TRADES' inner maximization in eval mode, step 0.007, and its
+    loss over two passes (two batch-norm batches), as Zhang et al.'s code."""
+    import torch.nn.functional as F
+    from robustgrid.runner.adversarial import adversarial_batch, alpha_of, training_loss
+    from robustgrid.runner.spec import TrainConfig
+    x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(16) % 10
+    u = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for method, moves_running_stats in (("fgsm_rs", True), ("pgd", True), ("trades", False)):
+        cfg = TrainConfig.model_validate({"model": "improved_cnn", "dataset": "synthetic", "adversarial": method})
+        model = _bn_model().train()
+        bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        before = bn.running_mean.clone()
+        adversarial_batch(model, x, y, cfg, u)
+        assert (not torch.equal(bn.running_mean, before)) == moves_running_stats, method
+        assert model.training, "the training mode is restored"
+    trades = TrainConfig.model_validate({"model": "improved_cnn", "dataset": "synthetic", "adversarial": "trades"})
+    assert alpha_of(trades) == 0.007
+    model = _bn_model().train()
+    x_adv = (x + 0.01).clamp(0, 1)
+    loss, _ = training_loss(model, x, x_adv, y, trades)
+    model = _bn_model().train()
+    clean, adv = model(x), model(x_adv)
+    expected = F.cross_entropy(clean, y) + 6.0 * F.kl_div(F.log_softmax(adv, 1), F.softmax(clean, 1), reduction="batchmean")
+    assert torch.allclose(loss, expected)

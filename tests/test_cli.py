@@ -424,8 +424,9 @@ def test_one_run_at_a_time_per_results_folder(tiny_run, capsys):
     assert main(["eval", str(out), "--executor", "inline", "--set", "evaluate.eps=[0]"]) == 0   # free again
 
 
-def test_a_failed_trial_makes_the_run_exit_nonzero(tmp_path, capsys):
-    """A folder that validates but holds a broken image: the trial fails while loading it."""
+def test_a_broken_image_is_refused_and_a_failed_trial_makes_the_run_exit_nonzero(tmp_path, capsys):
+    """A folder that validates but holds a broken image is refused before any trial (it failed the trial while
+    loading, once); a trial that fails all the same (CUDA asked for where there is none) exits 1, naming why."""
     import numpy as np
     from PIL import Image
     for split in ("train", "test"):
@@ -440,10 +441,13 @@ def test_a_failed_trial_makes_the_run_exit_nonzero(tmp_path, capsys):
     sweep["data"] = {"dataset": "imagefolder", "path": str(tmp_path / "set")}
     sweep["evaluate"]["n_images"] = 20
     out = tmp_path / "out"
+    assert main(["run", str(write(tmp_path, sweep)), "--out", str(out), "--executor", "inline"]) == 2
+    assert "broken.png: not a readable image" in capsys.readouterr().err     # refused before any trial, named
+    assert not out.exists()
+    (tmp_path / "set" / "train" / "a" / "broken.png").unlink()
+    sweep["train"]["device"] = "cuda"
     assert main(["run", str(write(tmp_path, sweep)), "--out", str(out), "--executor", "inline"]) == 1
-    assert "1 trial(s) failed" in capsys.readouterr().err
-    assert main(["show", str(out)]) == 0
-    assert "broken.png" in capsys.readouterr().out or ResultStore(out).read("trials")["status"].tolist() == ["failed"]
+    assert "no CUDA device is visible" in " ".join(capsys.readouterr().err.split())
 
 
 def test_a_moved_results_folder_still_evaluates_and_resumes(tiny_run, tmp_path, capsys):

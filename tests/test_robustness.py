@@ -199,3 +199,17 @@ def test_worst_case_is_shown_for_one_attack_from_two_sources(tmp_path, capsys):
                        _row("fgsm", correct=120, quant="dynamic_int8", source="fp32")])
     assert main(["show", str(tmp_path)]) == 0
     assert "worst case over every L-inf attack" in capsys.readouterr().out
+
+
+def test_the_undefended_check_knows_how_the_model_was_trained():
+    """PGD at 8/255 leaving 45 % is a too-weak attack on a normally trained model and the expected figure for one
+    adversarially trained at 8/255 (the PGD-AT row in BENCHMARKS was flagged); at four times its radius the
+    adversarially trained model is held to the check again."""
+    ev = pd.DataFrame([_row("pgd", eps=8 / 255, defense="none", correct=90, params='{"steps": 10}')])
+    standard = pd.DataFrame([{"trial_id": "t", "adversarial": "none", "adv_eps": None}])
+    robust = pd.DataFrame([{"trial_id": "t", "adversarial": "pgd", "adv_eps": 8 / 255}])
+    assert set(masking_flags(ev)["check"]) == {"undefended_model_not_broken"}
+    assert set(masking_flags(ev, trials=standard)["check"]) == {"undefended_model_not_broken"}
+    assert masking_flags(ev, trials=robust).empty
+    far = pd.DataFrame([_row("pgd", eps=128 / 255, defense="none", correct=90, params='{"steps": 10}')])
+    assert set(masking_flags(far, trials=robust)["check"]) == {"undefended_model_not_broken"}

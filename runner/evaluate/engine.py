@@ -24,6 +24,7 @@ from ...attacks import (
     gradient_step,
     input_gradient,
     input_gradients_only,
+    is_black_box,
     norm_of,
     random_starts,
     start_streams,
@@ -116,7 +117,10 @@ class Engine:
         return self._adv[key]
 
     def _make_adversarial(self, key: tuple) -> torch.Tensor:
-        with input_gradients_only(self.built.attacker(key[0])) as model:
+        # a gradient attack differentiates the mode's twin (STE) where the mode has no gradient; a black-box one
+        # queries the scored model itself
+        model = self.built.models[key[0]] if is_black_box(key[1]) else self.built.attacker(key[0])
+        with input_gradients_only(model) as model:
             return self._attack(key, model)
 
     def _attack(self, key: tuple, model: nn.Module) -> torch.Tensor:
@@ -129,7 +133,7 @@ class Engine:
                                    fresh_per_call=zoo)
         step = gradient_step(attack)
         grad_key = (source,) + key[4:]
-        if step is None and attack in MODEL_FREE:
+        if step is None and (attack in MODEL_FREE or is_black_box(attack)):    # no gradient to measure
             return attack_images(model, attack, self.images, self.labels, eps, dev, bs, params,
                                  self._per_image(attack, params, eps))
         if step is None:

@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ...attacks import ZOO_PREFIX
+from ...attacks import ZOO_PREFIX, is_black_box
 from ...defenses import DEFENSES, defense_gradient, is_randomized
 from ...models import quant_mode
 from ..spec import EvaluateSpec
@@ -83,7 +83,8 @@ def plan_cells(ev: EvaluateSpec) -> list[Cell]:
 
     - an int8 model has no input gradient: its white-box ('self') rows for eps > 0 attack its
       fake-quant twin (straight-through estimator, attack_params model_gradient: ste) and are scored
-      on the real int8 model; a mode without a twin has no such row, never a faked one;
+      on the real int8 model; a mode without a twin has no such row, never a faked one; a black-box attack
+      (Square) queries the real int8 model itself, the model it is scored on;
     - on the fp32 model, source 'fp32' is the white-box row itself: recorded once, as 'self';
     - adaptive cells exist where there is an attack (eps > 0) and a defense to attack through
       (through 'none' the adaptive attacker is the oblivious one).
@@ -94,7 +95,8 @@ def plan_cells(ev: EvaluateSpec) -> list[Cell]:
             for source in ev.sources:
                 for quant in ev.quant:
                     mode = quant_mode(quant)
-                    ste = source == "self" and eps > 0 and not mode.has_input_grad and attack.name not in MODEL_FREE
+                    ste = (source == "self" and eps > 0 and not mode.has_input_grad and attack.name not in MODEL_FREE
+                           and not is_black_box(attack.name))      # a black-box attack queries the real model
                     if ste and mode.twin is None:
                         continue
                     if source == "fp32" and (quant == "fp32" or attack.name in MODEL_FREE):

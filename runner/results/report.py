@@ -56,7 +56,7 @@ def views_of(root: Path, quant: list[str] | None = None, defense: list[str] | No
     worst = worst_case(ev)
     # shown wherever a cell set has more than one attack setting, source or threat to take the worst of
     several = worst[worst["attack_params"].map(lambda p: len(json.loads(p)["over"]) > 1)] if len(worst) else worst
-    flags = masking_flags(ev)
+    flags = masking_flags(ev, trials=trials)
     return views + pivot_views(ev, flags) + (pivot_views(several) if len(several) else []) + flags_view(flags)
 
 
