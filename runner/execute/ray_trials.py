@@ -304,7 +304,9 @@ def _scheduler(sweep: Sweep):
     if s.type != "asha":
         return None
     from ray.tune.schedulers import ASHAScheduler
-    return ASHAScheduler(time_attr="training_iteration", max_t=sweep.spec.max_epochs(),
+    # max_t counts the trainable's final report (test accuracy, sizes) too: at max_t = epochs ASHA stopped every
+    # trial that trained its last epoch before that report, and no trial was ever 'ok' (e2e's cifar10_cluster)
+    return ASHAScheduler(time_attr="training_iteration", max_t=sweep.spec.max_epochs() + 1,
                          grace_period=s.grace_period, reduction_factor=s.reduction_factor)
 
 

@@ -160,6 +160,8 @@ class Sweep:
     # --- evaluation ---
     def selected_checkpoints(self) -> list[dict]:
         df = self._trained()
+        if df.empty:          # no trial finished: nothing to rank (the run's status names the failed ones)
+            return []
         if self.spec.evaluate.select != "all":
             k = 1 if self.spec.evaluate.select == "best" else self.spec.evaluate.top_k
             by = "best_robust_val_accuracy" if self.spec.evaluate.select_by == "robust_val_accuracy" else "best_val_accuracy"
