@@ -207,8 +207,8 @@ def _not_broken_at_large_eps(ev: pd.DataFrame, floor: float, robust: dict[str, f
     white = ev[ev["attack_source"] == "self"]
     white = white[white["norm"] == "linf"]     # the thresholds are L-inf radii
     robust = robust or {}
-    large = white["trial_id"].map(lambda t: max(LARGE_EPS, 4 * robust[t]) if t in robust else 8 / 255)
-    bare = white[(white["defense"] == "none") & (white["eps"] >= large - 1e-9)]
+    large = np.array([max(LARGE_EPS, 4 * robust[t]) if t in robust else 8 / 255 for t in white["trial_id"]], dtype=float)
+    bare = white[(white["defense"] == "none").to_numpy() & (white["eps"].to_numpy(dtype=float) >= large - 1e-9)]
     defended = white[(white["defense"] != "none") & (white["threat"] == "adaptive") & (white["eps"] >= LARGE_EPS - 1e-9)]
     out = []
     for part, what in ((bare, "without a defense"), (defended, "through the defense (adaptive)")):
