@@ -57,7 +57,7 @@ def _loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss
 
     The loss's gradient reaches the model's backward scaled per image so that its largest logit entry is in
     [1, 2): through a half model a confident image's cross-entropy gradient otherwise underflows to 0, and
-    sign(0) never moves it (12 of 60 images robust in fp16 against 1 in fp32). A power of two changes no sign
+    sign(0) never moves it (simple_cnn, last layer x500, 60 images, CPU: 58 robust in fp16 against 16 in fp32). A power of two changes no sign
     and no L2 direction, bit for bit. A cross-entropy one-hot even in float32 takes its exact direction."""
     draws = getattr(model, "eot_draws", None) or [None]
     grad, logits, losses, scale = 0, 0, 0, None

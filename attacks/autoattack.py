@@ -9,7 +9,7 @@ The authors attack only the images their model gets right, and run each componen
 earlier one left unbroken, judged by the model they score. Here the scored system is often not the
 attacker's model (a defense, an int8 model behind its STE twin, a transfer): an image the attacker's model
 gets wrong, or that a component breaks there, may still be right on the scored system, and skipping it
-would count it robust (blur at 2/255: 125/300 where APGD-CE alone gives 116/300). So every component runs on
+would count it robust (issue #31 reported 125/300 through blur at 2/255 where APGD-CE alone gave 116/300). So every component runs on
 every image, unless the engine says the attacker's model is the only system that judges these images
 (`attacker_is_judge`: no defense, the model itself), where the authors' rule is exact and only saves time.
 The clean image and each component's image are the candidates, and the scored system judges them all: an

@@ -277,7 +277,7 @@ def _l2_levels(d: torch.Tensor, budget: float) -> torch.Tensor:
 
     Rounding a perturbation on the sphere adds about n/12 squared levels (3072 pixels: ~16 levels of
     radius), so plain rounding almost always leaves the ball; truncating every pixel toward the clean
-    one (the old rule) delivered 0.19 for eps 0.25. Undoing only as many outward roundings as the ball
+    one (the old rule) delivered a mean 0.179 for eps 0.25 (64 random images, CPU). Undoing only as many outward roundings as the ball
     needs delivers within one level of the found image, never outside eps."""
     norm = lambda t: t.flatten(-3).norm(dim=-1)[..., None, None, None]
     inside = budget * (1 - 1e-12)
