@@ -1,5 +1,5 @@
 """CI's second stage: every bundled sweep, in miniature, end to end through `robustgrid run` on the default
-executor (Ray), the path users take. `pytest -q e2e` (about N minutes on 2 cores: BENCHMARKS.md).
+executor (Ray), the path users take. `pytest -q e2e` (1044 s on 2 cores with other tests beside it: BENCHMARKS.md).
 
 Each sweep keeps every axis it declares (its training method, searcher or scheduler, attacks, threats, defenses,
 quant modes, sources, select rule) and shrinks only sizes: synthetic images (a generated image folder where the
