@@ -104,6 +104,7 @@ class Engine:
         self.dead_gradients: dict[tuple, int] = {}   # image key -> images whose input gradient was all 0 / NaN
         self._verdicts: dict[tuple, Verdict] = {}    # (quant, image key, defense, params) -> the judgement
         self._facts: dict[tuple, tuple[torch.Tensor, tuple]] = {}   # image key -> (fresh candidates, distances)
+        self._judges: dict[tuple, set] | None = None   # image key -> the (defense, quant) of every cell judging it
 
     def adversarial(self, key: tuple) -> tuple[torch.Tensor, float]:
         """Candidates (N, K, C, H, W) for image_key (made once) and the seconds it took to make them."""
@@ -163,8 +164,11 @@ class Engine:
         wrong: there it changes no verdict and saves the time."""
         if attack != "autoattack":
             return {}
-        judges = {(c.defense, c.quant) for c in plan_cells(self.ev) if image_key(c) == key}
-        return {"attacker_is_judge": key[0] not in self.built.twins and judges == {("none", key[0])}}
+        if self._judges is None:      # planned once per engine, not once per image set
+            self._judges = {}
+            for c in plan_cells(self.ev):
+                self._judges.setdefault(image_key(c), set()).add((c.defense, c.quant))
+        return {"attacker_is_judge": key[0] not in self.built.twins and self._judges.get(key) == {("none", key[0])}}
 
     def _per_image(self, attack: str, params: dict, eps: float) -> dict[str, torch.Tensor]:
         """What the attack draws per image, the same on any batch size or shard: its random starts (each image's
