@@ -194,3 +194,28 @@ def test_the_noise_baseline_is_one_oblivious_white_box_row_inside_its_ball(image
     noise = engine.adversarial(("fp32", "noise", EvaluateSpec.model_validate(grid).attacks[0].params_json, 8 / 255))[0][:, 0]
     pgd_start = torch.round((images + random_starts(len(images), (3, 32, 32), 1, 0, 8 / 255)[:, 0]).clamp(0, 1) * 255) / 255
     assert not torch.equal(noise, pgd_start) and (noise != torch.round(images * 255) / 255).any()
+
+
+def test_the_reference_leaves_a_batchnorm_model_as_it_found_it_and_equals_the_engine(images):
+    """The reference's attack wrapper was an nn.Module in train mode; torchattacks restores the mode it found
+    after each attack, so every later cell ran ImprovedCNN's BatchNorm on batch statistics (updating its running
+    stats) with dropout on: on an H200 its bf16 clean accuracy read 84/200 before the first attack and 135/200
+    after, and the caller's model came back changed. ImprovedCNN has BatchNorm and dropout."""
+    import copy
+
+    from robustgrid.models import create_model
+    torch.manual_seed(0)
+    model = create_model("improved_cnn")
+    with torch.no_grad():          # running statistics unlike a fresh BatchNorm's, so train mode would move them
+        for _ in range(3):
+            model(torch.rand(32, 3, 32, 32) * 0.5 + 0.3)
+    model.eval()
+    before = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    labels[::3] = (labels[::3] + 1) % 10
+    ev = EvaluateSpec.model_validate({**GRID, "defenses": ["none", "median"], "quant": ["fp32", "bf16"]})
+    ref_rows = reference_rows(model, ev, images, labels, torch.device("cpu"), META)
+    assert not model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    engine_rows = run_cells(Engine(model, ev, images, labels, torch.device("cpu")), plan_cells(ev), META)
+    assert _cells(engine_rows) == _cells(ref_rows)

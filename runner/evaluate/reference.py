@@ -12,6 +12,7 @@ defender draw. PGD's best iterates are read from the iterates torchattacks feeds
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from typing import Any
@@ -66,7 +67,7 @@ def _reference_rows(fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, lab
 def _models(fp32: nn.Module, quants: list[str], calibration) -> tuple[dict, dict]:
     """Every quant mode's model on the CPU (channels_last, as any deployment would run a CNN), and the
     fake-quant twins white-box attacks on int8 differentiate."""
-    fp32 = fp32.cpu().to(memory_format=torch.channels_last).eval()
+    fp32 = copy.deepcopy(fp32).cpu().to(memory_format=torch.channels_last).eval()   # the caller's stays as it was
     models, twins = {"fp32": fp32}, {}
     for q in quants:
         models[q] = quantize(fp32, q, calibration)
@@ -140,6 +141,10 @@ class Attacked(nn.Module):
         self.adaptive = c.threat == "adaptive"
         self.eot = int(setting.get("eot_samples", 1)) if self.adaptive and is_randomized(c.defense) else 1
         self.calls, self.seen = 0, []
+        # torchattacks restores the mode it found after each attack: a wrapper left in train mode (nn.Module's
+        # default) put the model in train mode for every later cell (BatchNorm on batch statistics, updating
+        # its running stats; dropout on), and the caller's model came back changed
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seen = x.detach().clone()      # the iterate torchattacks is at
