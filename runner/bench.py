@@ -322,12 +322,14 @@ AUTOATTACK_CASES = (("linf", 8 / 255), ("l2", 0.5))     # RobustBench's two CIFA
 
 
 def bench_autoattack(model, images, labels, device, norm: str, eps: float) -> list[dict]:
-    """Our `autoattack` (standard) against torchattacks' components with the authors' settings passed explicitly
-    (torchattacks' AutoAttack passes no `steps`: 10 iterations, not 100), chained by its MultiAttack on the same
-    model and images. Both scored the same way: the delivered 8-bit image, the undefended fp32 model."""
+    """Our `autoattack` (standard) against the authors' own code (`pyautoattack`, where installed) and against
+    torchattacks' components with the authors' settings passed explicitly (torchattacks' AutoAttack passes no
+    `steps`: 10 iterations, not 100), chained by its MultiAttack, on the same model and images. All scored the
+    same way: the delivered 8-bit image, the undefended fp32 model; `differ` counts images whose verdict is
+    not ours."""
     import torchattacks
 
-    from ..attacks import deliver
+    from .evaluate.rows import unpack_mask
     from .evaluate.stats import wilson_interval
     ev = EvaluateSpec.model_validate({"attacks": [{"autoattack": {"norm": norm, "eps": [eps]}}], "sources": ["self"],
                                       "quant": ["fp32"], "defenses": ["none"], "batch_size": 500, "examples": 0,
@@ -337,6 +339,7 @@ def bench_autoattack(model, images, labels, device, norm: str, eps: float) -> li
     t0 = clock(device)
     row = run_cells(Engine(model, ev, images, labels, device), cells, meta)[0]
     ours_s = clock(device) - t0
+    ours = torch.from_numpy(unpack_mask(row["correct_mask"], row["n"]))
     m = model.to(device).eval()
     ta_norm = {"linf": "Linf", "l2": "L2"}[norm]
     chain = torchattacks.MultiAttack([
@@ -345,32 +348,50 @@ def bench_autoattack(model, images, labels, device, norm: str, eps: float) -> li
         torchattacks.FAB(m, norm=ta_norm, eps=eps, steps=100, n_restarts=1, multi_targeted=True, n_classes=10, seed=0),
         torchattacks.Square(m, norm=ta_norm, eps=eps, n_queries=5000, n_restarts=1, p_init=0.8, resc_schedule=False, seed=0),
     ])
-    t0 = clock(device)
-    correct = 0
-    for i in range(0, len(images), 500):
-        x, y = images[i:i + 500].to(device), labels[i:i + 500].to(device)
-        adv = deliver(chain(x, y), x, eps, norm)
-        with torch.no_grad():
-            correct += int((m(adv).argmax(1) == y).sum())
-    ta_s = clock(device) - t0
+    runs = [("robustgrid autoattack", ours, ours_s, row["broken_by"])]
+    robust, secs = _robust_after(m, images, labels, device, eps, norm, chain)
+    runs.append(("torchattacks, authors' settings", robust, secs, "-"))
+    try:
+        from pyautoattack import AutoAttack
+    except ImportError:
+        console.print("pyautoattack is not installed (pip install pyautoattack): the authors' code is left out")
+    else:
+        aa = AutoAttack(m, norm=ta_norm, eps=eps, version="standard", seed=0, device=device)
+        robust, secs = _robust_after(m, images, labels, device, eps, norm,
+                                     lambda x, y: aa.run_standard_evaluation(x, y, batch_size=500)[0])
+        runs.append(("pyautoattack (the authors' code)", robust, secs, "-"))
     out = []
-    for impl, c, secs in (("robustgrid autoattack", row["correct"], ours_s), ("torchattacks, authors' settings", correct, ta_s)):
+    for impl, robust, secs, broken_by in runs:
+        c = int(robust.sum())
         lo, hi = wilson_interval(c, len(images))
         out.append({"implementation": impl, "norm": norm, "eps": eps, "robust_accuracy": c / len(images), "ci_low": lo,
-                    "ci_high": hi, "seconds": secs, "img_per_s": len(images) / secs,
-                    "broken_by": row["broken_by"] if impl.startswith("robustgrid") else "-"})
+                    "ci_high": hi, "differ": int((robust != ours).sum()), "seconds": secs,
+                    "img_per_s": len(images) / secs, "broken_by": broken_by})
     return out
 
 
+def _robust_after(model, images, labels, device, eps: float, norm: str, attack) -> tuple[torch.Tensor, float]:
+    """Per image: still right after `attack`'s images, delivered on the 8-bit grid (batches of 500); and seconds."""
+    from ..attacks import deliver
+    t0 = clock(device)
+    robust = []
+    for i in range(0, len(images), 500):
+        x, y = images[i:i + 500].to(device), labels[i:i + 500].to(device)
+        adv = deliver(attack(x, y), x, eps, norm)
+        with torch.no_grad():
+            robust.append((model(adv).argmax(1) == y).cpu())
+    return torch.cat(robust), clock(device) - t0
+
+
 def run_autoattack_bench(json_path: str | None = None, device: str = "auto", images: int | None = None) -> int:
-    """`bench --grid autoattack`: our AutoAttack against torchattacks' with the authors' settings, L-inf and L2."""
+    """`bench --grid autoattack`: our AutoAttack against the authors' code and torchattacks', L-inf and L2."""
     dev = pick_device(device)
     model, x, y, dataset, _ = _model_and_images(images or 200, False, "simple_cnn", dev.type)
     console.print(f"bench on {machine()}; simple_cnn, {dataset}, {len(x)} test images, device {dev}")
     rows = [r for norm, eps in AUTOATTACK_CASES for r in bench_autoattack(model, x, y, dev, norm, eps)]
-    _print_table("(e) AutoAttack standard: robustgrid vs torchattacks with the authors' settings", rows,
+    _print_table("(e) AutoAttack standard: robustgrid vs the authors' code and torchattacks", rows,
                  {"implementation": "{}", "norm": "{}", "eps": "{:.4g}", "robust_accuracy": "{:.3f}", "ci_low": "{:.3f}",
-                  "ci_high": "{:.3f}", "seconds": "{:.1f}", "img_per_s": "{:.1f}", "broken_by": "{}"})
+                  "ci_high": "{:.3f}", "differ": "{}", "seconds": "{:.1f}", "img_per_s": "{:.1f}", "broken_by": "{}"})
     if json_path:
         _write_json(json_path, {"machine": machine(), "device": str(dev), "dataset": dataset, "autoattack": rows})
     return 0
