@@ -5,7 +5,7 @@
     robustgrid.attacks   attacks (FGSM, ...)
     robustgrid.defenses  input-transformation defenses (reference and batched)
 
-The notebook API (`robustgrid.run`, `robustgrid.load`, `robustgrid.list_sweeps`) is imported
+The notebook API (`robustgrid.run`, `robustgrid.evaluate`, `robustgrid.load`, `robustgrid.list_sweeps`) is imported
 on first use, so `import robustgrid` stays light.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ try:
 except _metadata.PackageNotFoundError:   # a checkout that was never installed
     __version__ = "0+unknown"
 
-_API = ("run", "load", "list_sweeps", "Results")
+_API = ("run", "evaluate", "load", "list_sweeps", "Results")
 __all__ = ["__version__", *_API]
 
 

@@ -57,10 +57,35 @@ def _shrunk_attack(item):
     return {name: params}
 
 
+def robustbench_folder(specs: list, root) -> str:
+    """RobustBench's own architectures with weights made here, saved where RobustBench keeps them (no download)."""
+    import sys
+
+    import torch
+    sys.modules.setdefault("autoattack", pytest.importorskip("pyautoattack"))    # robustbench 1.1's import name
+    pytest.importorskip("robustbench", exc_type=ImportError)
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+    for spec in specs:
+        spec = spec if isinstance(spec, dict) else {"spec": spec}
+        dataset, threat = spec.get("dataset", "cifar10"), spec.get("threat_model", "Linf")
+        name = spec["spec"].removeprefix("robustbench:")
+        torch.manual_seed(0)
+        model = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat)][name]["model"]()
+        (root / dataset / threat).mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": model.state_dict()}, root / dataset / threat / f"{name}.pt")
+    return str(root)
+
+
 def miniature(raw: dict, tmp_path) -> list[str]:
     """Overrides that shrink a sweep's sizes and keep its axes."""
     data, train, ev = raw.get("data", {}), raw.get("train", {}), raw.get("evaluate", {})
     o = ["data.val_size=32", "data.train_subset=null"]
+    if raw.get("models"):        # RobustBench's models: the first one's architecture, weights made here (two
+        # WRN-28-10s through the whole grid took 10 minutes here; the second takes no path the first does not)
+        folder = robustbench_folder(raw["models"][:1], tmp_path / "models")
+        models = [{**(m if isinstance(m, dict) else {"spec": m}), "model_dir": folder} for m in raw["models"][:1]]
+        o.append(f"models={yaml.safe_dump(models, default_flow_style=True).strip()}")
     if data.get("dataset") == "imagefolder":
         o.append(f"data.path={image_folder(tmp_path / 'images')}")
     else:
@@ -68,8 +93,9 @@ def miniature(raw: dict, tmp_path) -> list[str]:
     pbt = (raw.get("scheduler") or {}).get("type") == "pbt"
     adversarial = train.get("adversarial", "none") != "none"
     # two epochs where the second is a different path: PBT's exploit, adversarial training's reporting (it crashed there)
-    o += [f"train.epochs={2 if pbt or adversarial else 1}", "train.batch_size=64"]
-    if train.get("model") not in SMALL_MODELS:     # a ResNet's CPU minutes buy no path the small CNN does not take
+    if train:
+        o += [f"train.epochs={2 if pbt or adversarial else 1}", "train.batch_size=64"]
+    if train and train.get("model") not in SMALL_MODELS:     # a ResNet's CPU minutes buy no path the small CNN does not take
         o.append("train.model=simple_cnn")
     if pbt:
         o.append("scheduler.perturbation_interval=1")
@@ -86,7 +112,8 @@ def miniature(raw: dict, tmp_path) -> list[str]:
     if raw.get("num_samples", 1) > 1:
         o.append(f"num_samples={2 if (raw.get('search') or {}).get('algorithm') in ('optuna', 'hyperopt') else 1}")
     o += ["resources.cpus_per_trial=1", "resources.gpus_per_trial=0", "resources.eval_cpus=1", "resources.eval_gpus=0"]
-    o += ["evaluate.n_images=8", "evaluate.batch_size=8", "evaluate.examples=0"]
+    n = 4 if raw.get("models") else 8      # a WRN-28-10's input gradient costs ~0.3 s an image on 2 cores
+    o += [f"evaluate.n_images={n}", f"evaluate.batch_size={n}", "evaluate.examples=0"]
     if "attacks" in ev:
         o.append(f"evaluate.attacks={yaml.safe_dump([_shrunk_attack(a) for a in ev['attacks']], default_flow_style=True).strip()}")
     if "eot_samples" in ev:

@@ -3,6 +3,7 @@
     import robustgrid
     res = robustgrid.run("quickstart", overrides=["train.epochs=1"])   # a file, a bundled name, or a dict
     res.eval.pivot_table(index="eps", columns="defense", values="accuracy")
+    res = robustgrid.evaluate(my_module, out="results/mine")           # a model robustgrid did not train
     res = robustgrid.load("results/quickstart")                        # an existing results folder
     res.plot()                                                         # PNGs under plots/, their paths
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from torch import nn
 
 from .results import ResultStore, plot_all, views_of, write_report
 from .results.render import render
@@ -73,6 +75,8 @@ class Results:
 
 
 def load(root: str | os.PathLike) -> Results:
+    from .spec import check_local_path
+    check_local_path(root, "results")
     return Results(results_folder(Path(root).expanduser().resolve()))
 
 
@@ -82,7 +86,6 @@ def run(sweep: str | os.PathLike | dict[str, Any], out: str | os.PathLike | None
     """Run a sweep (a file, a bundled sweep's name, or a dict shaped like a sweep file) as
     `robustgrid run` does, through the same run flow (its checks, the folder's lock); returns its results.
     A bad sweep raises SpecError naming the key path; a folder another run holds raises FolderBusy."""
-    from .execute.run import run_sweep
     from .spec import load_spec, set_override, validate
     if isinstance(sweep, dict):
         raw = copy.deepcopy(sweep)
@@ -92,12 +95,34 @@ def run(sweep: str | os.PathLike | dict[str, Any], out: str | os.PathLike | None
     else:
         from .bundled import resolve_sweep
         spec, raw = load_spec(resolve_sweep(str(sweep)), list(overrides))
+    return _run(spec, raw, out, executor, address, resume)
+
+
+def evaluate(model: nn.Module | str | list, out: str | os.PathLike | None = None, data: dict | None = None,
+             evaluate: dict | None = None, overrides: Iterable[str] = (), executor: str = "ray",
+             address: str | None = None, name: str = "evaluate") -> Results:
+    """Evaluate models robustgrid did not train, as `robustgrid eval --model` does: `model` is an nn.Module
+    (taking [0, 1] images, returning logits), a model spec (a .pt2 / TorchScript path, `robustbench:NAME`,
+    or a dict as under a sweep file's `models:`), or a list of these. data / evaluate: the sweep file's
+    sections (default: CIFAR-10, the default grid)."""
+    from .spec import set_override, validate
+    given = model if isinstance(model, list) else [model]
+    modules = [m for m in given if isinstance(m, nn.Module)]
+    raw = {"name": name, "data": dict(data or {}), "models": [m for m in given if not isinstance(m, nn.Module)],
+           "evaluate": dict(evaluate or {})}
+    for assignment in overrides:
+        set_override(raw, assignment)
+    return _run(validate(raw), raw, out, executor, address, False, modules)
+
+
+def _run(spec, raw: dict, out, executor: str, address: str | None, resume: bool, modules: list = ()) -> Results:
+    from .execute.run import run_sweep
     if executor == "inline":
-        return Results(run_sweep(spec, raw, out, "inline").out)
+        return Results(run_sweep(spec, raw, out, "inline", modules=modules).out)
     import ray
     ours = not ray.is_initialized()       # a Ray the user started in the kernel stays; ours ends with the run
     try:
-        return Results(run_sweep(spec, raw, out, "ray", address, resume).out)
+        return Results(run_sweep(spec, raw, out, "ray", address, resume, modules=modules).out)
     finally:
         if ours and ray.is_initialized():
             ray.shutdown()

@@ -51,9 +51,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="Ray cluster to join (auto, HOST:PORT); default: start Ray in this process")
     run.add_argument("--resume", action="store_true", help="continue a crashed or interrupted sweep")
 
-    ev = sub.add_parser("eval", help="re-evaluate a results folder's checkpoints with a new grid")
-    ev.add_argument("results", help="results folder of a previous run")
-    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ev = sub.add_parser("eval", help="re-evaluate a results folder's checkpoints with a new grid, or evaluate "
+                                     "models robustgrid did not train (--model)")
+    ev.add_argument("results", nargs="?", help="results folder of a previous run (without --model)")
+    ev.add_argument("--model", dest="models", action="append", default=[], metavar="SPEC",
+                    help="a torch.export archive (.pt2), a TorchScript file, or robustbench:NAME (repeatable)")
+    ev.add_argument("--model-dir", help="RobustBench's model folder (default ./models)")
+    ev.add_argument("--threat-model", choices=["Linf", "L2", "corruptions"], help="RobustBench's leaderboard (default Linf)")
+    ev.add_argument("--out", help="results folder for --model (default results/eval)")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="e.g. --set evaluate.eps=[0,8/255] --set data.dataset=synthetic (repeatable)")
     ev.add_argument("--executor", choices=["ray", "inline"], default="ray")
     ev.add_argument("--address", default=os.environ.get("RAY_ADDRESS"))
 
@@ -110,12 +117,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from ..models import CheckpointError
+    from ..models.external import ExternalModelError
     from .data import DataError, DownloadError
     from .results.store import DamagedTable
     from .spec import SpecError
     try:
         return COMMANDS[args.command](args) or 0
-    except (SpecError, CheckpointError, DataError, DownloadError, DamagedTable) as e:
+    except (SpecError, CheckpointError, ExternalModelError, DataError, DownloadError, DamagedTable) as e:
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except OSError as e:
@@ -164,8 +172,14 @@ def _status(sweep) -> int:
 
 
 def cmd_eval(args) -> int:
+    if args.models:
+        return _eval_models(args)
     from .execute import FolderLock, Sweep
     from .spec import SpecError, load_spec
+    if not args.results:
+        raise SpecError("eval: name a results folder, or models to evaluate with --model SPEC")
+    from .spec import check_local_path
+    check_local_path(args.results, "results")
     root = Path(args.results).resolve()
     if not (root / "sweep.yaml").exists():
         raise SpecError(f"{root}: not a results folder (no sweep.yaml)")
@@ -188,6 +202,28 @@ def cmd_eval(args) -> int:
             evaluate_ray(sweep, address=args.address)
         _views(root)
     return 0
+
+
+def _eval_models(args) -> int:
+    """`eval --model SPEC ...`: a sweep of those models alone (no training), through the one run flow."""
+    from .execute.run import run_sweep
+    from .spec import SpecError, set_override, validate
+    if args.results:
+        raise SpecError(f"eval: --model evaluates into --out, not into {args.results} (re-evaluate a folder without --model)")
+    # absolute paths: the folder's sweep.yaml must name the same files from wherever it is re-evaluated
+    options = {k: v for k, v in (("model_dir", args.model_dir and str(Path(args.model_dir).expanduser().resolve())),
+                                 ("threat_model", args.threat_model)) if v}
+    raw = {"name": "eval", "models": [{"spec": m if m.startswith("robustbench:") else str(Path(m).expanduser().resolve()),
+                                       **options} for m in args.models]}
+    for assignment in args.overrides:
+        set_override(raw, assignment)
+    if any(not m.startswith("robustbench:") for m in args.models) and "quant" not in (raw.get("evaluate") or {}):
+        raw.setdefault("evaluate", {})["quant"] = ["fp32"]   # a graph takes no quant mode (see _check_models)
+        console.print("quant: fp32 (a torch.export / TorchScript graph has no modules an int8 mode could convert)")
+    spec = validate(raw, "eval --model")
+    sweep = run_sweep(spec, raw, args.out, args.executor, args.address, on_done=_views,
+                      on_start=lambda s: console.print(f"evaluating {len(spec.models)} model(s) -> {s.out}"))
+    return 0 if sweep.external_models() else 1
 
 
 def _views(root: Path) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
+import re
 import typing
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveFloat,
     ValidationError,
     field_validator,
     model_validator,
@@ -457,16 +460,59 @@ class EvaluateSpec(Strict):
         return v
 
 
+class Normalize(Strict):
+    """The normalization a model expects: it is put in front, so the model takes [0, 1] images like ours."""
+    mean: list[float] = Field(min_length=1)
+    std: list[PositiveFloat] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _same_length(self):
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values, std {len(self.std)}")
+        return self
+
+
+class ModelSource(Strict):
+    """A model robustgrid did not train (`models:` of a sweep file, `robustgrid eval --model`): a torch.export
+    archive (.pt2), a TorchScript file, or `robustbench:NAME` from RobustBench's zoo."""
+    spec: str = Field(min_length=1)
+    normalize: Normalize | None = None
+    threat_model: Literal["Linf", "L2", "corruptions"] = "Linf"     # RobustBench's leaderboard
+    dataset: Literal["cifar10", "cifar100"] = "cifar10"               # RobustBench's
+    model_dir: str = "./models"                                       # RobustBench's model folder
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, v: Any) -> Any:
+        return {"spec": v} if isinstance(v, str) else v
+
+    def external(self, source: str | None = None):
+        """The models layer's description (paths made absolute: a Ray worker's cwd is not the user's)."""
+        from ..models.external import ExternalModel, source_of
+        source = source or source_of(self.spec)
+        spec = self.spec if source == "robustbench" else str(Path(self.spec).expanduser().resolve())
+        norm = self.normalize
+        return ExternalModel(spec=spec, source=source, mean=tuple(norm.mean) if norm else None,
+                             std=tuple(norm.std) if norm else None, threat_model=self.threat_model,
+                             dataset=self.dataset, model_dir=str(Path(self.model_dir).expanduser().resolve()))
+
+
 class SweepSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     data: DataSpec = DataSpec()
     train: dict[str, Any] = Field(default_factory=dict)
+    models: list[ModelSource] = Field(default_factory=list)   # evaluated beside the trials (or instead: no train:)
     num_samples: int = Field(1, ge=1)
     resources: Resources = Resources()
     scheduler: Scheduler = Scheduler()
     search: SearchSpec = SearchSpec()
     evaluate: EvaluateSpec = EvaluateSpec()
+
+    @property
+    def trains(self) -> bool:
+        """A sweep with `models:` and no `train:` only evaluates those models."""
+        return bool(self.train) or not self.models or "train" in self.model_fields_set
 
     def grid_axes(self) -> dict[str, list]:
         return {k: v["grid_search"] for k, v in self.train.items() if kind_of(v) == "grid_search"}
@@ -482,7 +528,7 @@ class SweepSpec(Strict):
         """Every trial's flat config. grid: the grid, times num_samples seeds. random: per grid point,
         num_samples configurations drawn from the search seed's stream, in order (the same file draws
         the same ones). optuna / hyperopt draw theirs while they run (runner/execute/ray_trials.py)."""
-        if self.search.algorithm in ("optuna", "hyperopt"):
+        if self.search.algorithm in ("optuna", "hyperopt") or not self.trains:
             return []
         axes, sampled = self.grid_axes(), self.sampled_axes()
         rng = np.random.default_rng(self.search.seed)
@@ -617,6 +663,32 @@ def _check_paths(spec: SweepSpec) -> None:
                 raise SpecError(f"data.path: {p / split} not found (imagefolder needs train/ and test/, one folder per class)")
 
 
+def _check_models(spec: SweepSpec) -> None:
+    """Each outside model is there, of a kind robustgrid loads, and no quant mode is asked of a graph."""
+    from ..models.external import ExternalModelError, check_available
+    for i, m in enumerate(spec.models):
+        ext = m.external()
+        try:
+            check_available(ext)
+        except ExternalModelError as e:
+            raise SpecError(f"models[{i}].spec: {e}") from None
+        if ext.is_graph:
+            refused = [q for q in spec.evaluate.quant if q != "fp32"]
+            if refused:
+                raise SpecError(f"evaluate.quant: {', '.join(refused)} cannot apply to models[{i}] ({m.spec}): a "
+                                "torch.export or TorchScript file is a graph with no Linear / Conv2d modules to "
+                                "convert; use quant [fp32], or pass the nn.Module to robustgrid.evaluate(...)")
+
+
+def check_local_path(value: str | os.PathLike, key: str) -> None:
+    """A results folder is a local (or NFS-mounted) path: a URI such as s3://bucket/x was taken as a folder
+    named `s3:` in the current directory, the user believing the results were in the bucket."""
+    text = os.fspath(value)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+        raise SpecError(f"{key}: {text}: object storage ({text.split('://')[0]}://) is not supported yet: robustgrid "
+                        "reads and writes results in a folder on a local or shared (NFS) disk; give a path")
+
+
 def set_override(raw: dict, assignment: str) -> None:
     """--set evaluate.eps=[0,0.03] : a dotted key path and a YAML value."""
     key, sep, value = assignment.partition("=")
@@ -646,6 +718,7 @@ def validate(raw: Any, source: str = "sweep") -> SweepSpec:
     _check_pbt(spec)
     _check_paths(spec)
     _check_n_images(spec)
+    _check_models(spec)
     return spec
 
 

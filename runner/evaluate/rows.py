@@ -13,7 +13,7 @@ from ..provenance import software
 from .plan import Cell, attack_setting
 from .stats import wilson_interval
 
-META_KEYS = ("sweep", "run_id", "trial_id", "model", "dataset", "training")
+META_KEYS = ("sweep", "run_id", "trial_id", "model", "dataset", "training", "model_source", "model_sha256")
 
 
 @dataclass(frozen=True)

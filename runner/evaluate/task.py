@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ...models import load_checkpoint, load_model
+from ...models.external import ExternalModel, load_external
 from ..data import load_splits, load_test_split, to_float
 from ..device import ieee_fp32, pick_device
 from ..provenance import images_digest
@@ -32,12 +33,16 @@ class EvalTask:
     training: str = "none"        # the trial's training method (train.adversarial)
     shard: tuple[int, int] | None = None   # [start, stop) of the first n_images this task judges (None: all)
     data_digest: str | None = None         # of the whole image set, computed once by the driver
+    model_source: str = "trial"            # trial, or a model robustgrid did not train (file, robustbench, python)
+    external: ExternalModel | None = None  # how to load the latter (checkpoint is then unused)
+    model_sha256: str | None = None
 
     @property
     def meta(self) -> dict[str, str]:
         """What every row of this task says about where it came from."""
         return {"sweep": self.sweep, "run_id": self.run_id, "trial_id": self.trial_id, "model": self.model,
-                "dataset": self.data.dataset, "training": self.training}
+                "dataset": self.data.dataset, "training": self.training, "model_source": self.model_source,
+                "model_sha256": self.model_sha256}
 
     def with_grid(self, **updates) -> EvalTask:
         """The same task on part of its grid (e.g. quant=['dynamic_int8'], defenses={...}, device='cpu')."""
@@ -95,7 +100,10 @@ def _prepare(task: EvalTask, done: Iterable[tuple]) -> _Prepared:
 
 
 def _engine(task: EvalTask, ev: EvaluateSpec, p: _Prepared, weights: dict | None = None) -> Engine:
-    model = load_model(weights, task.checkpoint) if weights is not None else load_checkpoint(task.checkpoint)
+    if task.external is not None:
+        model = load_external(task.external)
+    else:
+        model = load_model(weights, task.checkpoint) if weights is not None else load_checkpoint(task.checkpoint)
     return Engine(model, ev, p.images, p.labels, pick_device(ev.device), p.calibration,
                   first_index=p.shard[0], data_digest=p.data_digest)
 

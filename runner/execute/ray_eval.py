@@ -30,7 +30,9 @@ def evaluate_ray(sweep: Sweep, address: str | None = None) -> None:
     cpu_quants = [q for q in ev.quant if quant_mode(q).cpu_only]
     k = _int8_tasks_per_checkpoint(slots, len(units), len(ev.defenses), has_gpu) if cpu_quants else 0
     # each checkpoint's weights enter Ray's object store once: a node fetches them once for all its tasks
-    weights = {t["trial_id"]: ray.put(read_checkpoint(t["checkpoint"])) for t in {u[0]["trial_id"]: u[0] for u in units}.values()}
+    # (a model robustgrid did not train is loaded by each task from its file or RobustBench's folder)
+    weights = {t["trial_id"]: None if sweep.is_external(t) else ray.put(read_checkpoint(t["checkpoint"]))
+               for t in {u[0]["trial_id"]: u[0] for u in units}.values()}
     tasks_of_unit: dict = {}
     with progress_bar() as bar:
         cells_job = bar.add_task("evaluate cells (Ray tasks)", **sweep.eval_progress(ledger.done, checkpoints))

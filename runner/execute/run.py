@@ -17,15 +17,18 @@ from .sweep import Sweep, resolve_out
 def run_sweep(spec: SweepSpec, raw: dict, out: str | os.PathLike | None = None, executor: str = "ray",
               address: str | None = None, resume: bool = False,
               on_start: Callable[[Sweep], None] | None = None,
-              on_done: Callable[[Path], None] | None = None) -> Sweep:
+              on_done: Callable[[Path], None] | None = None, modules: list = ()) -> Sweep:
     """Run a validated sweep into `out`; on_start(sweep) once the lock is held, on_done(folder) before it is
-    released (the views are drawn from a folder no other run is writing)."""
-    sweep = Sweep(spec, raw, resolve_out(spec, out))
+    released (the views are drawn from a folder no other run is writing). modules: nn.Modules handed to the
+    API, evaluated beside the sweep's trials and `models:`."""
+    sweep = Sweep(spec, raw, resolve_out(spec, out), evaluate_only=bool(modules) and "train" not in raw)
     check_out(sweep.out)
     if spec.data.dataset == "imagefolder":
         from ..data import verify_imagefolder
         verify_imagefolder(spec.data.path)
     check_checkpoints_readable(sweep)
+    from .external import check_external_models, record_external_models
+    outside = check_external_models(sweep, list(modules))
     if executor == "inline":
         from .inline import check_inline
         check_inline(sweep)
@@ -36,6 +39,7 @@ def run_sweep(spec: SweepSpec, raw: dict, out: str | os.PathLike | None = None, 
     with FolderLock(sweep.out):
         sweep.store.set_aside_damaged()
         sweep.write_spec()
+        record_external_models(sweep, outside)
         if on_start:
             on_start(sweep)
         if executor == "inline":

@@ -6,6 +6,7 @@ profilers), `ray` schedules them as Tune trials and Ray tasks (ray_trials.py, ra
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ...files import atomic_write
+from ...files import atomic_write, file_sha256
 from ..data import load_test_split
 from ..evaluate import EvalTask, plan_cells
 from ..provenance import images_digest
@@ -46,6 +47,7 @@ class Sweep:
     raw: dict[str, Any]
     out: Path
     run_id: str = field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6])
+    evaluate_only: bool = False     # robustgrid.evaluate(module) without train: only the modules handed over
 
     @property
     def store(self) -> ResultStore:
@@ -53,7 +55,7 @@ class Sweep:
 
     def trials(self) -> list[dict[str, Any]]:
         """The trials of a grid or a random search (an optuna / hyperopt search draws its own: trial_of)."""
-        return [self._placed(cfg) for cfg in self.spec.trial_configs()]
+        return [] if self.evaluate_only else [self._placed(cfg) for cfg in self.spec.trial_configs()]
 
     def trial_of(self, values: dict[str, Any]) -> dict[str, Any]:
         """The trial a searcher's drawn values make (the training keys' fixed values, these drawn ones)."""
@@ -107,7 +109,7 @@ class Sweep:
         """Trials that finished, with their checkpoint as an absolute path inside this folder (wherever
         the folder now lies), where that checkpoint exists."""
         df = self.store.read("trials")
-        df = df[df["status"] == "ok"]
+        df = df[(df["status"] == "ok") & ~self._external_mask(df)]
         df = df.assign(checkpoint=[str(self.locate_checkpoint(r)) for r in df.to_dict("records")])
         return df[df["checkpoint"].map(lambda p: Path(p).exists())]
 
@@ -159,14 +161,35 @@ class Sweep:
 
     # --- evaluation ---
     def selected_checkpoints(self) -> list[dict]:
+        """The trained trials evaluate.select picks, then every model robustgrid did not train."""
         df = self._trained()
-        if df.empty:          # no trial finished: nothing to rank (the run's status names the failed ones)
-            return []
-        if self.spec.evaluate.select != "all":
+        if not df.empty and self.spec.evaluate.select != "all":
             k = 1 if self.spec.evaluate.select == "best" else self.spec.evaluate.top_k
             by = "best_robust_val_accuracy" if self.spec.evaluate.select_by == "robust_val_accuracy" else "best_val_accuracy"
             df = df.sort_values([by, "best_val_accuracy"], ascending=False, na_position="last").head(k)
-        return df.to_dict("records")
+        return df.to_dict("records") + self.external_models()
+
+    # --- models robustgrid did not train (recorded in trials by execute/external.py) ---
+    @staticmethod
+    def _external_mask(df):
+        return df["model_source"].fillna("trial") != "trial" if "model_source" in df else df["trial_id"].isna()
+
+    @staticmethod
+    def is_external(row: dict) -> bool:
+        return isinstance(row.get("model_source"), str) and row["model_source"] != "trial"
+
+    def external_models(self) -> list[dict]:
+        df = self.store.read("trials")
+        return df[(df["status"] == "ok") & self._external_mask(df)].to_dict("records") if len(df) else []
+
+    def external_of(self, row: dict):
+        """The row's ExternalModel; a module the API pickled lives in this folder (its path stored relative)."""
+        from ...models.external import ExternalModel
+        spec = json.loads(row["model_spec"])
+        if spec["source"] == "python":
+            spec["spec"] = str(self.out / spec["spec"])
+        spec = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+        return ExternalModel(**spec)
 
     def eval_progress(self, done: set[tuple], checkpoints: list[dict]) -> dict[str, int]:
         """The cells this evaluation computes: the grid's cells of the selected checkpoints that
@@ -198,11 +221,31 @@ class Sweep:
         return [(t, shard) for t in checkpoints for shard in ledger.ranges if ledger.shards_left(keys[t["trial_id"]], shard)]
 
     def eval_task(self, trial: dict) -> EvalTask:
+        external = self.external_of(trial) if self.is_external(trial) else None
+        training = "unknown" if external else trial.get("adversarial") if isinstance(trial.get("adversarial"), str) else "none"
         return EvalTask(checkpoint=trial["checkpoint"], trial_id=trial["trial_id"], sweep=self.spec.name,
                         run_id=self.run_id, model=trial["model"], data=self.data(), evaluate=self.spec.evaluate,
-                        examples_path=str(self.out / "examples" / f"{trial['trial_id']}.npz"),
-                        training=trial.get("adversarial") if isinstance(trial.get("adversarial"), str) else "none")
+                        examples_path=str(self.out / "examples" / f"{trial['trial_id']}.npz"), training=training,
+                        model_source=external.source if external else "trial", external=external,
+                        model_sha256=trial.get("model_sha256") if external else _sha256_of(trial["checkpoint"]))
+
+
+def _sha256_of(path: str) -> str | None:
+    """A checkpoint's sha256, hashed once per version of the file (a rerun may retrain it)."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    st = p.stat()
+    return _cached_sha256(str(p), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_sha256(path: str, mtime_ns: int, size: int) -> str:
+    return file_sha256(path)
 
 
 def resolve_out(spec: SweepSpec, out: str | os.PathLike | None) -> Path:
+    if out is not None:
+        from ..spec import check_local_path
+        check_local_path(out, "--out")
     return (Path(out) if out else Path("results") / spec.name).expanduser().resolve()

@@ -190,12 +190,19 @@ LARGE_EPS = 64 / 255     # every defense, attacked adaptively, should fall to ~0
 
 
 def robust_radii(trials: pd.DataFrame | None) -> dict[str, float]:
-    """trial id -> the L-inf radius it was adversarially trained at (trials trained normally are absent)."""
-    if trials is None or "adversarial" not in trials or not len(trials):
+    """trial id -> the L-inf radius it was adversarially trained at (trials trained normally are absent). A
+    model robustgrid did not train (RobustBench's zoo, a file) may be robustly trained: 8/255, CIFAR-10's radius."""
+    if trials is None or not len(trials):
         return {}
+    outside = {}
+    if "model_source" in trials:
+        ext = trials[trials["model_source"].fillna("trial") != "trial"]
+        outside = dict.fromkeys(ext["trial_id"], 8 / 255)
+    if "adversarial" not in trials:
+        return outside
     adv = trials[trials["adversarial"].fillna("none") != "none"]
     eps = adv["adv_eps"] if "adv_eps" in adv else pd.Series(8 / 255, index=adv.index)
-    return {t: float(e) if pd.notna(e) else 8 / 255 for t, e in zip(adv["trial_id"], eps)}
+    return {**outside, **{t: float(e) if pd.notna(e) else 8 / 255 for t, e in zip(adv["trial_id"], eps)}}
 
 
 def _not_broken_at_large_eps(ev: pd.DataFrame, floor: float, robust: dict[str, float] | None = None) -> list:

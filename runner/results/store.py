@@ -29,7 +29,9 @@ PROVENANCE_FIELDS = [
 
 EVAL_SCHEMA = pa.schema([
     ("sweep", pa.string()), ("run_id", pa.string()), ("trial_id", pa.string()), ("model", pa.string()),
-    ("training", pa.string()),       # the trial's training method: none, fgsm_rs, pgd, trades
+    ("training", pa.string()),       # the trial's training method: none, fgsm_rs, pgd, trades (unknown: not ours)
+    ("model_source", pa.string()),   # trial (trained here), file (torch.export / TorchScript), robustbench, python
+    ("model_sha256", pa.string()),   # of the weights evaluated: the checkpoint or model file, or the module's tensors
     ("dataset", pa.string()), ("quant", pa.string()),
     ("quant_params", pa.string()),   # canonical JSON of what made the quantized model (int8_static: calibration_images)
     ("model_bytes", pa.int64()), ("attack", pa.string()),
@@ -82,6 +84,10 @@ _TRIAL_RESULT_FIELDS = [
     ("fp32_bytes", pa.int64()), ("int8_bytes", pa.int64()), *PROVENANCE_FIELDS,
     # population-based training: whose weights the trial took, at which epoch, with which hyperparameters (JSON)
     ("lineage", pa.string()),
+    # a model robustgrid did not train (`models:`, eval --model, robustgrid.evaluate): where from, its spec
+    # (JSON: models/external.py's ExternalModel), the weights' sha256, its architecture and parameter count
+    ("model_source", pa.string()), ("model_spec", pa.string()), ("model_sha256", pa.string()),
+    ("architecture", pa.string()), ("n_params", pa.int64()),
 ]
 
 
@@ -127,7 +133,8 @@ def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
 
 def results_folder(root: str | Path) -> Path:
     """The folder as a Path, or a SpecError (exit 2) where it is not a results folder."""
-    from ..spec import SpecError
+    from ..spec import SpecError, check_local_path
+    check_local_path(root, "results")
     root = Path(root)
     if not (root / "trials.parquet").exists():
         raise SpecError(f"{root}: not a results folder (no trials.parquet)")

@@ -102,6 +102,9 @@ def trials_views(trials: pd.DataFrame, ev: pd.DataFrame, axes: list[str], rank_b
     """Two narrow tables rather than one wide one: training, then each evaluated model's size and
     clean accuracy (one row per trial and quant mode); where trials were searched, ranked by the search's
     metric (rank_by), and where they have robust validation accuracy, the clean-robust Pareto front."""
+    outside = trials["model_source"].fillna("trial") != "trial" if "model_source" in trials else None
+    external = trials[outside] if outside is not None else trials.iloc[:0]
+    all_trials, trials = trials, trials[~outside] if outside is not None else trials
     robust = "best_robust_val_accuracy" in trials and trials["best_robust_val_accuracy"].notna().any()
     trials = trials.sort_values([rank_by, "trial_id"], ascending=[False, True], na_position="last") if rank_by \
         else trials.sort_values("trial_id")
@@ -124,7 +127,16 @@ def trials_views(trials: pd.DataFrame, ev: pd.DataFrame, axes: list[str], rank_b
                           "s: seconds of the whole trial"
                           + ("; robust val: PGD-10 accuracy on the validation subset (adversarial training)" if robust else ""),
                           *ranked, *failed]),
-        View("models", ["trial", "quant", "device", "MB", "clean %"], _model_rows(trials, ev),
+    ] if len(trials) else []
+    if len(external):
+        views.append(View("models robustgrid did not train", ["trial", "source", "model", "architecture", "M params", "sha256"],
+                          [[r["trial_id"], str(r["model_source"]), str(r["model"]), str(r.get("architecture") or "-"),
+                            "-" if pd.isna(r.get("n_params")) else f"{r['n_params'] / 1e6:.2f}", str(r["model_sha256"])[:12]]
+                           for r in external.sort_values("trial_id").to_dict("records")],
+                          [("source: file (torch.export / TorchScript), robustbench (RobustBench's zoo), python (a "
+                            "module handed to robustgrid.evaluate); sha256: of the file, or of the module's weights")]))
+    views += [
+        View("models", ["trial", "quant", "device", "MB", "clean %"], _model_rows(all_trials, ev),
              [("MB: bytes of what the mode ships (torch.save; measured); clean: accuracy without attack or "
                "defense on the evaluation images (the largest set evaluated, never several pooled)")]),
     ]
