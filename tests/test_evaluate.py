@@ -214,7 +214,8 @@ def test_the_reference_leaves_a_batchnorm_model_as_it_found_it_and_equals_the_en
     with torch.no_grad():
         labels = model(images).argmax(1)
     labels[::3] = (labels[::3] + 1) % 10
-    ev = EvaluateSpec.model_validate({**GRID, "defenses": ["none", "median"], "quant": ["fp32", "bf16"]})
+    ev = EvaluateSpec.model_validate({**GRID, "eps": [0, "8/255"], "sources": ["self"], "defenses": ["none"],
+                                      "quant": ["fp32", "bf16"]})
     ref_rows = reference_rows(model, ev, images, labels, torch.device("cpu"), META)
     assert not model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     engine_rows = run_cells(Engine(model, ev, images, labels, torch.device("cpu")), plan_cells(ev), META)

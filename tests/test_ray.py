@@ -98,6 +98,7 @@ def test_zero_gpu_task_sees_no_gpu_and_a_gpu_task_its_own(cluster):
         assert ray.get(task.options(num_cpus=0.5, num_gpus=2).remote(visible)) in {"0,1", "1,0"}
 
 
+@pytest.mark.slow
 def test_ddp_trial_with_two_workers_on_cpu(cluster, tmp_path):
     """Ray Train workers, TRADES for two epochs: under Ray train() reports every epoch, the path on which adversarial
     training crashed in its second epoch ('bool' object has no attribute 'trainer') while every direct call of
@@ -129,7 +130,7 @@ def test_a_failed_trial_says_why(cluster, tmp_path, capsys):
     assert "no CUDA device is visible" in " ".join(capsys.readouterr().out.split())
 
 
-@pytest.mark.faults
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["optuna", "hyperopt"])
 def test_a_searcher_killed_mid_search_resumes_with_each_trial_once(cluster, tmp_path, algorithm):
     """Ray Tune's OptunaSearch / HyperOptSearch draws num_samples configurations inside the sweep's ranges, each
@@ -181,7 +182,7 @@ def _kill_after_first_trial(proc: subprocess.Popen, out: Path, until_the_next_is
 RESUME_TIMEOUT = 300
 
 
-@pytest.mark.faults
+@pytest.mark.slow
 def test_pbt_clones_a_stronger_trials_checkpoint_records_the_lineage_and_resumes_after_a_kill(cluster, tmp_path):
     """Synchronous PBT, two trials, quantile 0.5: after epoch 1 the weaker takes the stronger's checkpoint (so
     both histories share their first epoch to the last digit, which lr 1e-5 and 0.05 would never give), its id
@@ -229,7 +230,7 @@ def test_too_small_cluster_is_refused_with_the_reason(cluster, tmp_path, capsys)
     assert "resources.cpus_per_trial" in capsys.readouterr().err
 
 
-@pytest.mark.faults
+@pytest.mark.slow
 def test_kill_and_resume_loses_and_duplicates_nothing(cluster, tmp_path):
     out = tmp_path / "out"
     p = sweep_file(tmp_path, "resume", train__lr={"grid_search": [0.001, 0.002]}, train__epochs=3,
@@ -266,7 +267,7 @@ def test_int8_cells_split_by_defense_over_free_cpus():
     assert len(chunks) == 3 and sorted(n for c in chunks for n in c) == sorted(defenses)   # each defense once
 
 
-@pytest.mark.faults
+@pytest.mark.slow
 def test_first_ctrl_c_stops_the_run_and_resume_finishes_it(tmp_path):
     """A private local Ray in a child process (no --address): the first SIGINT during training ends
     the run with 130 and the resume line; --resume then finishes with nothing lost, nothing twice,
@@ -303,7 +304,7 @@ def test_first_ctrl_c_stops_the_run_and_resume_finishes_it(tmp_path):
     assert (out / "checkpoints" / done["trial_id"].iloc[0] / "best.pt").stat().st_mtime == mtime
 
 
-@pytest.mark.faults
+@pytest.mark.slow
 def test_no_ray_process_outlives_a_killed_run(tmp_path):
     """kill -9 of a local-mode run: Ray's agents would stay behind (reparented to init); the watchdog
     started with the private Ray removes every process of it within seconds."""
@@ -359,6 +360,7 @@ def test_an_address_that_does_not_answer_is_one_line_and_exit_2(tmp_path):
     assert not out.exists()                 # nothing written
 
 
+@pytest.mark.slow
 def test_local_mode_never_joins_a_ray_found_on_the_machine(tmp_path):
     """Someone's `ray start --head` (1 CPU) on the machine: a local run starts its own Ray (its trial
     needs 2 CPUs, which only a private Ray of this machine has). Then that Ray dies without cleaning
@@ -398,7 +400,7 @@ def test_local_mode_never_joins_a_ray_found_on_the_machine(tmp_path):
         kill_strangers()
 
 
-@pytest.mark.faults
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["kill -9 in evaluation", "ctrl-c in evaluation"])
 def test_fault_matrix_loses_nothing_and_duplicates_nothing(cluster, tmp_path, fault):
     """A small real sweep hit mid-evaluation (the training-time cases are the tests above): a second
@@ -442,7 +444,7 @@ def test_fault_matrix_loses_nothing_and_duplicates_nothing(cluster, tmp_path, fa
     assert set(ev["shards"].map(lambda s: len(json.loads(s)))) == {2}
 
 
-@pytest.mark.faults
+@pytest.mark.slow
 def test_a_node_removed_mid_sweep_has_its_trial_and_its_evaluation_rerun_elsewhere(tmp_path):
     """A cluster of three 2-CPU worker nodes (the head takes no work). The node running a trial is
     removed mid-training, then the node running an evaluation task is removed mid-evaluation: Tune
