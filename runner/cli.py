@@ -87,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list registered models with parameters and sizes")
     models.add_argument("--model", action="append", help="only this model (repeatable; default: every one)")
+    models.add_argument("--results", metavar="DIR", help="instead: the models a results folder evaluated, trained "
+                                                         "here or not (source, architecture, parameters, sha256)")
 
     data = sub.add_parser("data", help="data sets")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -151,7 +153,8 @@ def cmd_run(args) -> int:
     def announce(sweep) -> None:
         searched = spec.search.algorithm in ("optuna", "hyperopt")
         count = f"{spec.num_samples} trial(s) drawn by {spec.search.algorithm}" if searched else f"{len(spec.trial_configs())} trial(s)"
-        console.print(f"sweep [bold]{spec.name}[/bold]: {count} -> {sweep.out}")
+        models = f" and {len(spec.models)} model(s) robustgrid did not train" if spec.models else ""
+        console.print(f"sweep [bold]{spec.name}[/bold]: {count}{models} -> {sweep.out}")
 
     sweep = run_sweep(spec, raw, args.out, args.executor, args.address, args.resume, on_start=announce, on_done=_views)
     return _status(sweep)
@@ -274,6 +277,11 @@ def cmd_models(args) -> int:
 
     from ..models import QUANT, create_model, int8_share, model_names, quant_mode, quantize, shipped_bytes
     from .results import View, render
+    if args.results:
+        from .results.store import ResultStore, results_folder
+        from .results.views import folder_models_view
+        render([folder_models_view(ResultStore(results_folder(args.results)).read("trials"))], "rich", Console())
+        return 0
     modes = QUANT.names()
     # int8_static's scales come from calibration; their number (so the size) does not depend on the images
     calibration = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))

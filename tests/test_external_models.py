@@ -152,7 +152,7 @@ def test_a_graph_is_refused_a_quant_mode_it_cannot_take_and_probabilities_are_wa
     assert "its outputs are probabilities" in capsys.readouterr().err.replace("\n", " ")
 
 
-def test_a_sweep_file_evaluates_models_beside_its_trials_and_normalizes_for_them(trained, tmp_path):
+def test_a_sweep_file_evaluates_models_beside_its_trials_and_normalizes_for_them(trained, tmp_path, capsys):
     """`models:` beside `train:`: the trial and the outside model in one folder; `normalize` puts the model's
     expected normalization in front (a model folded with (x - 0.5) / 0.25 gives the checkpoint's verdicts)."""
     root, checkpoint, ev = trained
@@ -173,5 +173,9 @@ def test_a_sweep_file_evaluates_models_beside_its_trials_and_normalizes_for_them
     assert main(["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--executor", "inline"]) == 0
     both = robustgrid.load(tmp_path / "out").eval
     assert set(both["model_source"]) == {"trial", "file"}
+    capsys.readouterr()
+    assert main(["models", "--results", str(tmp_path / "out")]) == 0
+    listed = capsys.readouterr().out
+    assert "folded.pt2" in listed and "torch.export" in listed and "simple_cnn" in listed
     trial, outside = (both[both["model_source"] == s] for s in ("trial", "file"))
     assert _masks(outside) == _masks(trial) == _masks(ev)

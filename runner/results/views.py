@@ -157,6 +157,21 @@ def trials_views(trials: pd.DataFrame, ev: pd.DataFrame, axes: list[str], rank_b
     return views
 
 
+def folder_models_view(trials: pd.DataFrame) -> View:
+    """`robustgrid models --results DIR`: every model the folder holds, trained here or brought."""
+    rows = []
+    for r in trials.sort_values("trial_id").to_dict("records"):
+        source = r.get("model_source") if isinstance(r.get("model_source"), str) else "trial"
+        params = r.get("n_params")
+        arch = r.get("architecture")
+        rows.append([r["trial_id"], source, str(r.get("model")), arch if isinstance(arch, str) else str(r.get("model")),
+                     "-" if params is None or pd.isna(params) else f"{params / 1e6:.2f}",
+                     str(r.get("model_sha256"))[:8] if isinstance(r.get("model_sha256"), str) else "-"])
+    return View("models in this folder", ["trial", "source", "model", "architecture", "M params", "sha256"], rows,
+                [("source: trial (trained here), file (torch.export / TorchScript), robustbench (RobustBench's zoo), "
+                  "python (a module handed to robustgrid.evaluate); sha256 of a trial's checkpoint: its rows' model_sha256")])
+
+
 def lineage_rows(trials: pd.DataFrame) -> list[list[str]]:
     """One row per clone in each trial's lineage (trials.parquet's JSON column), its changed values as old→new."""
     rows = []
