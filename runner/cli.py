@@ -193,7 +193,8 @@ def cmd_eval(args) -> int:
     if not selected:
         raise SpecError(f"{root}: no trained checkpoints to evaluate")
     for trial in selected:
-        read_checkpoint(trial["checkpoint"])
+        if not sweep.is_external(trial):     # a brought model is checked as it loads (ExternalModelError, exit 2)
+            read_checkpoint(trial["checkpoint"])
     with FolderLock(root):
         sweep.store.set_aside_damaged()
         sweep.write_spec(current=False)     # runs/<run id>.yaml: the grid this eval ran; sweep.yaml stays

@@ -62,6 +62,9 @@ def test_an_exported_model_gives_the_checkpoints_verdicts_image_by_image(trained
     assert trials["n_params"].iloc[0] == sum(p.numel() for p in load_checkpoint(checkpoint).parameters())
     from robustgrid.files import file_sha256
     assert trials["model_sha256"].iloc[0] == file_sha256(path) == theirs["model_sha256"].iloc[0]
+    # the folder re-evaluates with a new grid, as a folder of trials does
+    assert main(["eval", str(out), "--executor", "inline", "--set", "evaluate.eps=[0, 2/255]"]) == 0
+    assert 2 / 255 in set(robustgrid.load(out).eval["eps"])
 
 
 def test_a_module_from_the_api_gives_the_checkpoints_verdicts_in_every_quant_mode(trained, tmp_path):
