@@ -112,7 +112,7 @@ def miniature(raw: dict, tmp_path) -> list[str]:
     if raw.get("num_samples", 1) > 1:
         o.append(f"num_samples={2 if (raw.get('search') or {}).get('algorithm') in ('optuna', 'hyperopt') else 1}")
     o += ["resources.cpus_per_trial=1", "resources.gpus_per_trial=0", "resources.eval_cpus=1", "resources.eval_gpus=0"]
-    n = 4 if raw.get("models") else 8      # a WRN-28-10's input gradient costs ~0.3 s an image on 2 cores
+    n = 4 if raw.get("models") else 8      # RobustBench's WRN-28-10s are the slowest models here
     o += [f"evaluate.n_images={n}", f"evaluate.batch_size={n}", "evaluate.examples=0"]
     if "attacks" in ev:
         o.append(f"evaluate.attacks={yaml.safe_dump([_shrunk_attack(a) for a in ev['attacks']], default_flow_style=True).strip()}")
