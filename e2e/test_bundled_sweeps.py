@@ -26,6 +26,8 @@ from robustgrid.runner.spec import load_spec
 # smaller sizes for the parameters an attack declares; every other parameter as the sweep sets it
 SHRINK = {"steps": 2, "queries": 16, "targets": 2, "restarts": 1, "eot_iter": 2}
 SMALL_MODELS = ("simple_cnn", "improved_cnn")
+# the smallest CIFAR-10 entries of RobustBench 1.1's zoo per threat model (PreActResNet-18s, 11.2 M parameters)
+SMALL_ROBUSTBENCH = {"Linf": "Wong2020Fast", "L2": "Rice2020Overfitting"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -81,10 +83,12 @@ def miniature(raw: dict, tmp_path) -> list[str]:
     """Overrides that shrink a sweep's sizes and keep its axes."""
     data, train, ev = raw.get("data", {}), raw.get("train", {}), raw.get("evaluate", {})
     o = ["data.val_size=32", "data.train_subset=null"]
-    if raw.get("models"):        # RobustBench's models: the first one's architecture, weights made here (two
-        # WRN-28-10s through the whole grid took 10 minutes here; the second takes no path the first does not)
-        folder = robustbench_folder(raw["models"][:1], tmp_path / "models")
-        models = [{**(m if isinstance(m, dict) else {"spec": m}), "model_dir": folder} for m in raw["models"][:1]]
+    if raw.get("models"):        # one RobustBench model of the sweep's threat model, its weights made here: the
+        # zoo's smallest (a PreActResNet-18; the sweep's WRN-28-10s took 269 s here for one, 10 minutes for two, and
+        # take no path through robustbench's loader or robustgrid's grid that it does not)
+        first = raw["models"][0] if isinstance(raw["models"][0], dict) else {"spec": raw["models"][0]}
+        small = {**first, "spec": "robustbench:" + SMALL_ROBUSTBENCH[first.get("threat_model", "Linf")]}
+        models = [{**small, "model_dir": robustbench_folder([small], tmp_path / "models")}]
         o.append(f"models={yaml.safe_dump(models, default_flow_style=True).strip()}")
     if data.get("dataset") == "imagefolder":
         o.append(f"data.path={image_folder(tmp_path / 'images')}")

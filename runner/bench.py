@@ -195,8 +195,34 @@ def bench_quant_modes(model, images: torch.Tensor, labels: torch.Tensor, calibra
         seconds, preds = _best_seconds(lambda: predict(q, images, dev, 500), min_total=2.0, max_reps=5)
         rows.append({"mode": mode, "device": str(dev), "img_per_s": len(images) / seconds,
                      "accuracy": (preds == labels).float().mean().item(), "mb": shipped_bytes(q) / 1e6,
-                     "int8_share": int8_share(model, q), "convert_s": convert_s})
+                     "int8_share": int8_share(model, q), "convert_s": convert_s,
+                     **_twin_agreement(model, q, mode, images, labels, dev)})
     return rows
+
+
+def _twin_agreement(model, quantized, mode: str, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                    eps: float = 8 / 255) -> dict:
+    """How often the fake-quant twin a white-box (STE) attacker differentiates predicts what the real int8 model
+    predicts: on the clean images, and on FGSM images made on the twin (the images of an STE cell, on the 8-bit
+    grid), where a twin that misleads the attacker would show; with each model's accuracy on the latter."""
+    from ..attacks.fgsm import fgsm
+    from ..models import fake_quant_twin
+    from ..pixels import from_levels, to_levels
+    from .evaluate.batching import predict
+    twin = fake_quant_twin(model.cpu(), quantized, mode)
+    if twin is None:
+        return {}
+    twin = twin.to(device)
+    with torch.enable_grad():
+        adv = torch.cat([from_levels(to_levels(fgsm(twin, images[i:i + 500].to(device), labels[i:i + 500].to(device),
+                                                      eps).cpu())) for i in range(0, len(images), 500)])
+    out = {}
+    for name, x in (("clean", images), ("fgsm", adv)):
+        real, fake = predict(quantized, x, device, 500), predict(twin, x, device, 500)
+        out[f"twin_agrees_{name}"] = (real == fake).float().mean().item()
+    out["fgsm_accuracy_real"] = (predict(quantized, adv, device, 500) == labels).float().mean().item()
+    out["fgsm_accuracy_twin"] = (predict(twin, adv, device, 500) == labels).float().mean().item()
+    return out
 
 
 def bench_training(device: torch.device, quick: bool, dataset: str | None = None, train_subset: int | None = None,
@@ -252,7 +278,8 @@ def run_quant_bench(json_path: str | None = None, device: str = "auto", images: 
         rows = bench_quant_modes(model.eval(), x, y, calibration, dev)
     _print_table(f"(d) quant modes: inference ({model_name}, batches of 500)", rows,
                  {"mode": "{}", "device": "{}", "img_per_s": "{:.0f}", "accuracy": "{:.4f}", "mb": "{:.2f}",
-                  "int8_share": "{:.2%}", "convert_s": "{:.1f}"})
+                  "int8_share": "{:.2%}", "convert_s": "{:.1f}", "twin_agrees_clean": "{:.4f}",
+                  "twin_agrees_fgsm": "{:.4f}", "fgsm_accuracy_real": "{:.4f}", "fgsm_accuracy_twin": "{:.4f}"})
     if json_path:
         _write_json(json_path, {"machine": machine(), "device": str(dev), "dataset": dataset, "quant_modes": rows})
     return 0
@@ -405,7 +432,7 @@ def _write_json(path: str, data: dict) -> None:
 def _print_table(title: str, rows: list[dict], columns: dict[str, str]) -> None:
     """The bench's tables as robustgrid's views: they fit the terminal without cutting a figure."""
     from .results import View, render
-    cells = [["-" if r[c] is None else fmt.format(r[c]) for c, fmt in columns.items()] for r in rows]
+    cells = [["-" if r.get(c) is None else fmt.format(r[c]) for c, fmt in columns.items()] for r in rows]
     render([View(title, [c.replace("_", " ") for c in columns], cells)], "rich", console)
 
 

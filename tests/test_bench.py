@@ -36,3 +36,17 @@ def test_bench_pipeline_counts_each_attack_pass_once(tiny_model, images):
     assert out["attack_passes"] == {"fp32": 1 + 1 + 3 + 2 * 2 * (1 + 1 + 3)}
     assert out["attack_pass_s"] > 0
     assert out["speedup_ceiling"] == out["reference_s"] / out["attack_pass_s"]
+
+
+def test_bench_quant_twin_agreement_is_measured_on_the_twins_own_fgsm_images(tiny_model, images):
+    """(d)'s twin columns: the STE twin against the real int8 model on clean and twin-made FGSM images; a mode
+    without a twin (fp32) has none. Run under no_grad, as the bench runs it (FGSM needs its own gradient)."""
+    from robustgrid.models import quantize
+    from robustgrid.runner.bench import _twin_agreement
+    labels = torch.arange(len(images)) % 10
+    with torch.no_grad():
+        assert _twin_agreement(tiny_model, tiny_model, "fp32", images, labels, torch.device("cpu")) == {}
+        q = quantize(tiny_model, "dynamic_int8")
+        out = _twin_agreement(tiny_model, q, "dynamic_int8", images, labels, torch.device("cpu"))
+    assert out["twin_agrees_clean"] >= 0.95 and 0 <= out["twin_agrees_fgsm"] <= 1
+    assert 0 <= out["fgsm_accuracy_real"] <= 1 and 0 <= out["fgsm_accuracy_twin"] <= 1
