@@ -94,6 +94,7 @@ def bench_pipeline(model, images, labels, device, grid: str = "quickstart", ev: 
             rows = run_cells(engine, cells, meta)
             t_engine = clock(device) - t0
         pass_s = sum(n * _seconds_per_pass_image(engine, source, images, labels) for source, n in passes.items())
+        flops = sum(n * _flops_per_pass_image(engine, source, images, labels) for source, n in passes.items())
 
     def cells_of(rs):
         return {(r["quant"], r["attack"], r["attack_params"], r["attack_source"], r["threat"], r["eps"], r["defense"]):
@@ -108,7 +109,9 @@ def bench_pipeline(model, images, labels, device, grid: str = "quickstart", ev: 
             "speedup": t_ref / t_engine, "all_cells_agree": ref == eng, "cells_differing": len(differing),
             "most_images_moved": moved, "differing": [[*k, r, e] for k, r, e in differing[:40]],
             "attack_passes": {s: n // len(images) for s, n in passes.items()}, "attack_pass_s": pass_s,
-            "speedup_ceiling": t_ref / pass_s if pass_s else float("inf")}
+            "speedup_ceiling": t_ref / pass_s if pass_s else float("inf"),
+            "attack_gflop": flops / 1e9, "engine_gflop_per_s": flops / 1e9 / t_engine,
+            "pass_gflop_per_s": flops / 1e9 / pass_s if pass_s else 0.0}
 
 
 @contextlib.contextmanager
@@ -139,6 +142,31 @@ def _seconds_per_pass_image(engine: Engine, source: str, images: torch.Tensor, l
         input_gradient(model, x, y)                                   # warm-up
         seconds, _ = _best_seconds(lambda: (input_gradient(model, x, y), clock(dev)))
     return seconds / n
+
+
+def _flops_per_pass_image(engine: Engine, source: str, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """FLOPs of one attack pass per image on `source`'s attacked model (its forward and the backward to the
+    input, weights frozen as attacks run them), counted by torch.utils.flop_counter on one engine batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..attacks import input_gradients_only
+    from .evaluate.batching import to_model
+    dev, n = engine.devices[source], min(len(images), engine.ev.batch_size)
+    x, y = to_model(images[:n], dev).requires_grad_(), labels[:n].to(dev)
+    # backward() rather than input_gradient's autograd.grad, which the counter's module hooks do not support
+    with input_gradients_only(engine.built.attacker(source)) as model, FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(x).float(), y).backward()
+    return counter.get_total_flops() / n
+
+
+def matmul_peak_gflops(device: torch.device, n: int = 2048) -> float:
+    """This machine's dense fp32 matmul rate (GFLOP/s, the fastest of repeats of an n x n x n product with
+    torch's threads): the roof the attack passes' achieved rate is read against."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    clock(device)
+    seconds, _ = _best_seconds(lambda: (torch.mm(a, b), clock(device)), min_total=1.0)
+    return 2 * n ** 3 / seconds / 1e9
 
 
 def _best_seconds(fn, min_total: float = 0.3, max_reps: int = 20) -> tuple[float, object]:
@@ -303,6 +331,12 @@ def run_bench(quick: bool = False, json_path: str | None = None, device: str = "
     console.print(f"attack passes per image: {pipe['attack_passes']} (forward + input gradient of the attacked "
                   f"model; the engine makes each once) take {pipe['attack_pass_s']:.1f} s alone: no engine beats "
                   f"{pipe['speedup_ceiling']:.1f}x the reference on this machine without making them cheaper")
+    peak = matmul_peak_gflops(dev)
+    pipe["matmul_peak_gflop_per_s"] = peak
+    console.print(f"roofline: the attack passes are {pipe['attack_gflop']:.1f} GFLOP (torch.utils.flop_counter); alone "
+                  f"they run at {pipe['pass_gflop_per_s']:.1f} GFLOP/s, the engine as a whole at "
+                  f"{pipe['engine_gflop_per_s']:.1f} GFLOP/s, against a dense fp32 matmul peak of {peak:.0f} GFLOP/s "
+                  f"here ({pipe['pass_gflop_per_s'] / peak:.1%} and {pipe['engine_gflop_per_s'] / peak:.1%} of it)")
     training = None
     if dev.type == "cuda":
         training = bench_training(dev, quick)

@@ -35,6 +35,20 @@ def test_bench_pipeline_counts_each_attack_pass_once(tiny_model, images):
     # fgsm: 1 oblivious + 1 through the blur + 3 EOT draws; pgd: 2 eps x 2 steps x (1 + 1 + 3)
     assert out["attack_passes"] == {"fp32": 1 + 1 + 3 + 2 * 2 * (1 + 1 + 3)}
     assert out["attack_pass_s"] > 0
+    # the roofline's FLOPs: each pass a forward and a backward to the input (weights frozen), counted once:
+    # twice each conv's and linear layer's multiply-adds (2 FLOPs each), read here from the layers' shapes
+    macs = []
+    def count(m, inp, out):
+        k = m.weight[0].numel()      # in_channels/groups x kernel area, or in_features
+        macs.append(out.numel() * k)
+    hooks = [m.register_forward_hook(count) for m in tiny_model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        tiny_model(images[:1])
+    for h in hooks:
+        h.remove()
+    per_image = 2 * 2 * sum(macs)
+    assert abs(out["attack_gflop"] * 1e9 - out["attack_passes"]["fp32"] * len(images) * per_image) < 1e3
+    assert out["pass_gflop_per_s"] > 0 and out["engine_gflop_per_s"] > 0
     assert out["speedup_ceiling"] == out["reference_s"] / out["attack_pass_s"]
 
 
