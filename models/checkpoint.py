@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..files import atomic_write
+from ..files import atomic_write, ensure_local
 from .registry import create_model
 
 
@@ -28,7 +28,7 @@ def save_checkpoint(path: str | os.PathLike, model_name: str, model_kwargs: dict
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
+    if not ensure_local(path):       # a working copy's checkpoint that a trial on another node wrote: from the store
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

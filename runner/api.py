@@ -75,9 +75,8 @@ class Results:
 
 
 def load(root: str | os.PathLike) -> Results:
-    from .spec import check_local_path
-    check_local_path(root, "results")
-    return Results(results_folder(Path(root).expanduser().resolve()))
+    """A results folder, or an s3:// URI (its tables fetched into a working copy)."""
+    return Results(results_folder(root))
 
 
 def run(sweep: str | os.PathLike | dict[str, Any], out: str | os.PathLike | None = None,

@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from .console import console
+from .results.location import shown
 from .results.render import FORMATS
 
 EXIT_BAD_INPUT = 2
@@ -154,7 +155,7 @@ def cmd_run(args) -> int:
         searched = spec.search.algorithm in ("optuna", "hyperopt")
         count = f"{spec.num_samples} trial(s) drawn by {spec.search.algorithm}" if searched else f"{len(spec.trial_configs())} trial(s)"
         models = f" and {len(spec.models)} model(s) robustgrid did not train" if spec.models else ""
-        console.print(f"sweep [bold]{spec.name}[/bold]: {count}{models} -> {sweep.out}")
+        console.print(f"sweep [bold]{spec.name}[/bold]: {count}{models} -> {shown(sweep.out)}")
 
     sweep = run_sweep(spec, raw, args.out, args.executor, args.address, args.resume, on_start=announce, on_done=_views)
     return _status(sweep)
@@ -169,7 +170,7 @@ def _status(sweep) -> int:
         console.print(f"[red]{len(failed)} trial(s) failed[/red]:", highlight=False)
         for r in failed.sort_values("trial_id").to_dict("records"):
             console.print(f"  {r['trial_id']}: {escape(str(r.get('error') or 'failed'))}", highlight=False, soft_wrap=True)
-        console.print(f"(also under the trials table of robustgrid show {sweep.out})", highlight=False)
+        console.print(f"(also under the trials table of robustgrid show {shown(sweep.out)})", highlight=False)
         return EXIT_TRIALS_FAILED
     return 0
 
@@ -181,9 +182,8 @@ def cmd_eval(args) -> int:
     from .spec import SpecError, load_spec
     if not args.results:
         raise SpecError("eval: name a results folder, or models to evaluate with --model SPEC")
-    from .spec import check_local_path
-    check_local_path(args.results, "results")
-    root = Path(args.results).resolve()
+    from .results.location import FOR_RUN, refresh, results_location
+    root = results_location(args.results, "results", skip=FOR_RUN)
     if not (root / "sweep.yaml").exists():
         raise SpecError(f"{root}: not a results folder (no sweep.yaml)")
     spec, raw = load_spec(root / "sweep.yaml", args.overrides)
@@ -196,6 +196,7 @@ def cmd_eval(args) -> int:
         if not sweep.is_external(trial):     # a brought model is checked as it loads (ExternalModelError, exit 2)
             read_checkpoint(trial["checkpoint"])
     with FolderLock(root):
+        refresh(root)
         sweep.store.set_aside_damaged()
         sweep.write_spec(current=False)     # runs/<run id>.yaml: the grid this eval ran; sweep.yaml stays
         if args.executor == "inline":
@@ -226,7 +227,7 @@ def _eval_models(args) -> int:
         console.print("quant: fp32 (a torch.export / TorchScript graph has no modules an int8 mode could convert)")
     spec = validate(raw, "eval --model")
     sweep = run_sweep(spec, raw, args.out, args.executor, args.address, on_done=_views,
-                      on_start=lambda s: console.print(f"evaluating {len(spec.models)} model(s) -> {s.out}"))
+                      on_start=lambda s: console.print(f"evaluating {len(spec.models)} model(s) -> {shown(s.out)}"))
     return 0 if sweep.external_models() else 1
 
 
@@ -234,7 +235,7 @@ def _views(root: Path) -> None:
     from .results import plot_all, show
     show(root)
     paths = plot_all(root)
-    console.print(f"results in {root} ({len(paths)} plots under plots/)")
+    console.print(f"results in {shown(root)} ({len(paths)} plots under plots/)")
 
 
 def cmd_report(args) -> int:
@@ -245,7 +246,7 @@ def cmd_report(args) -> int:
     root = results_folder(args.results)
     t0 = time.perf_counter()
     path = write_report(root, Path(args.output) if args.output else None)
-    console.print(f"report: {path} ({path.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - t0:.1f} s)", highlight=False)
+    console.print(f"report: {shown(path)} ({path.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - t0:.1f} s)", highlight=False)
     return 0
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import os
-import re
 import typing
 from fractions import Fraction
 from pathlib import Path
@@ -678,15 +676,6 @@ def _check_models(spec: SweepSpec) -> None:
                 raise SpecError(f"evaluate.quant: {', '.join(refused)} cannot apply to models[{i}] ({m.spec}): a "
                                 "torch.export or TorchScript file is a graph with no Linear / Conv2d modules to "
                                 "convert; use quant [fp32], or pass the nn.Module to robustgrid.evaluate(...)")
-
-
-def check_local_path(value: str | os.PathLike, key: str) -> None:
-    """A results folder is a local (or NFS-mounted) path: a URI such as s3://bucket/x was taken as a folder
-    named `s3:` in the current directory, the user believing the results were in the bucket."""
-    text = os.fspath(value)
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
-        raise SpecError(f"{key}: {text}: object storage ({text.split('://')[0]}://) is not supported yet: robustgrid "
-                        "reads and writes results in a folder on a local or shared (NFS) disk; give a path")
 
 
 def set_override(raw: dict, assignment: str) -> None:

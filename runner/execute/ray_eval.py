@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
+from ...files import mirrors
 from ...models import quant_mode, read_checkpoint
 from ..console import progress_bar
 from ..evaluate import evaluate_checkpoint, make_adversarials
@@ -64,18 +65,18 @@ def _submit_shard(task, done: set, k: int, weights, has_gpu: bool, r) -> list:
     on_device = {"num_cpus": r.eval_cpus, "num_gpus": r.eval_gpus if has_gpu else 0}
     shard_fn = ray.remote(run_shard_task)
     if not k:    # no int8 task of its own: every cell in one task, no hand-over
-        return [shard_fn.options(**on_device).remote(evaluate_checkpoint, task, done, weights=weights)]
+        return [shard_fn.options(**on_device).remote(evaluate_checkpoint, task, done, weights=weights, mirrors=mirrors())]
     cpu_quants = [q for q in ev.quant if quant_mode(q).cpu_only]
     dev_quants = [q for q in ev.quant if not quant_mode(q).cpu_only]
-    adv_ref = (ray.remote(run_task).options(**on_device).remote(make_adversarials, task, done, weights=weights)
+    adv_ref = (ray.remote(run_task).options(**on_device).remote(make_adversarials, task, done, weights=weights, mirrors=mirrors())
                if "fp32" in ev.sources else None)
     refs = [shard_fn.options(**on_device).remote(evaluate_checkpoint, task.with_grid(quant=dev_quants), done,
-                                                 adversarials=adv_ref, weights=weights)]
+                                                 adversarials=adv_ref, weights=weights, mirrors=mirrors())]
     for defenses in _split(ev.defenses, k):
         # int8 kernels are CPU kernels: these tasks reserve no GPU and are handed the CPU
         t = replace(task.with_grid(quant=cpu_quants, defenses=defenses, device="cpu"), examples_path=None)
         refs.append(shard_fn.options(num_cpus=r.eval_cpus, num_gpus=0).remote(
-            evaluate_checkpoint, t, done, adversarials=adv_ref, weights=weights))
+            evaluate_checkpoint, t, done, adversarials=adv_ref, weights=weights, mirrors=mirrors()))
     return refs
 
 

@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+from ...files import MIRRORS_ENV, adopt_mirrors
 from ..console import console
 from ..spec import SpecError
 from .sweep import Sweep
@@ -39,9 +40,11 @@ def device_for(setting: str, gpus: float) -> str:
     return "cpu" if setting == "auto" and gpus == 0 else setting
 
 
-def run_task(fn, *args, **kwargs):
-    """Body of every evaluation task: devices first, then the plain function."""
+def run_task(fn, *args, mirrors: dict[str, str] | None = None, **kwargs):
+    """Body of every evaluation task: devices first, the driver's store mirrors (what the task writes, examples,
+    goes to the store), then the plain function."""
     hide_unassigned_gpus()
+    adopt_mirrors(mirrors)
     return fn(*args, **kwargs)
 
 
@@ -69,6 +72,9 @@ def init_ray(address: str | None) -> None:
     # Workers given no GPU get CUDA_VISIBLE_DEVICES="" from Ray as well (hide_unassigned_gpus is the
     # guarantee; this makes Ray do it before our code runs, in this job's workers on any node).
     env = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
+    # Results on object storage: every node talks to the same store (its credentials are each node's own).
+    env.update({k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+                                           MIRRORS_ENV) if os.environ.get(k)})
     # Local mode is always a private Ray of this process ('local'), never one found on the machine:
     # ray.init() alone would join a stranger's (or a dead test cluster's) from Ray's current-cluster file.
     if address is None:
@@ -134,9 +140,10 @@ def check_cluster(sweep: Sweep, address: str | None) -> None:
         raise SpecError(f"resources.gpus_per_trial: a trial needs {r.gpus_per_trial * r.workers_per_trial:g} GPUs, "
                         f"the cluster has {gpus:g}")
     _check_cuda_requests(sweep, gpus)
-    if address and len(ray.nodes()) > 1 and not _looks_shared(sweep.out):
+    from ...files import store_of
+    if address and len(ray.nodes()) > 1 and store_of(sweep.out) is None and not _looks_shared(sweep.out):
         console.print(f"[yellow]warning: {sweep.out} does not look like shared storage; on a multi-node cluster "
-                      "every node must see the results folder (NFS or similar)[/yellow]")
+                      "every node must see the results folder (NFS or similar), or give --out s3://bucket/prefix[/yellow]")
 
 
 def _check_cuda_requests(sweep: Sweep, cluster_gpus: float) -> None:

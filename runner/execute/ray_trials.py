@@ -13,7 +13,8 @@ from typing import Any
 
 from ray.tune import Callback
 
-from ...files import atomic_write
+from ...files import adopt_mirrors, atomic_write, mirrors
+from ...objectstore import is_uri
 from ..console import console
 from ..provenance import PROVENANCE_KEYS
 from ..results import TRIAL_KEY
@@ -65,6 +66,7 @@ def tune_trainable(config: dict[str, Any]) -> None:
     from ray import tune
     trial = config["trial"]
     hide_unassigned_gpus()
+    adopt_mirrors(trial.get("mirrors"))      # its checkpoints go to the store (a Ray started before the run)
     from ..train import train
     cfg = dict(trial["config"])
     cfg["threads"] = cfg.get("threads") or max(1, int(trial.get("cpus", 1)))
@@ -85,7 +87,7 @@ def ddp_trainable(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
     scaling = ray.train.ScalingConfig(num_workers=trial["workers"], use_gpu=trial["gpus"] > 0,
                                       resources_per_worker={"CPU": trial["cpus"], **({"GPU": trial["gpus"]} if trial["gpus"] else {})})
-    storage = str(Path(trial["config"]["out_dir"]) / "ray_train")
+    storage = _tune_storage(Path(trial["config"]["out_dir"]) / "ray_train")
     trainer = TorchTrainer(_ddp_worker, train_loop_config=trial, scaling_config=scaling,
                            run_config=ray.train.RunConfig(name=trial["trial_id"], storage_path=storage,
                                                           callbacks=[TuneReportCallback()]))
@@ -95,6 +97,7 @@ def ddp_trainable(config: dict[str, Any]) -> None:
 def _ddp_worker(trial: dict[str, Any]) -> None:
     import ray.train
     hide_unassigned_gpus()
+    adopt_mirrors(trial.get("mirrors"))
     from ..train import train
     cfg = {**trial["config"], "threads": max(1, int(trial["cpus"]))}
     out_dir = Path(cfg["out_dir"])
@@ -119,13 +122,15 @@ def train_ray(sweep: Sweep, resume: bool) -> None:
             console.print(f"[dim]{t['trial_id']}: already trained, skipped[/dim]")
         else:
             config = {**t["config"], "device": device_for(t["config"]["device"], res["gpu"])}
-            todo.append(dict(t, config=config, cpus=res["cpu"], gpus=res["gpu"], workers=r.workers_per_trial))
+            todo.append(dict(t, config=config, cpus=res["cpu"], gpus=res["gpu"], workers=r.workers_per_trial,
+                             mirrors=mirrors()))
     storage = sweep.out / "ray"
+    tune_storage = _tune_storage(storage)
     # A synchronous PBT restored by Tune mid-run was seen to stall (trials left pending, nothing training): PBT
     # resumes as a new population of the unfinished trials, each from its own last.pt (weights, optimizer state
     # with the mutated values, lineage); finished trials are kept and no longer cloned from.
     pbt = sweep.spec.scheduler.type == "pbt"
-    restore = _restorable(storage) if resume and not pbt else None
+    restore = _restorable(tune_storage) if resume and not pbt else None
     searched = sweep.spec.search.algorithm in ("optuna", "hyperopt")
     if not todo and restore is None and not searched:
         return
@@ -139,13 +144,14 @@ def train_ray(sweep: Sweep, resume: bool) -> None:
         trainable = tune.with_resources(tune_trainable, res)
     live = LiveTrials(sweep.spec.name)
     if restore is not None:
-        console.print(f"resuming Tune experiment {restore.name}")
-        tuner = tune.Tuner.restore(str(restore), trainable, resume_unfinished=True, resume_errored=True)
+        console.print(f"resuming Tune experiment {restore.rsplit('/', 1)[-1]}")
+        tuner = tune.Tuner.restore(restore, trainable, resume_unfinished=True, resume_errored=True)
     else:
         search = sweep.spec.search
         metric = {"val_accuracy": "best_val_accuracy", "robust_val_accuracy": "best_robust_val_accuracy"}
         if searched:
-            param_space = {"values": searched_space(sweep), "run": {"cpus": res["cpu"], "gpus": res["gpu"], "workers": 1}}
+            param_space = {"values": searched_space(sweep),
+                           "run": {"cpus": res["cpu"], "gpus": res["gpu"], "workers": 1, "mirrors": mirrors()}}
             tune_config = {"search_alg": _searcher(sweep, [metric[m] for m in search.metrics]),
                            "num_samples": sweep.spec.num_samples}
             if len(search.metrics) == 1:
@@ -163,7 +169,7 @@ def train_ray(sweep: Sweep, resume: bool) -> None:
                                         scheduler=_scheduler(sweep), trial_dirname_creator=_dirname,
                                         reuse_actors=True, **tune_config),  # reuse: no process start, no torch import
             run_config=tune.RunConfig(
-                name=EXPERIMENT_PREFIX + sweep.run_id, storage_path=str(storage), verbose=0,
+                name=EXPERIMENT_PREFIX + sweep.run_id, storage_path=tune_storage, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=r.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=_checkpoints_kept(sweep)),
                 callbacks=[RecordTrials(sweep, live)]),
@@ -316,10 +322,23 @@ def _checkpoints_kept(sweep: Sweep) -> int | None:
     return None if sweep.spec.scheduler.type == "pbt" else 1
 
 
-def _restorable(storage: Path) -> Path | None:
+def _tune_storage(folder: Path) -> str:
+    """Where Tune keeps an experiment: in the store itself where the results folder is a working copy (a trial on
+    a node without the driver's disk restores from there), else the folder."""
+    from ..results.location import store_uri
+    return store_uri(folder) or str(folder)
+
+
+def _restorable(storage: str) -> str | None:
+    """The newest experiment under `storage` (a folder or a store URI) Tune can restore: names sort by time
+    (train-<run id>, run ids begin with the date)."""
+    import pyarrow.fs as pafs
     from ray import tune
-    candidates = sorted(storage.glob(EXPERIMENT_PREFIX + "*"), key=lambda p: p.stat().st_mtime, reverse=True)
-    return next((p for p in candidates if tune.Tuner.can_restore(str(p))), None)
+    fs, base = pafs.FileSystem.from_uri(storage) if is_uri(storage) else (pafs.LocalFileSystem(), storage)
+    found = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    names = sorted((i.base_name for i in found if i.type == pafs.FileType.Directory
+                    and i.base_name.startswith(EXPERIMENT_PREFIX)), reverse=True)
+    return next((f"{storage}/{n}" for n in names if tune.Tuner.can_restore(f"{storage}/{n}")), None)
 
 
 def record_result(sweep: Sweep, trial: dict, metrics: dict | None, error: str | None) -> None:

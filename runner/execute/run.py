@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from ..results.location import refresh
 from ..spec import SweepSpec
 from .lock import FolderLock, check_out
 from .sweep import Sweep, resolve_out
@@ -37,6 +38,7 @@ def run_sweep(spec: SweepSpec, raw: dict, out: str | os.PathLike | None = None, 
         init_ray(address)
         check_cluster(sweep, address)
     with FolderLock(sweep.out):
+        refresh(sweep.out)
         sweep.store.set_aside_damaged()
         sweep.write_spec()
         record_external_models(sweep, outside)

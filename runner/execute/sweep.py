@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ...files import atomic_write, file_sha256
+from ...files import atomic_write, ensure_local, file_sha256
 from ..data import load_test_split
 from ..evaluate import EvalTask, plan_cells
 from ..provenance import images_digest
@@ -111,7 +111,7 @@ class Sweep:
         df = self.store.read("trials")
         df = df[(df["status"] == "ok") & ~self._external_mask(df)]
         df = df.assign(checkpoint=[str(self.locate_checkpoint(r)) for r in df.to_dict("records")])
-        return df[df["checkpoint"].map(lambda p: Path(p).exists())]
+        return df[df["checkpoint"].map(ensure_local)]      # fetched from the store where a trial elsewhere wrote it
 
     def locate_checkpoint(self, row: dict) -> Path:
         """Checkpoints are stored relative to the results folder, so a moved or copied folder works;
@@ -245,7 +245,6 @@ def _cached_sha256(path: str, mtime_ns: int, size: int) -> str:
 
 
 def resolve_out(spec: SweepSpec, out: str | os.PathLike | None) -> Path:
-    if out is not None:
-        from ..spec import check_local_path
-        check_local_path(out, "--out")
-    return (Path(out) if out else Path("results") / spec.name).expanduser().resolve()
+    """The results folder: --out (an s3:// URI's working copy, pulled from the store), or results/<sweep name>."""
+    from ..results.location import FOR_RUN, results_location
+    return results_location(out if out is not None else Path("results") / spec.name, "--out", skip=FOR_RUN)

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ...files import atomic_write
+from ...files import atomic_write, replace
 from ..console import console
 
 # Provenance (runner/provenance.py): which code and libraries made a row, and which images it saw.
@@ -132,13 +132,13 @@ def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
 
 
 def results_folder(root: str | Path) -> Path:
-    """The folder as a Path, or a SpecError (exit 2) where it is not a results folder."""
-    from ..spec import SpecError, check_local_path
-    check_local_path(root, "results")
-    root = Path(root)
-    if not (root / "trials.parquet").exists():
+    """The folder (an s3:// URI's working copy, pulled), or a SpecError (exit 2) where it is not a results folder."""
+    from ..spec import SpecError
+    from .location import results_location
+    folder = results_location(root, "results")
+    if not (folder / "trials.parquet").exists():
         raise SpecError(f"{root}: not a results folder (no trials.parquet)")
-    return root
+    return folder
 
 
 class DamagedTable(ValueError):
@@ -193,7 +193,7 @@ class ResultStore:
                 pq.read_metadata(part)
             except (pa.ArrowException, OSError):
                 target = part.with_name(f".damaged-{part.name}")
-                os.replace(part, target)
+                replace(part, target)        # in the store too, where this is a working copy
                 moved.append(target)
                 console.print(f"[yellow]warning: {part.name} is unreadable; set aside as {target.name}, its cells "
                               "are computed again[/yellow]", highlight=False, soft_wrap=True)
