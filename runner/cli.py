@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="data sets")
     dsub = data.add_subparsers(dest="data_command", required=True)
     fetch = dsub.add_parser("fetch", help="download a data set into the data root")
-    fetch.add_argument("name", choices=["cifar10"])
+    fetch.add_argument("name", help="a data set with files to fetch: cifar10, cifar100, svhn")
     fetch.add_argument("--root", help="data root (default $ROBUSTGRID_DATA or ~/.cache/robustgrid)")
 
     bench = sub.add_parser("bench", help="measure the engine against the reference pipeline")
@@ -329,10 +329,14 @@ def cmd_sweeps(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .data import fetch_cifar10, resolve_root
+    from .data import DATASETS, fetch_data, resolve_root
+    from .spec import DataSpec, SpecError
+    fetchable = [n for n in DATASETS.names() if DATASETS.get(n).obj.fetch is not None]
+    if args.name not in fetchable:
+        raise SpecError(f"data fetch {args.name}: not a data set with files to fetch; known: {', '.join(fetchable)}")
     root = resolve_root(args.root)
-    fetch_cifar10(root, progress=lambda msg: console.print(f"[cyan]{msg}[/cyan]"))
-    console.print(f"cifar10 ready in {root}")
+    fetch_data(DataSpec(dataset=args.name, root=str(root)), progress=lambda msg: console.print(f"[cyan]{msg}[/cyan]"))
+    console.print(f"{args.name} ready in {root}")
     return 0
 
 

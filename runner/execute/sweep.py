@@ -29,7 +29,8 @@ from .shard_ledger import ShardLedger
 IGNORED_IN_TRIAL_ID = ("out_dir", "threads")
 # Keys added after trial ids existed enter the id only when set: every earlier trial keeps its id (its folder
 # resumes, its checkpoints are reused) and a trial that sets one is another trial.
-ADDED_LATER = {"depth": None, "widen_factor": None, "adversarial": "none", "lr_schedule": "plateau"}
+ADDED_LATER = {"depth": None, "widen_factor": None, "adversarial": "none", "lr_schedule": "plateau",
+               "coarse_labels": False, "svhn_extra": False}
 ADVERSARIAL_KEYS = ("adv_eps", "adv_alpha", "adv_steps", "trades_beta", "robust_val_images")   # only with a method
 
 
