@@ -1,7 +1,7 @@
 """The runner, one room per step of the flow; nothing imports a step that comes after it.
 
     spec, device, distributed, provenance, console   the sweep spec and what every step shares
-    data/       sources (cifar10, imagefolder, synthetic), download, batches
+    data/       catalog (the dataset registry, a file per data set), fetch, sources (splits), batches
     train.py    one training trial, DDP-ready
     evaluate/   plan, engine, rows, reference pipeline, examples, tasks
     results/    Parquet store, views (rich, markdown, CSV, JSON), plots
