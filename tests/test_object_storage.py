@@ -201,6 +201,8 @@ def test_a_sweep_through_ray_keeps_everything_in_the_store(s3, tmp_path, capsys)
     stored = keys(s3, "runs/ray")
     assert sum(k.startswith("checkpoints/") and k.endswith("/best.pt") for k in stored) == 2
     assert any(k.startswith("ray/train-") for k in stored), "Tune's experiment is in the store"
+    from robustgrid.runner.execute.ray_trials import _restorable
+    assert _restorable(f"{uri}/ray").startswith(f"{uri}/ray/train-"), "--resume finds it there"
     assert {"trials.parquet", "epochs.parquet", "sweep.yaml"} <= set(stored)
     assert any(k.startswith("examples/") for k in stored) and any(k.startswith("plots/") for k in stored)
     shutil.rmtree(working_copy(uri))

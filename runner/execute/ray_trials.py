@@ -82,6 +82,7 @@ def tune_trainable(config: dict[str, Any]) -> None:
 def ddp_trainable(config: dict[str, Any]) -> None:
     """A Tune trial that trains data-parallel on N Ray Train workers (TorchTrainer)."""
     trial = config["trial"]
+    adopt_mirrors(trial.get("mirrors"))      # Ray Train's storage in the store too, where there is one
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
