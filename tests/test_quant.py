@@ -18,7 +18,7 @@ def setting():
     """A briefly trained simple_cnn (confident enough that int8 rounding matters at the margin) and
     500 natural-ish test images; 200 calibration images from the same distribution."""
     from robustgrid.models import create_model
-    from robustgrid.runner.data.sources import make_synthetic
+    from robustgrid.runner.data import make_synthetic
     torch.manual_seed(0)
     x, y = make_synthetic(1200, 10, seed=3)
     x = x.float() / 255
