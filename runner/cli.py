@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="data sets")
     dsub = data.add_subparsers(dest="data_command", required=True)
     fetch = dsub.add_parser("fetch", help="download a data set into the data root")
-    fetch.add_argument("name", help="a data set with files to fetch: cifar10, cifar100, svhn")
+    fetch.add_argument("name", help="a data set with files to fetch: cifar10, cifar100, svhn, cifar10c (CIFAR-10-C)")
     fetch.add_argument("--root", help="data root (default $ROBUSTGRID_DATA or ~/.cache/robustgrid)")
 
     bench = sub.add_parser("bench", help="measure the engine against the reference pipeline")
@@ -331,11 +331,16 @@ def cmd_sweeps(args) -> int:
 def cmd_data(args) -> int:
     from .data import DATASETS, fetch_data, resolve_root
     from .spec import DataSpec, SpecError
-    fetchable = [n for n in DATASETS.names() if DATASETS.get(n).obj.fetch is not None]
+    fetchable = [n for n in DATASETS.names() if DATASETS.get(n).obj.fetch is not None] + ["cifar10c"]
     if args.name not in fetchable:
         raise SpecError(f"data fetch {args.name}: not a data set with files to fetch; known: {', '.join(fetchable)}")
     root = resolve_root(args.root)
-    fetch_data(DataSpec(dataset=args.name, root=str(root)), progress=lambda msg: console.print(f"[cyan]{msg}[/cyan]"))
+    say = lambda msg: console.print(f"[cyan]{msg}[/cyan]")
+    if args.name == "cifar10c":       # an evaluation set (evaluate.corruptions), not one to train on
+        from .data.cifar10c import fetch_cifar10c
+        fetch_cifar10c(root, say)
+    else:
+        fetch_data(DataSpec(dataset=args.name, root=str(root)), progress=say)
     console.print(f"{args.name} ready in {root}")
     return 0
 

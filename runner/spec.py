@@ -344,6 +344,34 @@ class AttackChoice(Strict):
         return norm_of(self.params)
 
 
+class Corruptions(Strict):
+    """CIFAR-10-C (Hendrycks & Dietterich 2019): the test images under common corruptions, each at severities 1-5."""
+    names: list[str] | Literal["all"] = "all"     # all: the 15 RobustBench reports
+    severities: list[int] = [1, 2, 3, 4, 5]
+
+    @field_validator("names")
+    @classmethod
+    def _known(cls, v):
+        from .data.cifar10c import CORRUPTIONS  # the names live with the data set's reader
+        if v == "all":
+            return v
+        if not v:
+            raise ValueError("name at least one corruption, or all")
+        return _all_known(v, list(CORRUPTIONS), "corruption")
+
+    @field_validator("severities")
+    @classmethod
+    def _levels(cls, v):
+        if not v or any(not 1 <= s <= 5 for s in v) or len(set(v)) != len(v):
+            raise ValueError(f"distinct severities in 1..5, got {v}")
+        return sorted(v)
+
+    def settings(self) -> list[tuple[str, int]]:
+        from .data.cifar10c import CORRUPTIONS
+        names = list(CORRUPTIONS) if self.names == "all" else self.names
+        return [(name, s) for name in names for s in self.severities]
+
+
 class EvaluateSpec(Strict):
     select: Literal["all", "best", "top_k"] = "all"
     # what `best` / `top_k` rank trials by: clean validation accuracy, or robust validation accuracy (PGD-10
@@ -370,6 +398,8 @@ class EvaluateSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     examples: int = Field(4, ge=0)            # images in the example panel plot
+    # CIFAR-10-C: clean cells (every defense and quant mode) on the corrupted test images, beside the attack axis
+    corruptions: Corruptions | None = None
 
     @field_validator("attacks", "eps", "sources", "defenses", "quant")
     @classmethod
@@ -716,8 +746,15 @@ def validate(raw: Any, source: str = "sweep") -> SweepSpec:
     _check_pbt(spec)
     _check_paths(spec)
     _check_n_images(spec)
+    _check_corruptions(spec)
     _check_models(spec)
     return spec
+
+
+def _check_corruptions(spec: SweepSpec) -> None:
+    if spec.evaluate.corruptions is not None and spec.data.dataset != "cifar10":
+        raise SpecError(f"evaluate.corruptions: CIFAR-10-C corrupts CIFAR-10's test images; data.dataset is "
+                        f"{spec.data.dataset}")
 
 
 def _check_n_images(spec: SweepSpec) -> None:

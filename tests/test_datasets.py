@@ -149,3 +149,94 @@ def test_a_cifar100_sweep_on_the_stand_in_trains_100_way_and_evaluates(host, tmp
     assert trial["status"] == "ok" and trial["dataset"] == "cifar100"
     assert read_checkpoint(tmp_path / "out" / trial["checkpoint"])["model_kwargs"]["num_classes"] == 100
     assert len(res.eval) == 2 and set(res.eval["dataset"]) == {"cifar100"} and (res.eval["n"] == 20).all()
+
+
+def cifar10_stand_in(root, n_train: int = 60, n_test: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10's python batches, small: five training batches and the test batch (images a learnable colour per class)."""
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    g = np.random.default_rng(3)
+    palette = g.integers(30, 226, (10, 3))
+
+    def batch(n, seed):
+        labels = np.arange(n) % 10
+        hwc = np.clip(palette[labels][:, None, None, :] + np.random.default_rng(seed).normal(0, 25, (n, 32, 32, 3)), 0, 255)
+        return hwc.astype(np.uint8), labels
+    for i in range(1, 6):
+        x, y = batch(n_train, i)
+        with open(d / f"data_batch_{i}", "wb") as f:
+            pickle.dump({"data": x.transpose(0, 3, 1, 2).reshape(n_train, -1), "labels": y.tolist()}, f)
+    x, y = batch(n_test, 0)
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump({"data": x.transpose(0, 3, 1, 2).reshape(n_test, -1), "labels": y.tolist()}, f)
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    return x, y
+
+
+def cifar10c_archive(test_x: np.ndarray, test_y: np.ndarray) -> bytes:
+    """CIFAR-10-C.tar's layout: CIFAR-10-C/<corruption>.npy (5 x N, 32, 32, 3) uint8, severity 1 first, and
+    labels.npy; each corruption here a noise growing with the severity."""
+    from robustgrid.runner.data.cifar10c import CORRUPTIONS
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        def add(name, arr):
+            b = io.BytesIO()
+            np.save(b, arr)
+            info = tarfile.TarInfo(f"CIFAR-10-C/{name}")
+            info.size = b.tell()
+            b.seek(0)
+            tar.addfile(info, b)
+        for k, name in enumerate(CORRUPTIONS):
+            g = np.random.default_rng(k)
+            add(f"{name}.npy", np.concatenate([np.clip(test_x + g.normal(0, 30 * s, test_x.shape), 0, 255).astype(np.uint8)
+                                               for s in range(1, 6)]))
+        add("labels.npy", np.tile(test_y, 5).astype(np.uint8))
+    return buf.getvalue()
+
+
+def test_cifar10c_cells_are_the_models_accuracy_on_the_corrupted_images_and_run_once(host, tmp_path, monkeypatch):
+    """evaluate.corruptions: CIFAR-10-C fetched from its record (the md5 the record publishes), cells per corruption,
+    severity, defense and quant mode, in shards; each `none` cell equals the model's accuracy on those images computed
+    here directly; show prints RobustBench's mean; a second run computes nothing again."""
+    import json
+
+    import robustgrid
+    from robustgrid.models import load_checkpoint
+    from robustgrid.runner.data import cifar10c
+    from robustgrid.runner.data.batches import to_float
+    folder, url = host
+    test_x, test_y = cifar10_stand_in(tmp_path / "data")
+    blob = cifar10c_archive(test_x, test_y)
+    (folder / "CIFAR-10-C.tar").write_bytes(blob)
+    (folder / "record.json").write_text(json.dumps({"files": [
+        {"key": "CIFAR-10-C.tar", "checksum": f"md5:{_md5(blob)}", "links": {"self": f"{url}/CIFAR-10-C.tar"}}]}))
+    monkeypatch.setattr(cifar10c, "RECORD", f"{url}/record.json")
+    sweep = {"name": "c10c", "data": {"dataset": "cifar10", "root": str(tmp_path / "data"), "val_size": 30},
+             "train": {"model": "simple_cnn", "epochs": 1, "batch_size": 64},
+             "evaluate": {"n_images": 40, "shard_images": 20, "eps": [0], "attacks": ["fgsm"], "quant": ["fp32"],
+                          "defenses": ["none", "median"], "examples": 0,
+                          "corruptions": {"names": ["gaussian_noise", "fog"], "severities": [1, 5]}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    res = robustgrid.run(str(tmp_path / "s.yaml"), out=tmp_path / "out", executor="inline")
+    ev = res.eval
+    corrupted = ev[ev["corruption"] != "none"]
+    assert len(ev) == 2 + 2 * 2 * 2 and len(corrupted) == 8 and not ev.duplicated(
+        ["trial_id", "defense", "corruption", "severity"]).any()
+    model = load_checkpoint(tmp_path / "out" / res.trials.iloc[0]["checkpoint"])
+    for (name, severity), row in corrupted[corrupted["defense"] == "none"].set_index(["corruption", "severity"]).iterrows():
+        x, y = cifar10c.load_corrupted(tmp_path / "data", name, severity, 40)
+        with torch.no_grad():
+            right = int((model(to_float(x)).argmax(1) == y).sum())
+        assert row["correct"] == right and row["n"] == 40, (name, severity)
+        assert row["data_digest"] != ev[ev["corruption"] == "none"]["data_digest"].iloc[0]
+        assert json.loads(row["shards"]) and len(json.loads(row["shards"])) == 2
+    severe = corrupted.set_index(["corruption", "severity", "defense"])["accuracy"]
+    assert severe[("gaussian_noise", 5, "none")] <= severe[("gaussian_noise", 1, "none")]
+    table = res.table("markdown")
+    assert "common corruptions (CIFAR-10-C)" in table and "CIFAR-10-C accuracy %" in table
+    mean = corrupted[corrupted["defense"] == "none"]["accuracy"].mean()
+    assert f"{100 * mean:.1f}" in table
+    parts = len(list((tmp_path / "out" / "eval").glob("part-*")))
+    again = robustgrid.run(str(tmp_path / "s.yaml"), out=tmp_path / "out", executor="inline")
+    assert len(list((tmp_path / "out" / "eval").glob("part-*"))) == parts and len(again.eval) == len(ev)

@@ -22,11 +22,14 @@ class Cell:
     attack_params: str = "{}"   # canonical JSON of the attack's full parameters (+ the gradient, adaptive)
     threat: str = "oblivious"   # oblivious: the attacker differentiates the model; adaptive: model o defense
     quant_params: str = "{}"    # canonical JSON of what made the quantized model (int8_static: calibration_images)
+    corruption: str = "none"    # CIFAR-10-C: the test images under this corruption (none: the test images)
+    severity: int = 0           # ... at this severity (1-5; 0 with none)
 
     def key(self, trial_id: str, n: int, seed: int) -> tuple:
         """The cell's identity in the eval table (EVAL_KEY's order): never computed or written twice."""
         return (trial_id, self.quant, self.quant_params, self.attack, self.attack_params, self.attack_source,
-                self.threat, round(self.eps, 10), self.defense, self.defense_params, n, seed)
+                self.threat, round(self.eps, 10), self.defense, self.defense_params, n, seed, self.corruption,
+                self.severity)
 
     @property
     def source_model(self) -> str:
@@ -113,7 +116,19 @@ def plan_cells(ev: EvaluateSpec) -> list[Cell]:
                             cells.append(Cell(quant, attack.name, source, float(eps), name,
                                               defense_params_json(name, params, ev.defense_draws), a_params, threat,
                                               quant_params_json(ev, quant)))
-    return cells
+    return cells + corruption_cells(ev)
+
+
+def corruption_cells(ev: EvaluateSpec) -> list[Cell]:
+    """CIFAR-10-C: every quant mode under every defense, unattacked, on the corrupted images of each corruption and
+    severity (labelled with the grid's first attack at eps 0, as a clean cell of the grid is)."""
+    if ev.corruptions is None:
+        return []
+    attack = ev.attacks[0]
+    return [Cell(quant, attack.name, "self", 0.0, name, defense_params_json(name, params, ev.defense_draws),
+                 attack.params_json, "oblivious", quant_params_json(ev, quant), corruption, severity)
+            for corruption, severity in ev.corruptions.settings() for quant in ev.quant
+            for name, params in ev.defenses.items()]
 
 
 def eot_samples(ev: EvaluateSpec, attack) -> int:

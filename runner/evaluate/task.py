@@ -123,9 +123,6 @@ def evaluate_checkpoint(task: EvalTask, done: Iterable[tuple] = (),
     if not p.cells:
         return []
     ev = task.evaluate
-    engine = _engine(task, ev, p, weights)
-    if adversarials:
-        engine.import_adversarials(adversarials)
     where = {"cell_n": p.n, "shard_start": p.shard[0], "shard_stop": p.shard[1]}
 
     def stamped(rows: list[dict]) -> None:
@@ -133,11 +130,39 @@ def evaluate_checkpoint(task: EvalTask, done: Iterable[tuple] = (),
             r.update(where)
         if on_rows:
             on_rows(rows)
-    rows = run_cells(engine, p.cells, task.meta, stamped, progress)
-    if task.examples_path and ev.examples and "fp32" in engine.models:
-        with ieee_fp32():
-            save_examples(engine, ev, p.classes, Path(task.examples_path))
+    rows = []
+    test_cells = [c for c in p.cells if c.corruption == "none"]
+    if test_cells:
+        engine = _engine(task, ev, p, weights)
+        if adversarials:
+            engine.import_adversarials(adversarials)
+        rows += run_cells(engine, test_cells, task.meta, stamped, progress)
+        if task.examples_path and ev.examples and "fp32" in engine.models:
+            with ieee_fp32():
+                save_examples(engine, ev, p.classes, Path(task.examples_path))
+    for (corruption, severity), cells in _by_corruption(p.cells).items():
+        # the same images of the set, corrupted: an engine of their own (the clean cells' images are theirs)
+        corrupted = replace(p, **_corrupted_images(task.data, corruption, severity, p.n, p.shard), cells=cells)
+        rows += run_cells(_engine(task, ev, corrupted, weights), cells, task.meta, stamped, progress)
     return rows
+
+
+def _by_corruption(cells: list[Cell]) -> dict[tuple[str, int], list[Cell]]:
+    groups: dict[tuple[str, int], list[Cell]] = {}
+    for c in cells:
+        if c.corruption != "none":
+            groups.setdefault((c.corruption, c.severity), []).append(c)
+    return groups
+
+
+def _corrupted_images(data: DataSpec, corruption: str, severity: int, n: int, shard: tuple[int, int]) -> dict:
+    """The first n test images under a CIFAR-10-C corruption: this shard's, and the digest of all n (what the
+    cell's rows record as the images they were judged on)."""
+    from ..data import resolve_root
+    from ..data.cifar10c import load_corrupted
+    x, y = load_corrupted(resolve_root(data.root), corruption, severity, n)
+    a, b = shard
+    return {"images": to_float(x[a:b]), "labels": y[a:b], "data_digest": images_digest(x, y)}
 
 
 def make_adversarials(task: EvalTask, done: Iterable[tuple] = (), weights: dict | None = None) -> dict[tuple, torch.Tensor]:

@@ -79,7 +79,14 @@ class Sweep:
         """The data set, fetched once by the driver before any trial starts (saying what, from where)."""
         from ..console import console
         from ..data import fetch_data
-        fetch_data(self.data(), progress=lambda msg: console.print(f"[cyan]{msg}[/cyan]", highlight=False))
+        say = lambda msg: console.print(f"[cyan]{msg}[/cyan]", highlight=False)
+        fetch_data(self.data(), progress=say)
+        if self.spec.evaluate.corruptions is not None:
+            from ..data import resolve_root
+            from ..data.cifar10c import fetch_cifar10c, present
+            root = resolve_root(self.data().root)
+            if not present(root):
+                fetch_cifar10c(root, say)
 
     def write_spec(self, current: bool = True) -> None:
         """Keep this run's resolved sweep as runs/<run id>.yaml (every run and eval of a folder is remembered);

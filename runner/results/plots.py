@@ -9,14 +9,14 @@ import pandas as pd
 from ...files import atomic_write
 from ..evaluate.plan import through_twin
 from .store import ResultStore
-from .views import NORM_LABELS, eps_label, grid_axes, pareto_front, search_metric, searched_keys
+from .views import NORM_LABELS, eps_label, grid_axes, pareto_front, search_metric, searched_keys, split_corruptions
 
 
 def plot_all(root: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     store = ResultStore(root)
-    ev = store.read_eval()
+    ev = split_corruptions(store.read_eval())[0]      # the plots draw the test images' cells
     out = []
     plots = Path(root) / "plots"
     plots.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,8 @@ from rich.console import Console
 from .render import render
 from .robustness import masking_flags, worst_case
 from .store import ResultStore
-from .views import View, eps_label, flags_view, grid_axes, pivot_views, provenance_view, search_metric, trials_views
+from .views import (View, corruption_views, eps_label, flags_view, grid_axes, pivot_views, provenance_view, search_metric,
+                    split_corruptions, trials_views)
 
 
 # show's filters: option -> eval column (eps compares as a number, n as an integer)
@@ -42,16 +43,20 @@ def filter_cells(ev, **filters):
 def views_of(root: Path, quant: list[str] | None = None, defense: list[str] | None = None,
              trial: list[str] | None = None, **filters) -> list[View]:
     store = ResultStore(root)
-    trials, ev = store.read("trials"), store.read_eval()
+    trials, (ev, corrupted) = store.read("trials"), split_corruptions(store.read_eval())
     if trial:
         if not trials["trial_id"].isin(trial).any():
             raise NothingMatched(f"no trial matches --trial {' '.join(trial)} (this folder has: "
                                  f"{', '.join(sorted(trials['trial_id'])) or 'no trials'})")
         trials, ev = trials[trials["trial_id"].isin(trial)], ev[ev["trial_id"].isin(trial)]
+        corrupted = corrupted[corrupted["trial_id"].isin(trial)]
     # the models table lists the quant modes asked for (a size and clean accuracy per mode), the rest of the trials table all
     views = trials_views(trials, filter_cells(ev, quant=quant), grid_axes(root), search_metric(root))
     if trial:
         views += [provenance_view(t, trials, ev) for t in trial]
+    if len(corrupted):
+        views += corruption_views(filter_cells(ev, quant=quant, defense=defense),
+                                  filter_cells(corrupted, quant=quant, defense=defense))
     ev = filter_cells(ev, quant=quant, defense=defense, **filters)
     worst = worst_case(ev)
     # shown wherever a cell set has more than one attack setting, source or threat to take the worst of

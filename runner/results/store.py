@@ -37,6 +37,8 @@ EVAL_SCHEMA = pa.schema([
     ("model_bytes", pa.int64()), ("attack", pa.string()),
     ("attack_params", pa.string()), ("attack_source", pa.string()), ("threat", pa.string()),
     ("eps", pa.float64()), ("defense", pa.string()),
+    ("corruption", pa.string()),     # CIFAR-10-C: the corruption of the test images (none: the test images)
+    ("severity", pa.int64()),        # its severity, 1-5 (0 with none)
     ("defense_params", pa.string()), ("n", pa.int64()), ("correct", pa.int64()), ("accuracy", pa.float64()),
     ("ci_low", pa.float64()), ("ci_high", pa.float64()),
     # a randomized defense is scored over defense_draws of the defender's draws: `correct` counts the images
@@ -105,10 +107,10 @@ def trials_schema() -> pa.Schema:
 
 
 EVAL_KEY = ["trial_id", "quant", "quant_params", "attack", "attack_params", "attack_source", "threat", "eps",
-            "defense", "defense_params", "n", "seed"]
+            "defense", "defense_params", "n", "seed", "corruption", "severity"]
 # What rows of an earlier release (before attack parameters, threat models, quant parameters) were:
 # FGSM, oblivious, a quant mode without parameters.
-EVAL_DEFAULTS = {"attack_params": "{}", "threat": "oblivious", "quant_params": "{}"}
+EVAL_DEFAULTS = {"attack_params": "{}", "threat": "oblivious", "quant_params": "{}", "corruption": "none", "severity": 0}
 TRIAL_KEY = ["trial_id"]
 
 
@@ -178,6 +180,8 @@ class ResultStore:
         except (pa.ArrowException, OSError):
             df = self._read_readable_parts(parts, columns)
         df = df.fillna({k: v for k, v in EVAL_DEFAULTS.items() if k in df})   # rows of an earlier release
+        if "severity" in df:
+            df["severity"] = df["severity"].astype("int64")
         if columns is None or set(EVAL_KEY) <= set(columns):
             # Two writers racing on the same cell is prevented upstream; keep reads exact anyway.
             df = df.assign(_k=df["eps"].round(10)).drop_duplicates(subset=[c if c != "eps" else "_k" for c in EVAL_KEY])

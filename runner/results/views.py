@@ -428,3 +428,44 @@ def _values(df: pd.DataFrame, col: str) -> str:
         return "-"
     vals = [str(v) for v in dict.fromkeys(df[col].tolist()) if v is not None and not (isinstance(v, float) and pd.isna(v))]
     return "\n".join(vals) if vals else "-"
+
+
+# --- CIFAR-10-C -------------------------------------------------------------------------------
+
+def split_corruptions(ev: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(cells on the test images, cells on their CIFAR-10-C corruptions): every other view reads the first."""
+    if "corruption" not in ev or not len(ev):
+        return ev, ev.iloc[:0]
+    corrupted = ev["corruption"].fillna("none") != "none"
+    return ev[~corrupted], ev[corrupted]
+
+
+def corruption_views(ev: pd.DataFrame, corrupted: pd.DataFrame) -> list[View]:
+    """RobustBench's common-corruptions figure (the accuracy averaged over corruptions and severities) per trial,
+    quant mode and defense, beside its accuracy on the uncorrupted images; then accuracy per corruption and
+    severity."""
+    if not len(corrupted):
+        return []
+    group = ["trial_id", "quant", "defense", "defense_params"]
+    clean = ev[ev["eps"] == 0].drop_duplicates(group).set_index(group)["accuracy"] if len(ev) else pd.Series(dtype=float)
+    summary, tables = [], []
+    for key, part in corrupted.groupby(group, sort=True):
+        trial_id, quant, defense, _ = key
+        by_name = part.groupby("corruption")["accuracy"].mean()
+        summary.append([trial_id, quant, defense, pct(clean.get(key)), pct(part["accuracy"].mean()),
+                        f"{by_name.idxmin()} {pct(by_name.min())}", str(part["severity"].nunique()),
+                        str(int(part["n"].iloc[0]))])
+        sev = sorted(part["severity"].unique())
+        grid = part.pivot_table(index="corruption", columns="severity", values="accuracy", aggfunc="first")
+        rows = [[name] + [pct(grid.loc[name].get(s)) for s in sev] + [pct(by_name[name])] for name in grid.index]
+        rows.append(["mean"] + [pct(part[part["severity"] == s]["accuracy"].mean()) for s in sev]
+                    + [pct(part["accuracy"].mean())])
+        tables.append(View(f"CIFAR-10-C accuracy %, {trial_id}, quant={quant}, defense={defense}, n={int(part['n'].iloc[0])}",
+                           ["corruption"] + [f"severity {s}" for s in sev] + ["mean"], rows,
+                           ["each cell: the accuracy on the first n test images under that corruption and severity"]))
+    head = View("common corruptions (CIFAR-10-C)", ["trial", "quant", "defense", "clean %", "corruptions %",
+                                                     "worst corruption %", "severities", "n"], summary,
+                [("corruptions: the accuracy averaged over every corruption and severity evaluated (RobustBench's "
+                  "figure with all 15 at severities 1-5); clean: the same model and defense on the uncorrupted images")],
+                key_columns=3)
+    return [head, *tables]
