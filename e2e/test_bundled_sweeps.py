@@ -92,6 +92,12 @@ def miniature(raw: dict, tmp_path) -> list[str]:
         o.append(f"models={yaml.safe_dump(models, default_flow_style=True).strip()}")
     if data.get("dataset") == "imagefolder":
         o.append(f"data.path={image_folder(tmp_path / 'images')}")
+    elif ev.get("corruptions"):      # CIFAR-10-C corrupts CIFAR-10: both as stand-ins in the official formats
+        from robustgrid.runner.data.standins import write_cifar10, write_cifar10c
+        write_cifar10c(tmp_path / "data", *write_cifar10(tmp_path / "data", n_train=40, n_test=16))
+        names = ev["corruptions"].get("names", "all")
+        o += [f"data.root={tmp_path / 'data'}", "data.val_size=16",
+              f"evaluate.corruptions={{names: {['gaussian_noise', 'fog'] if names == 'all' else names[:2]}, severities: [1, 5]}}"]
     else:
         o += ["data.dataset=synthetic", "data.synthetic_train=192", "data.synthetic_test=32"]
     pbt = (raw.get("scheduler") or {}).get("type") == "pbt"

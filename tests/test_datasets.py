@@ -151,50 +151,6 @@ def test_a_cifar100_sweep_on_the_stand_in_trains_100_way_and_evaluates(host, tmp
     assert len(res.eval) == 2 and set(res.eval["dataset"]) == {"cifar100"} and (res.eval["n"] == 20).all()
 
 
-def cifar10_stand_in(root, n_train: int = 60, n_test: int = 60) -> tuple[np.ndarray, np.ndarray]:
-    """CIFAR-10's python batches, small: five training batches and the test batch (images a learnable colour per class)."""
-    d = root / "cifar-10-batches-py"
-    d.mkdir(parents=True)
-    g = np.random.default_rng(3)
-    palette = g.integers(30, 226, (10, 3))
-
-    def batch(n, seed):
-        labels = np.arange(n) % 10
-        hwc = np.clip(palette[labels][:, None, None, :] + np.random.default_rng(seed).normal(0, 25, (n, 32, 32, 3)), 0, 255)
-        return hwc.astype(np.uint8), labels
-    for i in range(1, 6):
-        x, y = batch(n_train, i)
-        with open(d / f"data_batch_{i}", "wb") as f:
-            pickle.dump({"data": x.transpose(0, 3, 1, 2).reshape(n_train, -1), "labels": y.tolist()}, f)
-    x, y = batch(n_test, 0)
-    with open(d / "test_batch", "wb") as f:
-        pickle.dump({"data": x.transpose(0, 3, 1, 2).reshape(n_test, -1), "labels": y.tolist()}, f)
-    with open(d / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
-    return x, y
-
-
-def cifar10c_archive(test_x: np.ndarray, test_y: np.ndarray) -> bytes:
-    """CIFAR-10-C.tar's layout: CIFAR-10-C/<corruption>.npy (5 x N, 32, 32, 3) uint8, severity 1 first, and
-    labels.npy; each corruption here a noise growing with the severity."""
-    from robustgrid.runner.data.cifar10c import CORRUPTIONS
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        def add(name, arr):
-            b = io.BytesIO()
-            np.save(b, arr)
-            info = tarfile.TarInfo(f"CIFAR-10-C/{name}")
-            info.size = b.tell()
-            b.seek(0)
-            tar.addfile(info, b)
-        for k, name in enumerate(CORRUPTIONS):
-            g = np.random.default_rng(k)
-            add(f"{name}.npy", np.concatenate([np.clip(test_x + g.normal(0, 30 * s, test_x.shape), 0, 255).astype(np.uint8)
-                                               for s in range(1, 6)]))
-        add("labels.npy", np.tile(test_y, 5).astype(np.uint8))
-    return buf.getvalue()
-
-
 def test_cifar10c_cells_are_the_models_accuracy_on_the_corrupted_images_and_run_once(host, tmp_path, monkeypatch):
     """evaluate.corruptions: CIFAR-10-C fetched from its record (the md5 the record publishes), cells per corruption,
     severity, defense and quant mode, in shards; each `none` cell equals the model's accuracy on those images computed
@@ -205,8 +161,9 @@ def test_cifar10c_cells_are_the_models_accuracy_on_the_corrupted_images_and_run_
     from robustgrid.models import load_checkpoint
     from robustgrid.runner.data import cifar10c
     from robustgrid.runner.data.batches import to_float
+    from robustgrid.runner.data.standins import cifar10c_archive, write_cifar10
     folder, url = host
-    test_x, test_y = cifar10_stand_in(tmp_path / "data")
+    test_x, test_y = write_cifar10(tmp_path / "data")
     blob = cifar10c_archive(test_x, test_y)
     (folder / "CIFAR-10-C.tar").write_bytes(blob)
     (folder / "record.json").write_text(json.dumps({"files": [

@@ -41,7 +41,8 @@ def test_bundled_sweeps_are_listed_with_descriptions_and_run_by_name():
     from robustgrid.runner.bundled import bundled_sweeps, resolve_sweep
     bundled = bundled_sweeps()
     assert set(bundled) == {"quickstart", "cifar10_notebook", "cifar10_cluster", "linnaeus5", "adaptive", "quant", "robustbench",
-                            "autoattack", "robust_training", "fast_at_preact18", "search", "search_grid", "pbt"}
+                            "autoattack", "robust_training", "fast_at_preact18", "search", "search_grid", "pbt", "cifar100",
+                            "corruptions"}
     assert all(desc for _, desc in bundled.values())
     assert resolve_sweep("quickstart") == bundled["quickstart"][0]
     assert load_spec(resolve_sweep("quickstart"))[0].name == "quickstart"
