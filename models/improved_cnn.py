@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch.nn as nn
 
-from .layers import Normalize
+from .layers import CIFAR10_MEAN, CIFAR10_STD, Normalize
 from .registry import register_model
 
 
@@ -22,8 +22,8 @@ def _block(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 @register_model
-def improved_cnn(num_classes: int = 10, mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
-                 std: Sequence[float] = (0.2470, 0.2435, 0.2616), dropout: float = 0.5) -> nn.Module:
+def improved_cnn(num_classes: int = 10, mean: Sequence[float] = CIFAR10_MEAN,
+                 std: Sequence[float] = CIFAR10_STD, dropout: float = 0.5) -> nn.Module:
     return nn.Sequential(
         Normalize(mean, std),
         *_block(3, 64), *_block(64, 128), *_block(128, 256),

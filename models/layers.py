@@ -6,6 +6,11 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+# CIFAR-10's channel statistics (its training images), written once: the defaults of the architectures made for
+# it, and the CIFAR-10 data set's normalisation (runner/data/cifar10.py)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
 
 class Normalize(nn.Module):
     """First layer of every model: images come in as [0,1], mean/std live here.

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Normalize
+from .layers import CIFAR10_MEAN, CIFAR10_STD, Normalize
 from .registry import register_model
 
 
@@ -110,7 +110,7 @@ class WideResNet(nn.Module):
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
-CIFAR = ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
+CIFAR = (CIFAR10_MEAN, CIFAR10_STD)
 
 
 @register_model

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...models.layers import CIFAR10_MEAN, CIFAR10_STD
 from .catalog import DataError, Dataset, register, resolve_root
 from .download import CIFAR_DIR, CLASSES, cifar10_present, fetch_cifar10
 
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2470, 0.2435, 0.2616)
+MEAN, STD = CIFAR10_MEAN, CIFAR10_STD
 
 
 def load_cifar10(root: Path, download: bool = True, progress=None):
