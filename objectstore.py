@@ -135,10 +135,16 @@ class ObjectStore:
         removed = 0
         for p in sorted(local.rglob("*")):
             rel = p.relative_to(local).as_posix()
-            if p.is_file() and rel.split("/")[0] not in skip and rel not in remote and p.name != LOCK_KEY:
-                p.unlink()
+            if (p.is_file() and rel.split("/")[0] not in skip and rel not in remote and p.name != LOCK_KEY
+                    and not _in_flight(p.name)):
+                p.unlink(missing_ok=True)
                 removed += 1
         return {"objects": len(remote), "downloaded": got, "removed": removed}
+
+
+def _in_flight(name: str) -> bool:
+    """A temporary another process on this machine is writing (files.atomic_write's, a download's): not stale."""
+    return name.startswith(".") and name.endswith((".tmp", ".get", ".part"))
 
 
 def _s3_options() -> dict:

@@ -171,9 +171,11 @@ def test_a_write_reaches_the_store_before_the_working_copy_and_pull_makes_the_co
     assert (local / "checkpoints" / "t1" / "best.pt").read_bytes() == b"from another node"
     assert not files.ensure_local(local / "checkpoints" / "t2" / "best.pt")
     (local / "stale.parquet").write_bytes(b"not in the store")
+    (local / ".part-1.parquet.1a2b3c4d.tmp").write_bytes(b"another run is writing it")
     s3.put_object(Bucket=BUCKET, Key="unit/a/x.bin", Body=b"rewritten elsewhere")
     counts = store.pull(local)
     assert not (local / "stale.parquet").exists() and (local / "a" / "x.bin").read_bytes() == b"rewritten elsewhere"
+    assert (local / ".part-1.parquet.1a2b3c4d.tmp").exists(), "a write in flight is not a stale file"
     assert store.pull(local) == {"objects": 2, "downloaded": 0, "removed": 0}, counts
     files.replace(local / "a" / "x.bin", local / "a" / ".damaged-x.bin")
     assert sorted(keys(s3, "unit")) == ["a/.damaged-x.bin", "checkpoints/t1/best.pt"]
