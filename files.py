@@ -23,8 +23,11 @@ def add_mirror(local: str | os.PathLike, uri: str) -> None:
     adopt_mirrors({str(Path(local).resolve()): uri})
 
 
-def adopt_mirrors(more: dict[str, str] | None) -> None:
-    """In a trial or task: the driver's mirrors (handed over explicitly, Ray may have started us before)."""
+def adopt_mirrors(more: dict[str, str] | str | None) -> None:
+    """In a trial or task: the driver's mirrors (handed over explicitly, Ray may have started us before), as a
+    dict or its JSON (a searcher's parameter space takes a string whole, where it would split a dict's keys)."""
+    if isinstance(more, str):
+        more = json.loads(more or "{}")
     if more:
         os.environ[MIRRORS_ENV] = json.dumps({**mirrors(), **more}, sort_keys=True)
 

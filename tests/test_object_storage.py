@@ -52,7 +52,7 @@ def s3(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def no_mirror_leaks(monkeypatch):
     """A working copy registered by one test is not another's (the registry lives in the environment)."""
-    monkeypatch.delenv(files.MIRRORS_ENV, raising=False)
+    monkeypatch.setenv(files.MIRRORS_ENV, "")     # recorded, so the test's mirrors are undone after it
     files._store.cache_clear()
     yield
     files._store.cache_clear()
@@ -183,7 +183,8 @@ def test_a_write_reaches_the_store_before_the_working_copy_and_pull_makes_the_co
 
 @pytest.mark.slow
 def test_a_sweep_through_ray_keeps_everything_in_the_store(s3, tmp_path, capsys):
-    """The path users take on a cluster without a shared disk: `robustgrid run` on Ray into s3://. Tune keeps its
+    """The path users take on a cluster without a shared disk: `robustgrid run` on Ray into s3:// (an Optuna search:
+    its parameter space once split the store's mirrors, a dict keyed by paths, into nested parameters). Tune keeps its
     experiment in the store (storage_path), each trial's checkpoints and the examples its tasks draw go there
     from the worker that made them, and the cells read back from the store alone are every planned cell, once."""
     import ray
@@ -191,8 +192,9 @@ def test_a_sweep_through_ray_keeps_everything_in_the_store(s3, tmp_path, capsys)
     from robustgrid.objectstore import working_copy
     if ray.is_initialized():       # a Ray started before the store's environment: its workers could not reach it
         ray.shutdown()
-    sweep = {**SWEEP, "name": "on_s3_ray", "train": {**SWEEP["train"], "lr": {"grid_search": [0.003, 0.01]}},
-             "evaluate": {**SWEEP["evaluate"], "n_images": 20}}
+    # a searcher's trials (Optuna through Tune): the store's mirrors travel in its parameter space, whole
+    sweep = {**SWEEP, "name": "on_s3_ray", "train": {**SWEEP["train"], "lr": {"loguniform": [0.003, 0.01]}},
+             "search": {"algorithm": "optuna", "seed": 0}, "num_samples": 2, "evaluate": {**SWEEP["evaluate"], "n_images": 20}}
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump(sweep))
     uri = f"s3://{BUCKET}/runs/ray"

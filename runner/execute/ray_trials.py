@@ -152,7 +152,9 @@ def train_ray(sweep: Sweep, resume: bool) -> None:
         metric = {"val_accuracy": "best_val_accuracy", "robust_val_accuracy": "best_robust_val_accuracy"}
         if searched:
             param_space = {"values": searched_space(sweep),
-                           "run": {"cpus": res["cpu"], "gpus": res["gpu"], "workers": 1, "mirrors": mirrors()}}
+                           # the mirrors as JSON: a searcher splits a dict's keys (paths) into nested parameters
+                           "run": {"cpus": res["cpu"], "gpus": res["gpu"], "workers": 1,
+                                   "mirrors": json.dumps(mirrors(), sort_keys=True)}}
             tune_config = {"search_alg": _searcher(sweep, [metric[m] for m in search.metrics]),
                            "num_samples": sweep.spec.num_samples}
             if len(search.metrics) == 1:
