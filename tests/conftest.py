@@ -28,3 +28,27 @@ def images():
     x = torch.rand(24, 3, 32, 32, generator=g)
     x[12:] = torch.nn.functional.avg_pool2d(x[12:], 3, 1, 1)  # smooth half: natural-ish statistics
     return torch.round(x * 255) / 255
+
+
+@pytest.fixture
+def kill_once():
+    """kill_once(cmd, ready, timeout_s, env=None): start `cmd` in a session of its own, SIGKILL its whole group the
+    moment ready() holds (asserting it was still running then, so the kill lands mid-run), and reap it."""
+    import signal
+    import subprocess
+    import time
+
+    def run(cmd: list[str], ready, timeout_s: float, env: dict | None = None) -> None:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                env=env)
+        try:
+            deadline = time.time() + timeout_s
+            while time.time() < deadline and proc.poll() is None and not ready():
+                time.sleep(0.02)
+            assert proc.poll() is None, "the run ended before it could be killed mid-evaluation"
+            os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    return run

@@ -58,12 +58,19 @@ def cifar100_archive(n_train: int = 300, n_test: int = 60) -> tuple[bytes, dict]
     return buf.getvalue(), made
 
 
-def test_cifar100_is_fetched_once_checked_and_read_with_its_fine_or_coarse_labels(host, tmp_path, monkeypatch):
+def serve_cifar100(host, monkeypatch, name: str, **sizes) -> dict:
+    """A CIFAR-100 archive on the loopback host, the fetcher pointed at it with its md5; what it holds."""
     folder, url = host
-    blob, made = cifar100_archive()
-    (folder / "c100.tar.gz").write_bytes(blob)
-    monkeypatch.setattr(cifar100, "URL", f"{url}/c100.tar.gz")
+    blob, made = cifar100_archive(**sizes)
+    (folder / name).write_bytes(blob)
+    monkeypatch.setattr(cifar100, "URL", f"{url}/{name}")
     monkeypatch.setattr(cifar100, "MD5", _md5(blob))
+    return made
+
+
+def test_cifar100_is_fetched_once_checked_and_read_with_its_fine_or_coarse_labels(host, tmp_path, monkeypatch):
+    folder, _ = host
+    made = serve_cifar100(host, monkeypatch, "c100.tar.gz")
     said = []
     s = load_splits(DataSpec(dataset="cifar100", root=str(tmp_path), val_size=30), progress=said.append)
     assert any("CIFAR-100" in m and "161 MB" in m for m in said)          # what, from where, how big
@@ -132,11 +139,7 @@ def test_every_registered_dataset_declares_what_the_runner_asks(tmp_path):
 
 
 def test_a_cifar100_sweep_on_the_stand_in_trains_100_way_and_evaluates(host, tmp_path, monkeypatch):
-    folder, url = host
-    blob, _ = cifar100_archive()
-    (folder / "c100-sweep.tar.gz").write_bytes(blob)
-    monkeypatch.setattr(cifar100, "URL", f"{url}/c100-sweep.tar.gz")
-    monkeypatch.setattr(cifar100, "MD5", _md5(blob))
+    serve_cifar100(host, monkeypatch, "c100-sweep.tar.gz")
     import robustgrid
     from robustgrid.models import read_checkpoint
     sweep = {"name": "c100", "data": {"dataset": "cifar100", "root": str(tmp_path / "data"), "val_size": 30},

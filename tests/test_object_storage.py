@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 
@@ -68,7 +66,7 @@ def cells(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(CELL).reset_index(drop=True)[CELL + SAME]
 
 
-def test_a_sweep_on_s3_has_a_folders_cells_and_a_killed_run_resumes_from_the_store_alone(s3, tmp_path, capsys):
+def test_a_sweep_on_s3_has_a_folders_cells_and_a_killed_run_resumes_from_the_store_alone(s3, tmp_path, capsys, kill_once):
     """The same sweep into a folder and into s3://: the same cells. Killed (SIGKILL) once some shards are in the
     store, its working copy then deleted (another machine), the resumed run takes the trained trial and the
     shards from the store, computes only what is missing, and writes each cell once."""
@@ -79,19 +77,8 @@ def test_a_sweep_on_s3_has_a_folders_cells_and_a_killed_run_resumes_from_the_sto
     assert main(["run", str(p), "--out", str(tmp_path / "folder"), "--executor", "inline"]) == 0
     uri = f"s3://{BUCKET}/runs/cut"
     cmd = [sys.executable, "-m", "robustgrid.runner.cli", "run", str(p), "--out", uri, "--executor", "inline"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, files.MIRRORS_ENV: "", "ROBUSTGRID_LOCK_LEASE_S": "2"})
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline and proc.poll() is None and not any(
-                k.startswith("shards/part-") for k in keys(s3, "runs/cut")):
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed mid-evaluation"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+    kill_once(cmd, lambda: any(k.startswith("shards/part-") for k in keys(s3, "runs/cut")), timeout_s=180,
+              env={**os.environ, files.MIRRORS_ENV: "", "ROBUSTGRID_LOCK_LEASE_S": "2"})
     stored = keys(s3, "runs/cut")
     assert "trials.parquet" in stored and any(k.startswith("checkpoints/") and k.endswith("best.pt") for k in stored)
     assert not any(k.startswith("eval/") for k in stored), "killed mid-evaluation: no cell whole yet"

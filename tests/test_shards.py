@@ -1,11 +1,7 @@
 """Evaluation shards: a cell is the exact sum of its shards, and a killed evaluation resumes by shard."""
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -117,7 +113,7 @@ SWEEP = {"name": "shards", "data": {"dataset": "synthetic", "synthetic_train": 3
                       "attacks": [{"pgd": {"steps": 20}}], "defenses": ["none", "median", "jpeg"], "quant": ["fp32"]}}
 
 
-def test_a_killed_evaluation_resumes_by_shard_and_writes_each_cell_once(tmp_path):
+def test_a_killed_evaluation_resumes_by_shard_and_writes_each_cell_once(tmp_path, kill_once):
     """Killed (SIGKILL) once some shards but not every cell are on disk: the resumed run computes only the
     shards missing, writes each cell once, and every cell equals the uninterrupted run's."""
     from robustgrid.runner.cli import main
@@ -129,17 +125,7 @@ def test_a_killed_evaluation_resumes_by_shard_and_writes_each_cell_once(tmp_path
     for name in ("trials.parquet", "epochs.parquet", "checkpoints"):    # the trained trial, not its evaluation
         (shutil.copytree if (whole / name).is_dir() else shutil.copy)(whole / name, cut / name)
     cmd = [sys.executable, "-m", "robustgrid.runner.cli", "run", str(p), "--out", str(cut), "--executor", "inline"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None and not list((cut / "shards").glob("part-*")):
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be killed mid-evaluation"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+    kill_once(cmd, lambda: bool(list((cut / "shards").glob("part-*"))), timeout_s=120)
     before = pd.read_parquet(cut / "shards")
     assert 0 < len(before) < 6 * 6          # some shards of some cells, not all: killed mid-evaluation
     assert main(["run", str(p), "--out", str(cut), "--resume", "--executor", "inline"]) == 0

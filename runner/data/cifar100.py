@@ -13,7 +13,7 @@ from .fetch import DownloadError, fetch_lock, fetch_verified
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 MD5 = "eb9058c3a382ffc7106e4002c42a8d85"      # the authors' and torchvision's
-MB = 161
+MB = 161          # as its host lists it: said when fetching (what, from where, how big)
 DIR = "cifar-100-python"
 MEAN = (0.5071, 0.4865, 0.4409)
 STD = (0.2673, 0.2564, 0.2762)

@@ -21,7 +21,7 @@ CORRUPTIONS = ("shot_noise", "motion_blur", "snow", "pixelate", "gaussian_noise"
                "zoom_blur", "frost", "glass_blur", "impulse_noise", "contrast", "jpeg_compression", "elastic_transform")
 RECORD = "https://zenodo.org/api/records/2535967"     # its files, each with the md5 Zenodo publishes
 ARCHIVE = "CIFAR-10-C.tar"
-GB = 2.9
+GB = 2.9          # as Zenodo lists it: said when fetching
 DIR = "CIFAR-10-C"
 
 

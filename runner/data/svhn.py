@@ -12,7 +12,8 @@ from .catalog import DataError, Dataset, register, resolve_root
 from .fetch import DownloadError, fetch_lock, fetch_verified
 
 HOST = "http://ufldl.stanford.edu/housenumbers"
-FILES = {"train": ("train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8373", 182),    # torchvision's checksums
+# name, md5 (torchvision's), MB as the host lists them: said when fetching (what, from where, how big)
+FILES = {"train": ("train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8373", 182),
          "test": ("test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3", 64),
          "extra": ("extra_32x32.mat", "a93ce644f1a588dc4d68dda5feec44a7", 1330)}
 DIR = "svhn"

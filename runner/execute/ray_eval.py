@@ -63,20 +63,20 @@ def _submit_shard(task, done: set, k: int, weights, has_gpu: bool, r) -> list:
     import ray
     ev = task.evaluate
     on_device = {"num_cpus": r.eval_cpus, "num_gpus": r.eval_gpus if has_gpu else 0}
-    shard_fn = ray.remote(run_shard_task)
+    shard_fn, to_store = ray.remote(run_shard_task), mirrors()
     if not k:    # no int8 task of its own: every cell in one task, no hand-over
-        return [shard_fn.options(**on_device).remote(evaluate_checkpoint, task, done, weights=weights, mirrors=mirrors())]
+        return [shard_fn.options(**on_device).remote(evaluate_checkpoint, task, done, weights=weights, mirrors=to_store)]
     cpu_quants = [q for q in ev.quant if quant_mode(q).cpu_only]
     dev_quants = [q for q in ev.quant if not quant_mode(q).cpu_only]
-    adv_ref = (ray.remote(run_task).options(**on_device).remote(make_adversarials, task, done, weights=weights, mirrors=mirrors())
+    adv_ref = (ray.remote(run_task).options(**on_device).remote(make_adversarials, task, done, weights=weights, mirrors=to_store)
                if "fp32" in ev.sources else None)
     refs = [shard_fn.options(**on_device).remote(evaluate_checkpoint, task.with_grid(quant=dev_quants), done,
-                                                 adversarials=adv_ref, weights=weights, mirrors=mirrors())]
+                                                 adversarials=adv_ref, weights=weights, mirrors=to_store)]
     for defenses in _split(ev.defenses, k):
         # int8 kernels are CPU kernels: these tasks reserve no GPU and are handed the CPU
         t = replace(task.with_grid(quant=cpu_quants, defenses=defenses, device="cpu"), examples_path=None)
         refs.append(shard_fn.options(num_cpus=r.eval_cpus, num_gpus=0).remote(
-            evaluate_checkpoint, t, done, adversarials=adv_ref, weights=weights, mirrors=mirrors()))
+            evaluate_checkpoint, t, done, adversarials=adv_ref, weights=weights, mirrors=to_store))
     return refs
 
 

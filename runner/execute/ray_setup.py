@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ...files import MIRRORS_ENV, adopt_mirrors
+from ...files import MIRRORS_ENV, adopt_mirrors, store_of
 from ..console import console
 from ..spec import SpecError
 from .sweep import Sweep
@@ -140,7 +140,6 @@ def check_cluster(sweep: Sweep, address: str | None) -> None:
         raise SpecError(f"resources.gpus_per_trial: a trial needs {r.gpus_per_trial * r.workers_per_trial:g} GPUs, "
                         f"the cluster has {gpus:g}")
     _check_cuda_requests(sweep, gpus)
-    from ...files import store_of
     if address and len(ray.nodes()) > 1 and store_of(sweep.out) is None and not _looks_shared(sweep.out):
         console.print(f"[yellow]warning: {sweep.out} does not look like shared storage; on a multi-node cluster "
                       "every node must see the results folder (NFS or similar), or give --out s3://bucket/prefix[/yellow]")
