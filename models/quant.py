@@ -89,9 +89,14 @@ class PerImageDynamicLinear(_dynamic_linear()):
     evaluator batched: each row is quantized with its own range, as if the image came alone."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])
-        out = torch.cat([super(PerImageDynamicLinear, self).forward(r.unsqueeze(0)) for r in rows])
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        if self._packed_params.dtype != torch.qint8:
+            return super().forward(x)          # fp16 weights: no activation scale to share
+        # the op the parent's forward calls, once per row (the module call around it cost as much as the op)
+        op, packed = torch.ops.quantized.linear_dynamic, self._packed_params._packed_params
+        legacy = self.version is None or self.version < 4
+        rows = x.reshape(-1, x.shape[-1]).split(1)
+        out = torch.cat([op(r, packed) if legacy else op(r, packed, reduce_range=True) for r in rows])
+        return out.to(x.dtype).reshape(*x.shape[:-1], out.shape[-1])
 
 
 # --- torchao --------------------------------------------------------------------------------------

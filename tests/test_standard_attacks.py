@@ -89,6 +89,44 @@ def test_square_equals_torchattacks_when_given_its_draws(images, norm, eps):
     assert torch.equal(hit, _fooled(model, ours, labels)) and torch.equal(ours[hit], theirs[hit])
 
 
+@pytest.mark.parametrize("norm,eps", [("linf", 4 / 255), ("l2", 0.3)])
+def test_fab_t_with_every_target_at_once_equals_torchattacks_fab_target_by_target(tiny_model, images, norm, eps):
+    """FAB-T batches its (image, target) rows; torchattacks' FAB runs target after target on the images left
+    unbroken. The same verdicts in one group of targets and in groups of one chunked by 7 rows; a broken image
+    inside the ball, the others as they were. Not bit for bit: a CPU convolution over fewer than 16 images
+    rounds differently from a larger batch, so a row's last bits follow the size of the batch it ran in."""
+    from robustgrid.attacks.fab import fab_t
+    for p in tiny_model.parameters():
+        p.requires_grad_(False)
+    labels = _labelled(tiny_model, images)
+    labels[::6] = (labels[::6] + 1) % 10          # four the model gets wrong: left as they are
+    theirs = torchattacks.FAB(tiny_model, norm=TA_NORM[norm], eps=eps, steps=15, n_restarts=1, multi_targeted=True,
+                              n_classes=3)(images, labels)       # its two most likely other classes
+    hit = _fooled(tiny_model, theirs, labels) & (labels == _labelled(tiny_model, images))
+    assert 0 < hit.sum() < 20, "a case where some images resist proves more"
+    for max_rows in (10_000, 7):
+        ours = fab_t(tiny_model, images, labels, eps, norm=norm, steps=15, targets=2, max_rows=max_rows)
+        assert torch.equal(_fooled(tiny_model, ours, labels), _fooled(tiny_model, theirs, labels))
+        assert torch.equal(ours[~hit], images[~hit])
+        d = (ours - images).flatten(1)
+        assert float((d.abs().amax(1) if norm == "linf" else d.norm(dim=1)).max()) <= eps + 1e-6
+
+
+def test_square_draws_hashed_ahead_equal_each_call_hashed_alone():
+    """Square's per-image draws are hashed a block of calls ahead for every image: the same values, for any
+    subset of images a call asks for, narrow or wide, as hashing that call alone."""
+    import numpy as np
+    from robustgrid.attacks.square import ImageDraws
+    from robustgrid.rng import uniform01
+    keys = torch.tensor([5, 17, 2**40 + 3, 9])
+    draws, g = ImageDraws(keys), torch.Generator().manual_seed(0)
+    for call in range(1, 3 * ImageDraws.BLOCK):
+        idx = torch.randperm(4, generator=g)[:1 + call % 4].sort()[0]
+        n = 3 if call % 5 else 40
+        alone = uniform01(keys[idx].numpy()[:, None], 0, call, np.arange(n)[None, :])
+        assert np.array_equal(draws._u(idx, n).numpy(), alone), call
+
+
 def test_autoattack_records_the_authors_components_and_settings():
     standard = json.loads(attack_params_json("autoattack", {}))
     assert [c["name"] for c in standard["components"]] == ["apgd-ce", "apgd-t", "fab-t", "square"]
