@@ -47,14 +47,23 @@ def _sweep_spec(file: str):
     return load_spec(resolve_sweep(file))[0]
 
 
-def _model_and_images(n: int, quick: bool, model: str = "simple_cnn", device: str = "auto", calibration: int = 0):
-    """A briefly trained model, n test images (and the first `calibration` training images, or None):
-    CIFAR-10 when it is on disk, else synthetic; the data read once."""
+# the robust_training sweep's recipe for its FGSM-RS trial (5 epochs of 10k images, AdamW, 8/255)
+FGSM_RS_RECIPE = {"epochs": 5, "train_subset": 10000, "optimizer": "adamw", "lr": 0.001, "batch_size": 128,
+                  "adversarial": "fgsm_rs", "adv_eps": 8 / 255, "robust_val_images": 200}
+
+
+def _model_and_images(n: int, quick: bool, model: str = "simple_cnn", device: str = "auto", calibration: int = 0,
+                      adversarial: str = "none"):
+    """A briefly trained model (adversarial "fgsm_rs": FGSM_RS_RECIPE), n test images (and the first `calibration`
+    training images, or None): CIFAR-10 when it is on disk, else synthetic; the data read once. The model is kept
+    in $TMPDIR and trained once."""
     from .data import load_splits, to_float
     dataset = _bench_dataset()
-    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"robustgrid-bench-{dataset}-{model}"
+    tag = "" if adversarial == "none" else f"-{adversarial}"
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"robustgrid-bench-{dataset}-{model}{tag}"
     cfg = {"model": model, "dataset": dataset, "epochs": 1, "out_dir": str(out), "batch_size": 256, "device": device,
-           "train_subset": 5000 if quick else 20000, "synthetic_train": 2000, "synthetic_test": max(n, 500)}
+           "train_subset": 5000 if quick else 20000, "synthetic_train": 2000, "synthetic_test": max(n, 500),
+           **(FGSM_RS_RECIPE if adversarial == "fgsm_rs" else {})}
     if not (out / "best.pt").exists():
         train(cfg)
     from ..models import load_checkpoint
@@ -370,91 +379,71 @@ def run_adversarial_training_bench(json_path: str | None = None, device: str = "
         train_s = r["history"][0]["train_seconds"]
         rows.append({"method": method + (f" ({steps} steps)" if steps else ""), "epoch_s": train_s,
                      "img_per_s": n / train_s, "robust_val_accuracy": r["history"][0].get("robust_val_accuracy")})
-    for row in rows:
+    flops = _training_flops_per_image(model_name, dev)
+    peak = matmul_peak_gflops(dev)
+    for row, passes in zip(rows, (0, 1, 7, None)):
         row["x_standard"] = row["epoch_s"] / rows[0]["epoch_s"]
-    _print_table(f"(f) adversarial training: one epoch of {n} images ({model_name}, batch 128, {dev})", rows,
-                 {"method": "{}", "epoch_s": "{:.1f}", "img_per_s": "{:.0f}", "x_standard": "{:.2f}x"})
+        if passes is not None:      # TRADES' KL passes are not counted here
+            row["gflop_per_s"] = n * (flops["train"] + passes * flops["attack"]) / row["epoch_s"] / 1e9
+            row["of_peak"] = row["gflop_per_s"] / peak
+    _print_table(f"(f) adversarial training: one epoch of {n} images ({model_name}, batch 128, {dev}; roofline: "
+                 f"the epoch's FLOPs by torch.utils.flop_counter over its seconds, dense fp32 matmul peak "
+                 f"{peak:.0f} GFLOP/s here)", rows,
+                 {"method": "{}", "epoch_s": "{:.1f}", "img_per_s": "{:.0f}", "x_standard": "{:.2f}x",
+                  "gflop_per_s": "{:.1f}", "of_peak": "{:.1%}"})
     if json_path:
         _write_json(json_path, {"machine": machine(), "device": str(dev), "dataset": dataset, "adversarial_training": rows})
     return 0
 
 
-AUTOATTACK_CASES = (("linf", 8 / 255), ("l2", 0.5))     # RobustBench's two CIFAR-10 threat models
+def _training_flops_per_image(model_name: str, device: torch.device) -> dict[str, float]:
+    """FLOPs per image of a training step's forward + backward (weights' gradients too) and of an attack step's
+    forward + input gradient (weights frozen), by torch.utils.flop_counter on a batch of 8."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-
-def bench_autoattack(model, images, labels, device, norm: str, eps: float) -> list[dict]:
-    """Our `autoattack` (standard) against the authors' own code (`pyautoattack`, where installed) and against
-    torchattacks' components with the authors' settings passed explicitly (torchattacks' AutoAttack passes no
-    `steps`: 10 iterations, not 100), chained by its MultiAttack, on the same model and images. All scored the
-    same way: the delivered 8-bit image, the undefended fp32 model; `differ` counts images whose verdict is
-    not ours."""
-    import torchattacks
-
-    from .evaluate.rows import unpack_mask
-    from .evaluate.stats import wilson_interval
-    ev = EvaluateSpec.model_validate({"attacks": [{"autoattack": {"norm": norm, "eps": [eps]}}], "sources": ["self"],
-                                      "quant": ["fp32"], "defenses": ["none"], "batch_size": 500, "examples": 0,
-                                      "device": device.type})
-    meta = {"sweep": "bench", "run_id": "", "trial_id": "bench", "model": "simple_cnn", "dataset": ""}
-    cells = [c for c in plan_cells(ev) if c.eps > 0]
-    t0 = clock(device)
-    row = run_cells(Engine(model, ev, images, labels, device), cells, meta)[0]
-    ours_s = clock(device) - t0
-    ours = torch.from_numpy(unpack_mask(row["correct_mask"], row["n"]))
-    m = model.to(device).eval()
-    ta_norm = {"linf": "Linf", "l2": "L2"}[norm]
-    chain = torchattacks.MultiAttack([
-        torchattacks.APGD(m, norm=ta_norm, eps=eps, steps=100, n_restarts=1, loss="ce", seed=0),
-        torchattacks.APGDT(m, norm=ta_norm, eps=eps, steps=100, n_restarts=1, n_classes=10, seed=0),
-        torchattacks.FAB(m, norm=ta_norm, eps=eps, steps=100, n_restarts=1, multi_targeted=True, n_classes=10, seed=0),
-        torchattacks.Square(m, norm=ta_norm, eps=eps, n_queries=5000, n_restarts=1, p_init=0.8, resc_schedule=False, seed=0),
-    ])
-    runs = [("robustgrid autoattack", ours, ours_s, row["broken_by"])]
-    robust, secs = _robust_after(m, images, labels, device, eps, norm, chain)
-    runs.append(("torchattacks, authors' settings", robust, secs, "-"))
-    try:
-        from pyautoattack import AutoAttack
-    except ImportError:
-        console.print("pyautoattack is not installed (pip install pyautoattack): the authors' code is left out")
-    else:
-        aa = AutoAttack(m, norm=ta_norm, eps=eps, version="standard", seed=0, device=device)
-        robust, secs = _robust_after(m, images, labels, device, eps, norm,
-                                     lambda x, y: aa.run_standard_evaluation(x, y, batch_size=500)[0])
-        runs.append(("pyautoattack (the authors' code)", robust, secs, "-"))
-    out = []
-    for impl, robust, secs, broken_by in runs:
-        c = int(robust.sum())
-        lo, hi = wilson_interval(c, len(images))
-        out.append({"implementation": impl, "norm": norm, "eps": eps, "robust_accuracy": c / len(images), "ci_low": lo,
-                    "ci_high": hi, "differ": int((robust != ours).sum()), "seconds": secs,
-                    "img_per_s": len(images) / secs, "broken_by": broken_by})
-    return out
-
-
-def _robust_after(model, images, labels, device, eps: float, norm: str, attack) -> tuple[torch.Tensor, float]:
-    """Per image: still right after `attack`'s images, delivered on the 8-bit grid (batches of 500); and seconds."""
-    from ..attacks import deliver
-    t0 = clock(device)
-    robust = []
-    for i in range(0, len(images), 500):
-        x, y = images[i:i + 500].to(device), labels[i:i + 500].to(device)
-        adv = deliver(attack(x, y), x, eps, norm)
-        with torch.no_grad():
-            robust.append((model(adv).argmax(1) == y).cpu())
-    return torch.cat(robust), clock(device) - t0
+    from ..attacks import input_gradients_only
+    from ..models import create_model
+    model = create_model(model_name).to(device)
+    x, y = torch.rand(8, 3, 32, 32, device=device), torch.zeros(8, dtype=torch.long, device=device)
+    with FlopCounterMode(display=False) as train_step:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    x.requires_grad_()
+    with input_gradients_only(model), FlopCounterMode(display=False) as attack_step:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    return {"train": train_step.get_total_flops() / len(x), "attack": attack_step.get_total_flops() / len(x)}
 
 
 def run_autoattack_bench(json_path: str | None = None, device: str = "auto", images: int | None = None) -> int:
-    """`bench --grid autoattack`: our AutoAttack against the authors' code and torchattacks', L-inf and L2."""
+    """`bench --grid autoattack`: our AutoAttack against the authors' code and torchattacks', on a standard and an
+    adversarially trained model, L-inf and L2 (runner/bench_autoattack.py)."""
+    from .bench_autoattack import CASES, bench_case
     dev = pick_device(device)
-    model, x, y, dataset, _ = _model_and_images(images or 200, False, "simple_cnn", dev.type)
-    console.print(f"bench on {machine()}; simple_cnn, {dataset}, {len(x)} test images, device {dev}")
-    rows = [r for norm, eps in AUTOATTACK_CASES for r in bench_autoattack(model, x, y, dev, norm, eps)]
-    _print_table("(e) AutoAttack standard: robustgrid vs the authors' code and torchattacks", rows,
-                 {"implementation": "{}", "norm": "{}", "eps": "{:.4g}", "robust_accuracy": "{:.3f}", "ci_low": "{:.3f}",
-                  "ci_high": "{:.3f}", "differ": "{}", "seconds": "{:.1f}", "img_per_s": "{:.1f}", "broken_by": "{}"})
+    shards = 1 if dev.type == "cuda" else min(os.cpu_count() or 1, 8)
+    rows, roofs = [], []
+    for kind in dict.fromkeys(k for k, _, _ in CASES):
+        model, x, y, dataset, _ = _model_and_images(images or 100, False, "simple_cnn", dev.type,
+                                                     adversarial="none" if kind == "standard" else kind)
+        console.print(f"bench on {machine()}; simple_cnn trained {kind}, {dataset}, {len(x)} test images, device {dev}")
+        for _, norm, eps in (c for c in CASES if c[0] == kind):
+            case_rows, roof = bench_case(model, x, y, dev, norm, eps, shards)
+            rows += [{"model": kind, **r} for r in case_rows]
+            roofs.append({"model": kind, **roof})
+    _print_table("(e) AutoAttack standard: robustgrid vs the authors' code and torchattacks, the same images (x ours: "
+                 "seconds over ours in one process; differ: verdicts not ours)", rows,
+                 {"model": "{}", "norm": "{}", "eps": "{:.4g}", "implementation": "{}", "robust": "{}", "differ": "{}",
+                  "seconds": "{:.1f}", "x_ours": "{:.2f}", "s_per_robust_image": "{:.2f}"})
+    _print_table("(e) seconds per component", [r for r in rows if r["apgd-t_s"] is not None],
+                 {"model": "{}", "norm": "{}", "eps": "{:.4g}", "implementation": "{}", "apgd-ce_s": "{:.1f}",
+                  "apgd-t_s": "{:.1f}", "fab-t_s": "{:.1f}", "square_s": "{:.1f}"})
+    peak = matmul_peak_gflops(dev)
+    for r in roofs:
+        r["matmul_peak_gflop_per_s"], r["of_peak"] = peak, r["gflop_per_s"] / peak
+        console.print(f"roofline ({r['model']}, {r['norm']} {r['eps']:.4g}): ours passed {r['gradient_images']} images "
+                      f"with an input gradient and {r['forward_images']} forward only, {r['gflop']:.1f} GFLOP "
+                      f"(torch.utils.flop_counter), {r['gflop_per_s']:.1f} GFLOP/s against a dense fp32 matmul peak of "
+                      f"{peak:.0f} GFLOP/s here ({r['of_peak']:.1%} of it)")
     if json_path:
-        _write_json(json_path, {"machine": machine(), "device": str(dev), "dataset": dataset, "autoattack": rows})
+        _write_json(json_path, {"machine": machine(), "device": str(dev), "autoattack": rows, "roofline": roofs})
     return 0
 
 

@@ -103,8 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     bench.add_argument("--grid", default="quickstart", choices=["quickstart", "notebook", "adaptive", "autoattack"],
                        help="(a) on this sweep's grid: quickstart (simple_cnn), the CIFAR-10 notebook's (improved_cnn), "
-                            "adaptive (FGSM + PGD-10, oblivious and adaptive, simple_cnn), or autoattack (ours against "
-                            "torchattacks' components with the authors' settings, L-inf 8/255 and L2 0.5, default 200 images)")
+                            "adaptive (FGSM + PGD-10, oblivious and adaptive, simple_cnn), or autoattack (ours, in one process and "
+                            "in a shard per core, against the authors' code and torchattacks' components: a standard "
+                            "model at L-inf 1/255 and L2 0.1, an FGSM-RS one at 8/255 and 0.5; default 100 images)")
     bench.add_argument("--images", type=int, help="test images for (a) and (b) (default 200 with --quick, else 1000)")
     bench.add_argument("--quant-modes", action="store_true",
                        help="instead: every quant mode's inference images/s, accuracy and size (simple_cnn)")

@@ -64,3 +64,20 @@ def test_bench_quant_twin_agreement_is_measured_on_the_twins_own_fgsm_images(tin
         out = _twin_agreement(tiny_model, q, "dynamic_int8", images, labels, torch.device("cpu"))
     assert out["twin_agrees_clean"] >= 0.95 and 0 <= out["twin_agrees_fgsm"] <= 1
     assert 0 <= out["fgsm_accuracy_real"] <= 1 and 0 <= out["fgsm_accuracy_twin"] <= 1
+
+
+def test_autoattack_bench_runs_every_implementation_on_the_same_images_and_times_each_component(tiny_model, images):
+    """`bench --grid autoattack`'s case on a tiny model at a radius where APGD-CE breaks every image: ours in this
+    process and in two shard processes, torchattacks' chain and the authors' code (where installed), the same
+    verdicts; ours' and torchattacks' seconds per component; the roofline counts the passes ours made."""
+    from robustgrid.runner.bench_autoattack import bench_case
+    with torch.no_grad():
+        labels = tiny_model(images).argmax(1)
+    rows, roof = bench_case(tiny_model, images, labels, torch.device("cpu"), "linf", 0.5, shards=2)
+    impls = [r["implementation"] for r in rows]
+    assert impls[:3] == ["robustgrid", "robustgrid, 2 shards", "torchattacks"]
+    assert all(r["robust"] == 0 and r["differ"] == 0 and r["seconds"] > 0 for r in rows)
+    assert rows[0]["apgd-ce_s"] > 0 and rows[2]["apgd-ce_s"] > 0 and rows[1]["apgd-ce_s"] is None
+    # the engine's clean gradient (its dead-gradient count), APGD-CE's first and 100 steps on every image; everything
+    # broken, so nothing after it
+    assert roof["gradient_images"] == 102 * len(images) and roof["gflop"] > 0
