@@ -51,7 +51,8 @@ def component_settings(name: str, p: dict) -> dict[str, Any]:
         return {"name": name, "attack": "apgd_t", "targets": p["targets"], "steps": p["steps"], "restarts": 1,
                 "rho": 0.75, "norm": norm}
     if name == "fab-t":
-        # the algorithm whose verdicts these are (attacks/fab.py runs it batched); the name stays, and with it every stored cell
+        # the algorithm whose verdicts these are (attacks/fab.py runs it batched): the name stays, and with it
+        # every stored cell's key
         return {"name": name, "attack": "torchattacks.FAB", "targets": p["targets"], "steps": p["steps"],
                 "restarts": 1, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9, "norm": norm}
     return {"name": name, "attack": "square", "queries": p["queries"], "p_init": 0.8, "resc_schedule": False,
@@ -117,7 +118,7 @@ def candidate_names(params: dict) -> list[str]:
     "queries": Param(5000, int, lambda q: q >= 1, ">= 1 (the authors: 5000)"),
     "eot_iter": Param(None, int, lambda e: e is None or e >= 1, ">= 1, or null (rand: 20, else 1)"),
 }, starts=lambda p: (sum(_streams(p["components"])), "rand" if p["norm"] == "linf" else "randn"),
-    image_keys=True, expand=expand, candidates=candidate_names)
+    kind="ensemble", image_keys=True, expand=expand, candidates=candidate_names, attacker_is_judge=True)
 def autoattack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, version: str = "standard",
                norm: str = "linf", components: list | None = None, steps: int = 100, targets: int = 9,
                queries: int = 5000, eot_iter: int | None = None, starts: torch.Tensor | None = None,

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..pixels import from_levels, to_levels
-from ..registry import Param, Registry
+from ..registry import Entry, Param, Registry
 
 
 class Attack(Protocol):
@@ -29,44 +29,78 @@ ATTACKS = Registry("attack")
 NORMS = ("linf", "l2")
 
 
-def register_attack(*, step: Callable | None = None, params: dict[str, Param] | None = None,
+KINDS = ("gradient", "black-box", "model-free", "ensemble")
+
+
+def register_attack(*, kind: str = "gradient", step: Callable | None = None, params: dict[str, Param] | None = None,
                     starts: Callable[[dict], tuple[int, str]] | None = None, image_keys: bool = False,
                     expand: Callable[[dict], dict] | None = None, candidates: Callable[[dict], list[str]] | None = None,
-                    black_box: bool = False):
-    """Register an attack under its function's name. `step(images, grad, eps[, norm])` marks a single-step
-    attack: one input gradient then serves every eps (the engine makes it once). `starts(params) ->
-    (streams, kind)`: the random starts it takes per image (`random_starts`), which the engine draws for
-    the whole image set from the evaluation seed and slices per batch. image_keys: it takes `image_keys`, one
-    int64 per image from the evaluation seed and the image's index, for draws of its own (Square's).
-    expand(params): the parameters a row records, derived ones spelled out (AutoAttack's components);
-    candidates(params): a name for each candidate it returns (a row counts the images each broke first).
-    black_box: it only queries the model's outputs, so it queries the scored model itself (the real int8 model,
-    never its fake-quant twin: the check that would expose a twin that differs from it)."""
-    return ATTACKS.register(params=params, step=step, starts=starts, image_keys=image_keys, expand=expand,
-                            candidates=candidates, black_box=black_box)
+                    seed_salt: int = 0, attacker_is_judge: bool = False):
+    """Register an attack under its function's name.
+
+    kind: what it reads of the model. gradient: input gradients. black-box: only the model's outputs, so it
+    queries the scored model itself (the real int8 model, never its fake-quant twin: the check that would expose
+    a twin that differs from it) and the masking checks hold it against the gradient attacks. model-free:
+    nothing (random noise: one oblivious white-box row says it all). ensemble: gradient and black-box
+    components (AutoAttack). `step(images, grad, eps[, norm])` marks a single-step attack: one input gradient
+    then serves every eps (the engine makes it once). `starts(params) -> (streams, kind)`: the random starts it
+    takes per image (`random_starts`), drawn for the whole image set from the evaluation seed (xor seed_salt,
+    for a stream of its own) and sliced per batch. image_keys: it takes `image_keys`, one int64 per image from
+    the evaluation seed and the image's index, for draws of its own (Square's). expand(params): the parameters
+    a row records, derived ones spelled out (AutoAttack's components); candidates(params): a name for each
+    candidate it returns (a row counts the images each broke first). attacker_is_judge: it takes that option,
+    and may then skip the images the attacker's model already gets wrong (the engine says when it holds)."""
+    if kind not in KINDS:
+        raise ValueError(f"attack kind {kind!r}: one of {', '.join(KINDS)}")
+    return ATTACKS.register(params=params, kind=kind, step=step, starts=starts, image_keys=image_keys, expand=expand,
+                            candidates=candidates, seed_salt=seed_salt, attacker_is_judge=attacker_is_judge)
+
+
+def attack_entry(name: str) -> Entry:
+    """The registry's entry of attack `name`; an attack of the optional torchattacks zoo (`torchattacks.<Name>`)
+    gets one built on first use, which says what the zoo's attacks are (attacks/zoo.py)."""
+    if name in ATTACKS or not name.startswith(ZOO_PREFIX):
+        return ATTACKS.get(name)
+    from .zoo import zoo_entry
+    return zoo_entry(name)
+
+
+def attack_kind(name: str) -> str:
+    return attack_entry(name).extras["kind"]
 
 
 def candidate_names(name: str, params: dict) -> list[str] | None:
     """The names of the candidates attack `name` returns, where it names them (AutoAttack's components)."""
-    if name.startswith(ZOO_PREFIX):
-        return None
-    names = ATTACKS.get(name).extras.get("candidates")
+    names = attack_entry(name).extras.get("candidates")
     return names(params) if names else None
 
 
 def is_black_box(name: str) -> bool:
-    return not name.startswith(ZOO_PREFIX) and bool(ATTACKS.get(name).extras.get("black_box"))
+    return attack_kind(name) == "black-box"
 
 
 def takes_image_keys(name: str) -> bool:
-    return not name.startswith(ZOO_PREFIX) and bool(ATTACKS.get(name).extras.get("image_keys"))
+    return bool(attack_entry(name).extras.get("image_keys"))
+
+
+def takes_judge_option(name: str) -> bool:
+    return bool(attack_entry(name).extras.get("attacker_is_judge"))
+
+
+def draws_globally(name: str) -> bool:
+    """It draws from torch's global RNG at every call (the zoo): it runs on fixed chunks of the test split, each
+    seeded from its first index, and through a randomized defense it meets a fresh draw at every forward."""
+    return bool(attack_entry(name).extras.get("global_rng"))
+
+
+def seed_salt(name: str) -> int:
+    """What the evaluation seed is xor-ed with for this attack's random starts (a stream of its own)."""
+    return attack_entry(name).extras.get("seed_salt", 0)
 
 
 def start_streams(name: str, params: dict) -> tuple[int, str] | None:
     """(streams, kind) of the random starts attack `name` takes with `params`; None when it takes none."""
-    if name.startswith(ZOO_PREFIX):
-        return None
-    starts = ATTACKS.get(name).extras.get("starts")
+    starts = attack_entry(name).extras.get("starts")
     return starts(params) if starts else None
 
 
@@ -113,10 +147,7 @@ def attack_names() -> list[str]:
 
 
 def get_attack(name: str) -> Attack:
-    if name.startswith(ZOO_PREFIX):       # the optional torchattacks backend
-        from .zoo import zoo_attack
-        return zoo_attack(name.removeprefix(ZOO_PREFIX))
-    return ATTACKS.get(name).obj
+    return attack_entry(name).obj
 
 
 def attack_params_json(name: str, params: dict | None = None) -> str:
@@ -126,11 +157,13 @@ def attack_params_json(name: str, params: dict | None = None) -> str:
 
 
 def resolve_attack(name: str, params: dict | None = None) -> dict:
-    """An attack's full parameters: defaults filled in, each checked, derived ones spelled out."""
-    if name.startswith(ZOO_PREFIX):
-        return dict(params or {})
+    """An attack's full parameters: defaults filled in, each checked, derived ones spelled out (an entry with
+    its own `resolve`, the zoo's, checks them its way)."""
+    entry = attack_entry(name)
+    if "resolve" in entry.extras:
+        return entry.extras["resolve"](params or {})
     full = ATTACKS.resolve(name, params)
-    expand = ATTACKS.get(name).extras.get("expand")
+    expand = entry.extras.get("expand")
     return expand(full) if expand else full
 
 
@@ -142,7 +175,7 @@ ZOO_CHUNK = 100
 
 def gradient_step(name: str) -> Callable | None:
     """For single-step attacks, `step(images, grad, eps)`: one input gradient serves every eps."""
-    return None if name.startswith(ZOO_PREFIX) else ATTACKS.get(name).extras.get("step")
+    return attack_entry(name).extras.get("step")
 
 
 def input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,

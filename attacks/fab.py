@@ -105,7 +105,8 @@ def _run_rows(model: nn.Module, im2: torch.Tensor, la2: torch.Tensor, la_target2
                 ind_adv = is_adv.nonzero().squeeze(1)
                 t = _distance(x1[ind_adv] - im2[ind_adv], norm)
                 closer = (t < res2[ind_adv]).float()
-                adv[ind_adv] = x1[ind_adv] * closer.reshape([-1, *ones]) + adv[ind_adv] * (1 - closer).reshape([-1, *ones])
+                keep = closer.reshape([-1, *ones])
+                adv[ind_adv] = x1[ind_adv] * keep + adv[ind_adv] * (1 - closer).reshape([-1, *ones])
                 res2[ind_adv] = t * closer + res2[ind_adv] * (1 - closer)
                 x1[ind_adv] = im2[ind_adv] + (x1[ind_adv] - im2[ind_adv]) * beta
     return torch.where((res2 < 1e10).view(-1, *ones), adv, im2)

@@ -19,7 +19,7 @@ NOISE_SEED_SALT = 0x0_5EED_0015E    # the noise's draws are not PGD's starts
 @register_attack(params={
     "random_start": Param(True, bool, lambda v: v is True, "true (the noise is the random start)"),
     "norm": Param("linf", str, lambda n: n in NORMS, " or ".join(NORMS)),
-}, starts=lambda p: (1, start_kind(p["norm"])))
+}, kind="model-free", starts=lambda p: (1, start_kind(p["norm"])), seed_salt=NOISE_SEED_SALT)
 def noise(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, random_start: bool = True,
           norm: str = "linf", starts: torch.Tensor | None = None) -> torch.Tensor:
     """images + noise (starts: (batch, 1, C, H, W) from the caller), clipped to [0,1]: L-inf uniform in

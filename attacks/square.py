@@ -16,6 +16,7 @@ equal to torchattacks.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -47,7 +48,8 @@ class ImageDraws:
         if self._ahead is None or not 0 <= self.calls - self._first < self.BLOCK:
             self._first = self.calls
             calls = np.arange(self.calls, self.calls + self.BLOCK)[None, :, None]
-            self._ahead = uniform01(self.keys.view(np.int64)[:, None, None], 0, calls, np.arange(self.WIDTH)[None, None, :])
+            keys = self.keys.view(np.int64)[:, None, None]
+            self._ahead = uniform01(keys, 0, calls, np.arange(self.WIDTH)[None, None, :])
         return torch.from_numpy(self._ahead[rows, self.calls - self._first, :n])
 
     def signs(self, idx: torch.Tensor, shape: tuple[int, ...], shared: bool = False) -> torch.Tensor:
@@ -131,12 +133,19 @@ def _eta_rectangles(x: int, y: int) -> torch.Tensor:
     return delta / (delta ** 2).sum(dim=(0, 1), keepdim=True).sqrt()
 
 
-def _eta(s: int, flip: torch.Tensor) -> torch.Tensor:
-    """(n, 1, s, s): the authors' L2 block, transposed for the images whose coin came up."""
+@functools.cache
+def _eta_block(s: int) -> torch.Tensor:
+    """The authors' s x s L2 block (made once per size: a Python loop per rectangle, every query otherwise)."""
     delta = torch.zeros([s, s])
     delta[: s // 2] = _eta_rectangles(s // 2, s)
     delta[s // 2:] = -1.0 * _eta_rectangles(s - s // 2, s)
     delta /= (delta ** 2).sum(dim=(0, 1), keepdim=True).sqrt()
+    return delta
+
+
+def _eta(s: int, flip: torch.Tensor) -> torch.Tensor:
+    """(n, 1, s, s): the authors' L2 block, transposed for the images whose coin came up."""
+    delta = _eta_block(s)
     return torch.where(flip.view(-1, 1, 1), delta.t(), delta).unsqueeze(1).to(flip.device)
 
 
@@ -238,7 +247,7 @@ def square_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
     "norm": Param("linf", str, lambda n: n in NORMS, " or ".join(NORMS)),
     "loss": Param("margin", str, lambda v: v in ("margin", "ce"), "margin or ce"),
     "resc_schedule": Param(False, bool),
-}, image_keys=True, black_box=True)
+}, kind="black-box", image_keys=True)
 def square(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, queries: int = 5000,
            p_init: float = 0.8, norm: str = "linf", loss: str = "margin", resc_schedule: bool = False,
            image_keys: torch.Tensor | None = None) -> torch.Tensor:

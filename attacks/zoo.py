@@ -5,10 +5,13 @@ core install: `pip install 'robustgrid[torchattacks]'`.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from ..registry import Entry
 
 INSTALL = "pip install 'robustgrid[torchattacks]'"
 
@@ -37,3 +40,16 @@ def zoo_attack(name: str) -> Callable:
         return getattr(torchattacks, name)(model, eps=eps, **params)(images, labels)
     attack.__name__ = f"torchattacks.{name}"
     return attack
+
+
+@functools.cache
+def zoo_entry(name: str) -> Entry:
+    """The registry entry of `torchattacks.<Name>`: a gradient attack (the zoo's are, as far as robustgrid can know)
+    that draws from torch's global RNG at every call, takes no starts or keys of ours, and whose parameters are
+    its constructor's, checked against its signature."""
+    short = name.removeprefix("torchattacks.")
+
+    def resolve(params: dict) -> dict:
+        check_zoo_attack(short, params)
+        return dict(params)
+    return Entry(name, zoo_attack(short), {}, {"kind": "gradient", "global_rng": True, "resolve": resolve})

@@ -45,7 +45,7 @@ def smooth(images: torch.Tensor, ksize: int = 3, sigma: float = 0.0) -> torch.Te
     return x.reshape(n, c, h, w)
 
 
-DEFENSE = register_defense("gaussian_blur", reference, batched, gradient="exact", approx=smooth, params={
+DEFENSE = register_defense("gaussian_blur", reference, batched, gradient="exact", approx=smooth, short="blur", params={
     "ksize": odd(1),                                           # OpenCV: a positive odd kernel size
     "sigma": Param(0.0, float, lambda s: s >= 0, ">= 0 (0: OpenCV derives it from ksize)"),
 })

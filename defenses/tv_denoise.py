@@ -105,7 +105,7 @@ def unrolled(images: torch.Tensor, weight: float = 0.1, eps: float = 2e-4, max_n
 
 
 DEFENSE = register_defense("tv_denoise", reference, batched, gradient=f"bpda_tv_unrolled{UNROLLED_ITERATIONS}",
-                           approx=unrolled, params={
+                           approx=unrolled, short="tv", params={
     "weight": Param(0.1, float, lambda w: w > 0, "> 0"),
     "eps": Param(2e-4, float, lambda e: e > 0, "> 0 (the relative energy change that stops a plane)"),
     "max_num_iter": Param(200, int, lambda n: n >= 1, ">= 1"),

@@ -6,5 +6,5 @@
     evaluate/   plan, engine, rows, reference pipeline, examples, tasks
     results/    Parquet store, views (rich, markdown, CSV, JSON), plots
     execute/    sweep folder, inline executor, Ray trials and tasks, live view
-    cli.py, bench.py, api.py   the command line, the benchmarks, the notebook API
+    cli.py, bench/, api.py     the command line, the benchmarks (a file each), the notebook API
 """

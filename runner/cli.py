@@ -275,43 +275,33 @@ def cmd_show(args) -> int:
 def cmd_models(args) -> int:
     """Every registered model in every quant mode: the bytes shipped (torch.save of what the mode
     stores, measured) and the share of the parameters held in 8 bits (what the mode quantizes)."""
-    import torch
     from rich.console import Console
 
-    from ..models import QUANT, create_model, int8_share, model_names, quant_mode, quantize, shipped_bytes
-    from .results import View, render
+    from ..models import QUANT, create_model, model_names, sizes_per_mode
+    from .results import render
+    from .results.views import quant_sizes_view
     if args.results:
         from .results.store import ResultStore, results_folder
         from .results.views import folder_models_view
         render([folder_models_view(ResultStore(results_folder(args.results)).read("trials"))], "rich", Console())
         return 0
-    modes = QUANT.names()
-    # int8_static's scales come from calibration; their number (so the size) does not depend on the images
-    calibration = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    rows = []
     wanted = args.model or model_names()
     unknown = [m for m in wanted if m not in model_names()]
     if unknown:
         from .spec import SpecError
         raise SpecError(f"--model: unknown model {unknown[0]!r}; known: {', '.join(model_names())}")
     from .console import progress_bar
+    sizes = {}
     with progress_bar() as bar:      # on stderr's console: quantizing every model takes minutes (int8_static compiles)
-        task = bar.add_task("models x quant modes", total=len(wanted) * len(modes))
+        task = bar.add_task("models x quant modes", total=len(wanted) * len(QUANT.names()))
         for name in wanted:
-            m = create_model(name).eval()
-            row = [name, f"{sum(p.numel() for p in m.parameters()):,}"]
-            for q in modes:
-                bar.update(task, description=f"{name} {q}")
-                qm = quantize(m, q, calibration)
-                share = int8_share(m, qm)
-                row.append(f"{shipped_bytes(qm) / 1e6:.2f}" + (f"\n({share:.1%})" if share else ""))
-                bar.advance(task)
-            rows.append(row)
-    columns = ["model", "parameters", *[q + (" (notebook)" if quant_mode(q).notebook else "") for q in modes]]
-    render([View("models: MB shipped per quant mode (int8 share of the parameters)", columns, rows,
-                 ["int8_static (PT2E) quantizes convolutions, linears and residual adds; the Linear-only modes "
-                  "(dynamic_int8, int8_dynamic, int8_weight_only) reach only a ResNet's classifier: a share near 0 % "
-                  "means the mode does not apply to that model"])], "rich", Console())   # stdout: pipes
+            model = create_model(name).eval()
+
+            def next_mode(mode: str, name=name) -> None:
+                bar.update(task, description=f"{name} {mode}", advance=0 if mode == QUANT.names()[0] else 1)
+            sizes[name] = (sum(p.numel() for p in model.parameters()), sizes_per_mode(model, next_mode))
+            bar.advance(task)
+    render([quant_sizes_view(sizes)], "rich", Console())   # stdout: pipes
     return 0
 
 

@@ -26,7 +26,16 @@ from pydantic import (
     model_validator,
 )
 
-from ..attacks import ZOO_CHUNK, ZOO_PREFIX, attack_names, attack_params_json, max_eps, norm_of
+from ..attacks import (
+    ZOO_CHUNK,
+    ZOO_PREFIX,
+    attack_entry,
+    attack_names,
+    attack_params_json,
+    draws_globally,
+    max_eps,
+    norm_of,
+)
 from ..defenses import DEFENSES, defense_names
 from ..models import MODELS, QUANT, model_names
 from .space import SAMPLED, kind_of, values_to_check
@@ -435,7 +444,7 @@ class EvaluateSpec(Strict):
     @model_validator(mode="after")
     def _shards_on_zoo_chunks(self):
         """A torchattacks zoo attack runs on fixed ZOO_CHUNK-image chunks: a shard must start on one."""
-        zoo = [a.name for a in self.attacks if a.name.startswith(ZOO_PREFIX)]
+        zoo = [a.name for a in self.attacks if draws_globally(a.name)]
         if zoo and self.shard_images % ZOO_CHUNK:
             raise ValueError(f".shard_images: {self.shard_images} must be a multiple of {ZOO_CHUNK} with a torchattacks "
                              f"zoo attack ({zoo[0]}): the zoo runs on fixed {ZOO_CHUNK}-image chunks of the test split")
@@ -451,14 +460,12 @@ class EvaluateSpec(Strict):
         """Each attack known (or in the optional torchattacks zoo) with parameters in their domains."""
         for i, a in enumerate(v):
             try:
-                if a.name.startswith(ZOO_PREFIX):
-                    from ..attacks.zoo import check_zoo_attack
-                    check_zoo_attack(a.name.removeprefix(ZOO_PREFIX), a.params)
-                elif a.name not in attack_names():
+                try:
+                    attack_entry(a.name)
+                except KeyError:
                     raise ValueError(f"unknown attack {a.name!r}; known: {', '.join(attack_names())}, "
-                                     f"or {ZOO_PREFIX}<Name> (the torchattacks extra)")
-                else:
-                    attack_params_json(a.name, a.params)
+                                     f"or {ZOO_PREFIX}<Name> (the torchattacks extra)") from None
+                attack_params_json(a.name, a.params)      # the zoo's: checked against its constructor
             except ValueError as e:     # '.key: ...' names a parameter of the attack
                 msg = str(e)
                 raise ValueError(f"[{i}].{a.name}{msg}" if msg.startswith(".") else f"[{i}]: {msg}") from None

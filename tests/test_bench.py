@@ -1,5 +1,5 @@
 import torch
-from robustgrid.runner.bench import bench_defenses
+from robustgrid.runner.bench.defenses import bench_defenses
 
 
 def test_bench_defenses_reports_equal_outputs():
@@ -9,7 +9,7 @@ def test_bench_defenses_reports_equal_outputs():
 
 
 def test_bench_training_compares_input_paths_on_the_notebook_recipe():
-    from robustgrid.runner.bench import bench_training
+    from robustgrid.runner.bench.training import bench_training
     rows = bench_training(torch.device("cpu"), quick=True, dataset="synthetic", train_subset=256,
                           variants=("gpu-resident", "dataloader"))
     assert [r["path"] for r in rows] == ["gpu-resident", "dataloader"]
@@ -22,7 +22,7 @@ def test_bench_pipeline_counts_each_attack_pass_once(tiny_model, images):
     """The engine's attack passes per image are the grid's minimum: FGSM one gradient per (source,
     defense) whatever the eps; PGD `steps` per eps; through a randomized defense each times the EOT
     draws. Both pipelines' cells agree, and the ceiling is the reference time over the passes' time."""
-    from robustgrid.runner.bench import bench_pipeline
+    from robustgrid.runner.bench.pipeline import bench_pipeline
     from robustgrid.runner.spec import EvaluateSpec
     with torch.no_grad():
         labels = tiny_model(images).argmax(1)
@@ -56,7 +56,7 @@ def test_bench_quant_twin_agreement_is_measured_on_the_twins_own_fgsm_images(tin
     """(d)'s twin columns: the STE twin against the real int8 model on clean and twin-made FGSM images; a mode
     without a twin (fp32) has none. Run under no_grad, as the bench runs it (FGSM needs its own gradient)."""
     from robustgrid.models import quantize
-    from robustgrid.runner.bench import _twin_agreement
+    from robustgrid.runner.bench.quant import _twin_agreement
     labels = torch.arange(len(images)) % 10
     with torch.no_grad():
         assert _twin_agreement(tiny_model, tiny_model, "fp32", images, labels, torch.device("cpu")) == {}
@@ -70,7 +70,7 @@ def test_autoattack_bench_runs_every_implementation_on_the_same_images_and_times
     """`bench --grid autoattack`'s case on a tiny model at a radius where APGD-CE breaks every image: ours in this
     process and in two shard processes, torchattacks' chain and the authors' code (where installed), the same
     verdicts; ours' and torchattacks' seconds per component; the roofline counts the passes ours made."""
-    from robustgrid.runner.bench_autoattack import bench_case
+    from robustgrid.runner.bench.autoattack import bench_case
     with torch.no_grad():
         labels = tiny_model(images).argmax(1)
     rows, roof = bench_case(tiny_model, images, labels, torch.device("cpu"), "linf", 0.5, shards=2)

@@ -29,6 +29,11 @@ def test_wheel_adds_one_top_level_name_and_ships_the_sweeps(wheel):
                  "robustgrid/defenses/jpeg.py", "robustgrid/sweeps/quickstart.yaml", "robustgrid/__main__.py"):
         assert path in names, path
     assert not any(n.startswith("robustgrid/tests/") or "/.venv" in n for n in names)
+    # every subpackage of the checkout (pyproject lists them by hand): a folder left out installs without it
+    shipped = [d for d in ROOT.iterdir() if (d / "__init__.py").exists() and d.name not in ("tests", "e2e")]
+    for init in (i for d in shipped for i in d.rglob("__init__.py")):
+        rel = init.relative_to(ROOT).as_posix()
+        assert f"robustgrid/{rel}" in names, rel
 
 
 def test_installed_copy_runs_from_anywhere(wheel, tmp_path):

@@ -19,19 +19,21 @@ import torch
 from torch import nn
 
 from ...attacks import (
-    ZOO_PREFIX,
+    attack_kind,
     deliver,
+    draws_globally,
     gradient_step,
     input_gradient,
     input_gradients_only,
     is_black_box,
     norm_of,
     random_starts,
+    seed_salt,
     start_streams,
     takes_image_keys,
+    takes_judge_option,
     to_8bit_grid,
 )
-from ...attacks.noise import NOISE_SEED_SALT
 from ...defenses import defend_differentiably, is_randomized
 from ...models import fake_quant_twin, quant_mode, quantize, shipped_bytes
 from ...pixels import from_levels
@@ -40,7 +42,7 @@ from ..device import clock, fp32_precision, ieee_fp32
 from ..provenance import images_digest
 from ..spec import EvaluateSpec
 from .batching import attack_images, defend_images, over_batches, predict, zoo_images
-from .plan import MODEL_FREE, Cell, attack_setting, defense_setting, image_key, parse_params, plan_cells
+from .plan import Cell, attack_setting, defense_setting, image_key, parse_params, plan_cells
 from .rows import Verdict, delivered_distances, make_row
 
 
@@ -128,13 +130,13 @@ class Engine:
         source, attack, params_json, eps = key[:4]
         params, eot_samples = split_attack_params(params_json)
         dev, bs = self.devices[source], self.ev.batch_size
-        zoo = attack.startswith(ZOO_PREFIX)
+        zoo = draws_globally(attack)
         if len(key) > 4:          # adaptive: the attacker differentiates model o defense (BPDA, EOT)
             model = ThroughDefense(model, key[5], defense_setting(key[6])[0], self.ev.defense_backend, eot_samples,
                                    fresh_per_call=zoo)
         step = gradient_step(attack)
         grad_key = (source,) + key[4:]
-        if step is None and (attack in MODEL_FREE or is_black_box(attack)):    # no gradient to measure
+        if step is None and attack_kind(attack) in ("model-free", "black-box"):    # no gradient to measure
             return attack_images(model, attack, self.images, self.labels, eps, dev, bs, params,
                                  self._per_image(attack, params, eps))
         if step is None:
@@ -162,7 +164,7 @@ class Engine:
         """autoattack's `attacker_is_judge`: every cell of the whole grid (not this task's share) that judges image
         set `key` scores the attacker's own model with no defense. Only then may it skip the images that model gets
         wrong: there it changes no verdict and saves the time."""
-        if attack != "autoattack":
+        if not takes_judge_option(attack):
             return {}
         if self._judges is None:      # planned once per engine, not once per image set
             self._judges = {}
@@ -183,7 +185,7 @@ class Engine:
 
     def _starts(self, attack: str, eps: float, streams: int, kind: str) -> torch.Tensor:
         """Random starts per image for the whole set, drawn from the evaluation seed and each stream."""
-        seed = self.ev.seed ^ NOISE_SEED_SALT if attack == "noise" else self.ev.seed
+        seed = self.ev.seed ^ seed_salt(attack)
         memo = (streams, kind, eps, seed)
         if self._start_memo != memo:    # a shard's images: their places in the whole set's stream
             first = int(self.index[0])

@@ -5,10 +5,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ...attacks import ZOO_PREFIX, is_black_box
+from ...attacks import attack_kind, draws_globally, is_black_box
 from ...defenses import DEFENSES, defense_gradient, is_randomized
 from ...models import quant_mode
 from ..spec import EvaluateSpec
+
+EPS_DIGITS = 10     # eps as a cell's key holds it: 8/255 from a float sum and from a fraction are one cell
+
+
+def eps_key(eps):
+    """eps rounded as every cell key rounds it: a float (Python's round), or a pandas column (its .round)."""
+    return eps.round(EPS_DIGITS) if hasattr(eps, "iloc") else round(float(eps), EPS_DIGITS)
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,7 @@ class Cell:
     def key(self, trial_id: str, n: int, seed: int) -> tuple:
         """The cell's identity in the eval table (EVAL_KEY's order): never computed or written twice."""
         return (trial_id, self.quant, self.quant_params, self.attack, self.attack_params, self.attack_source,
-                self.threat, round(self.eps, 10), self.defense, self.defense_params, n, seed, self.corruption,
+                self.threat, eps_key(self.eps), self.defense, self.defense_params, n, seed, self.corruption,
                 self.severity)
 
     @property
@@ -54,7 +61,6 @@ def defense_setting(params_json: str) -> tuple[dict, int]:
 
 # What a cell's attack_params say beyond the attack's own settings: the gradient through the defense
 # and its EOT draws (adaptive), and the model gradient (ste: through an int8 model's fake-quant twin).
-MODEL_FREE = ("noise",)     # attacks that read no model: one oblivious white-box row says it all
 GRADIENT_KEYS = ("gradient", "eot_samples", "eot", "model_gradient")
 STE = {"model_gradient": "ste"}
 
@@ -74,7 +80,7 @@ def adaptive_params_json(attack_params: str, defense: str, eot_samples: int, att
     a randomized defense, the draws its expectation is taken over; an attack of the torchattacks zoo
     gets a fresh draw at every forward call instead, and says so)."""
     extra = {"gradient": defense_gradient(defense)}
-    if is_randomized(defense) and attack.startswith(ZOO_PREFIX):
+    if is_randomized(defense) and draws_globally(attack):
         extra["eot"] = "fresh_draw_per_forward"
     elif is_randomized(defense):
         extra["eot_samples"] = eot_samples
@@ -98,16 +104,19 @@ def plan_cells(ev: EvaluateSpec) -> list[Cell]:
             for source in ev.sources:
                 for quant in ev.quant:
                     mode = quant_mode(quant)
-                    ste = (source == "self" and eps > 0 and not mode.has_input_grad and attack.name not in MODEL_FREE
-                           and not is_black_box(attack.name))      # a black-box attack queries the real model
+                    # a model-free attack reads no model (one oblivious white-box row says it all); a black-box
+                    # one queries the real int8 model
+                    model_free = attack_kind(attack.name) == "model-free"
+                    ste = (source == "self" and eps > 0 and not mode.has_input_grad and not model_free
+                           and not is_black_box(attack.name))
                     if ste and mode.twin is None:
                         continue
-                    if source == "fp32" and (quant == "fp32" or attack.name in MODEL_FREE):
+                    if source == "fp32" and (quant == "fp32" or model_free):
                         continue
                     for threat in ev.threats:
                         for name, params in ev.defenses.items():
                             adaptive = threat == "adaptive"
-                            if adaptive and (eps == 0 or name == "none" or attack.name in MODEL_FREE):
+                            if adaptive and (eps == 0 or name == "none" or model_free):
                                 continue
                             a_params = (adaptive_params_json(attack.params_json, name, eot_samples(ev, attack),
                                                              attack.name) if adaptive else attack.params_json)

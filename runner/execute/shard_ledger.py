@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from ..evaluate.shards import merge_shards, shard_ranges
 from ..provenance import SOFTWARE_FIELDS, software
-from ..results import EVAL_KEY, ResultStore
+from ..results import ResultStore
+from ..results.store import key_of_row
 
 
 def cell_key(row: dict) -> tuple:
     """The cell a shard row belongs to, as ResultStore.eval_keys spells it (n: the whole cell's)."""
-    return tuple(round(row["eps"], 10) if k == "eps" else int(row["cell_n"]) if k == "n" else row[k] for k in EVAL_KEY)
+    return key_of_row(row, n=int(row["cell_n"]))
 
 
 class ShardLedger:

@@ -6,12 +6,22 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..evaluate.plan import eps_key
 from .render import render
 from .robustness import masking_flags, worst_case
 from .store import ResultStore
-from .views import (View, corruption_views, eps_label, flags_view, grid_axes, pivot_views, provenance_view, search_metric,
-                    split_corruptions, trials_views)
-
+from .views import (
+    View,
+    corruption_views,
+    eps_label,
+    flags_view,
+    grid_axes,
+    pivot_views,
+    provenance_view,
+    search_metric,
+    split_corruptions,
+    trials_views,
+)
 
 # show's filters: option -> eval column (eps compares as a number, n as an integer)
 FILTERS = {"quant": "quant", "defense": "defense", "trial": "trial_id", "attack": "attack", "source": "attack_source",
@@ -28,8 +38,8 @@ def filter_cells(ev, **filters):
         if not values:
             continue
         col = FILTERS[name]
-        wanted = {round(float(v), 10) for v in values} if name == "eps" else {int(v) for v in values} if name == "n" else set(values)
-        have = ev[col].round(10) if name == "eps" else ev[col]
+        wanted = {eps_key(v) for v in values} if name == "eps" else {int(v) for v in values} if name == "n" else set(values)
+        have = eps_key(ev[col]) if name == "eps" else ev[col]
         kept = ev[have.isin(wanted)]
         if not len(kept):
             label = eps_label if name == "eps" else str     # 16/255, never 0.06274509803921569

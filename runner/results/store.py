@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from ...files import atomic_write, replace
 from ..console import console
+from ..evaluate.plan import eps_key
 
 # Provenance (runner/provenance.py): which code and libraries made a row, and which images it saw.
 PROVENANCE_FIELDS = [
@@ -106,6 +107,12 @@ def trials_schema() -> pa.Schema:
     return pa.schema(_TRIAL_RESULT_FIELDS + config_fields)
 
 
+def key_of_row(row: dict, n: int | None = None) -> tuple:
+    """A row's cell key in EVAL_KEY's order, as eval_keys spells it (n: the whole cell's, where the row is a shard's)."""
+    return tuple(eps_key(row["eps"]) if k == "eps" else int(row["n"] if n is None else n) if k == "n" else row[k]
+                 for k in EVAL_KEY)
+
+
 EVAL_KEY = ["trial_id", "quant", "quant_params", "attack", "attack_params", "attack_source", "threat", "eps",
             "defense", "defense_params", "n", "seed", "corruption", "severity"]
 # What rows of an earlier release (before attack parameters, threat models, quant parameters) were:
@@ -162,7 +169,7 @@ class ResultStore:
     # --- eval: append-only part files ---
     def eval_keys(self) -> set[tuple]:
         df = self.read_eval(columns=EVAL_KEY)
-        return {tuple(r) for r in df.assign(eps=df["eps"].round(10)).itertuples(index=False)} if len(df) else set()
+        return {tuple(r) for r in df.assign(eps=eps_key(df["eps"])).itertuples(index=False)} if len(df) else set()
 
     def append_eval(self, rows: list[dict]) -> Path | None:
         if not rows:
@@ -184,7 +191,7 @@ class ResultStore:
             df["severity"] = df["severity"].astype("int64")
         if columns is None or set(EVAL_KEY) <= set(columns):
             # Two writers racing on the same cell is prevented upstream; keep reads exact anyway.
-            df = df.assign(_k=df["eps"].round(10)).drop_duplicates(subset=[c if c != "eps" else "_k" for c in EVAL_KEY])
+            df = df.assign(_k=eps_key(df["eps"])).drop_duplicates(subset=[c if c != "eps" else "_k" for c in EVAL_KEY])
             df = df.drop(columns="_k").reset_index(drop=True)
         return df
 

@@ -14,10 +14,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ...defenses import short_name
 from ..evaluate.plan import attack_setting, through_twin
 from ..evaluate.stats import wilson_interval
-
-ABBREVIATIONS = {"gaussian_blur": "blur", "tv_denoise": "tv"}   # defense column headers
 
 
 @dataclass
@@ -388,7 +387,7 @@ def _defense_columns(ev: pd.DataFrame) -> list[tuple[str, str, str]]:
 
 
 def _column_label(defense: str, params: str, threat: str, columns: list[tuple[str, str, str]]) -> str:
-    label = ABBREVIATIONS.get(defense, defense)
+    label = short_name(defense)
     if len({p for d, p, _ in columns if d == defense}) > 1:   # the same defense at two settings: say which
         label += " " + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in json.loads(params).values())
     return label + ("/a" if threat == "adaptive" else "")
@@ -399,7 +398,7 @@ def _defense_notes(columns: list[tuple[str, str]]) -> list[str]:
     for d, params in columns:
         p = json.loads(params)
         if p:
-            out.append(f"{ABBREVIATIONS.get(d, d)}: {d} " + " ".join(f"{k}={v}" for k, v in p.items()))
+            out.append(f"{short_name(d)}: {d} " + " ".join(f"{k}={v}" for k, v in p.items()))
     return ["; ".join(out)] if out else []
 
 
@@ -469,3 +468,16 @@ def corruption_views(ev: pd.DataFrame, corrupted: pd.DataFrame) -> list[View]:
                   "figure with all 15 at severities 1-5); clean: the same model and defense on the uncorrupted images")],
                 key_columns=3)
     return [head, *tables]
+
+
+def quant_sizes_view(sizes: dict[str, tuple[int, dict[str, tuple[int, float]]]]) -> View:
+    """`robustgrid models`: per model its parameters and, per quant mode, the MB it ships (its int8 share)."""
+    from ...models import quant_mode
+    modes = list(next(iter(sizes.values()))[1]) if sizes else []
+    rows = [[name, f"{params:,}", *[f"{b / 1e6:.2f}" + (f"\n({share:.1%})" if share else "") for b, share in per.values()]]
+            for name, (params, per) in sizes.items()]
+    columns = ["model", "parameters", *[q + (" (notebook)" if quant_mode(q).notebook else "") for q in modes]]
+    return View("models: MB shipped per quant mode (int8 share of the parameters)", columns, rows,
+                ["int8_static (PT2E) quantizes convolutions, linears and residual adds; the Linear-only modes "
+                 "(dynamic_int8, int8_dynamic, int8_weight_only) reach only a ResNet's classifier: a share near 0 % "
+                 "means the mode does not apply to that model"])

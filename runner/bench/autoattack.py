@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import time
 from collections import Counter
@@ -29,10 +30,11 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .console import console
-from .device import clock
-from .evaluate import Engine, plan_cells, run_cells
-from .spec import EvaluateSpec
+from ..console import console
+from ..device import clock, pick_device
+from ..evaluate import Engine, plan_cells, run_cells
+from ..spec import EvaluateSpec
+from .common import machine, matmul_peak_gflops, model_and_images, print_table, write_json
 
 # (model, norm, eps): the standard model at radii where images stay robust, the adversarially trained one at
 # RobustBench's CIFAR-10 radii
@@ -48,14 +50,14 @@ def _spec(norm: str, eps: float, device: str) -> EvaluateSpec:
 
 
 def _robust_mask(row: dict) -> torch.Tensor:
-    from .evaluate.rows import unpack_mask
+    from ..evaluate.rows import unpack_mask
     return torch.from_numpy(unpack_mask(row["correct_mask"], row["n"]))
 
 
 @contextlib.contextmanager
 def _timed_components() -> Iterator[Counter]:
     """Seconds spent in each AutoAttack component while ours runs (every component goes through autoattack._run)."""
-    from ..attacks import autoattack as aa
+    from ...attacks import autoattack as aa
     seconds: Counter = Counter()
     run = aa._run
 
@@ -90,7 +92,7 @@ def flops_per_image(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
     """FLOPs of one image's forward, and of its forward + input gradient (weights frozen, as attacks run them)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..attacks import input_gradients_only
+    from ...attacks import input_gradients_only
     x = images[:8].clone()
     with input_gradients_only(model) as m:
         with FlopCounterMode(display=False) as fwd, torch.no_grad():
@@ -209,7 +211,7 @@ def authors(model, images, labels, device, norm: str, eps: float):
 
 def _judge(model, images, labels, adv, device, norm: str, eps: float) -> torch.Tensor:
     """Per image: still right on the image delivered on the 8-bit grid."""
-    from ..attacks import deliver
+    from ...attacks import deliver
     x, y = images.to(device), labels.to(device)
     with torch.no_grad():
         return (model(deliver(adv.to(device), x, eps, norm)).argmax(1) == y).cpu()
@@ -217,7 +219,7 @@ def _judge(model, images, labels, adv, device, norm: str, eps: float) -> torch.T
 
 def bench_case(model, images, labels, device, norm: str, eps: float, shards: int) -> tuple[list[dict], dict]:
     """One case, every implementation on the same images: a row each, and the roofline of ours."""
-    from .evaluate.stats import wilson_interval
+    from ..evaluate.stats import wilson_interval
     model = model.to(device).eval()
     robust, secs, parts, broken_by, passes = ours(model, images, labels, device)(norm, eps)
     runs = [("robustgrid", robust, secs, parts, broken_by)]
@@ -249,3 +251,36 @@ def bench_case(model, images, labels, device, norm: str, eps: float, shards: int
     roof = {"norm": norm, "eps": eps, "forward_images": passes["forward"], "gradient_images": passes["gradient"],
             "gflop": gflop, "gflop_per_s": gflop / secs}
     return rows, roof
+
+
+def run_autoattack_bench(json_path: str | None = None, device: str = "auto", images: int | None = None) -> int:
+    """`bench --grid autoattack`: our AutoAttack against the authors' code and torchattacks', on a standard and an
+    adversarially trained model, L-inf and L2."""
+    dev = pick_device(device)
+    shards = 1 if dev.type == "cuda" else min(os.cpu_count() or 1, 8)
+    rows, roofs = [], []
+    for kind in dict.fromkeys(k for k, _, _ in CASES):
+        model, x, y, dataset, _ = model_and_images(images or 100, False, "simple_cnn", dev.type,
+                                                     adversarial="none" if kind == "standard" else kind)
+        console.print(f"bench on {machine()}; simple_cnn trained {kind}, {dataset}, {len(x)} test images, device {dev}")
+        for _, norm, eps in (c for c in CASES if c[0] == kind):
+            case_rows, roof = bench_case(model, x, y, dev, norm, eps, shards)
+            rows += [{"model": kind, **r} for r in case_rows]
+            roofs.append({"model": kind, **roof})
+    print_table("(e) AutoAttack standard: robustgrid vs the authors' code and torchattacks, the same images (x ours: "
+                 "seconds over ours in one process; differ: verdicts not ours)", rows,
+                 {"model": "{}", "norm": "{}", "eps": "{:.4g}", "implementation": "{}", "robust": "{}", "differ": "{}",
+                  "seconds": "{:.1f}", "x_ours": "{:.2f}", "s_per_robust_image": "{:.2f}"})
+    print_table("(e) seconds per component", [r for r in rows if r["apgd-t_s"] is not None],
+                 {"model": "{}", "norm": "{}", "eps": "{:.4g}", "implementation": "{}", "apgd-ce_s": "{:.1f}",
+                  "apgd-t_s": "{:.1f}", "fab-t_s": "{:.1f}", "square_s": "{:.1f}"})
+    peak = matmul_peak_gflops(dev)
+    for r in roofs:
+        r["matmul_peak_gflop_per_s"], r["of_peak"] = peak, r["gflop_per_s"] / peak
+        console.print(f"roofline ({r['model']}, {r['norm']} {r['eps']:.4g}): ours passed {r['gradient_images']} images "
+                      f"with an input gradient and {r['forward_images']} forward only, {r['gflop']:.1f} GFLOP "
+                      f"(torch.utils.flop_counter), {r['gflop_per_s']:.1f} GFLOP/s against a dense fp32 matmul peak of "
+                      f"{peak:.0f} GFLOP/s here ({r['of_peak']:.1%} of it)")
+    if json_path:
+        write_json(json_path, {"machine": machine(), "device": str(dev), "autoattack": rows, "roofline": roofs})
+    return 0
