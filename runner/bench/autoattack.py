@@ -103,17 +103,15 @@ def flops_per_image(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
     return {"forward": fwd.get_total_flops() / len(x), "gradient": both.get_total_flops() / len(x)}
 
 
-def ours(model, images, labels, device) -> callable:
+def ours(model, images, labels, device, norm: str, eps: float):
     """Our AutoAttack in this process: (robust mask, seconds, seconds per component, broken_by, passes)."""
-    def run(norm: str, eps: float):
-        ev = _spec(norm, eps, device.type)
-        cells = [c for c in plan_cells(ev) if c.eps > 0]
-        with _timed_components() as parts, _counting_passes(model) as passes:
-            t0 = clock(device)
-            row = run_cells(Engine(model, ev, images, labels, device), cells, META)[0]
-            seconds = clock(device) - t0
-        return _robust_mask(row), seconds, dict(parts), row["broken_by"], passes
-    return run
+    ev = _spec(norm, eps, device.type)
+    cells = [c for c in plan_cells(ev) if c.eps > 0]
+    with _timed_components() as parts, _counting_passes(model) as passes:
+        t0 = clock(device)
+        row = run_cells(Engine(model, ev, images, labels, device), cells, META)[0]
+        seconds = clock(device) - t0
+    return _robust_mask(row), seconds, dict(parts), row["broken_by"], passes
 
 
 def _shard(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, first_index: int, norm: str,
@@ -221,7 +219,7 @@ def bench_case(model, images, labels, device, norm: str, eps: float, shards: int
     """One case, every implementation on the same images: a row each, and the roofline of ours."""
     from ..evaluate.stats import wilson_interval
     model = model.to(device).eval()
-    robust, secs, parts, broken_by, passes = ours(model, images, labels, device)(norm, eps)
+    robust, secs, parts, broken_by, passes = ours(model, images, labels, device, norm, eps)
     runs = [("robustgrid", robust, secs, parts, broken_by)]
     if shards > 1:
         sharded, wall = ours_sharded(model, images, labels, norm, eps, shards)
