@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import random
+from pathlib import Path
 from typing import Any
 
 from ray.tune.experiment import Trial
@@ -23,13 +24,26 @@ class KeepIdentityPBT(PopulationBasedTraining):
     def __init__(self, limits: dict[str, tuple[float, float]], **kwargs):
         super().__init__(**kwargs)
         self._limits = limits
+        self._finishing: set = set()    # trials past their last epoch, measuring their test split
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         # At its last epoch a trial has nothing left to train: a clone there would only copy the other's final
         # weights (and, while that other is still measuring its test split, again and again)
         if result.get("epoch", 0) >= trial.config["trial"]["config"]["epochs"]:
+            self._finishing.add(trial)
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
+
+    def _quantiles(self):
+        """Tune's quantiles among the trials still training. A trial past its last epoch is out of the ranking:
+        ranked on its last epoch's score it could land in the lower quantile when another trial reaches the sync
+        point (a resumed population's members start at different epochs), and exploiting it would pause it
+        mid-measurement, its final report lost."""
+        hidden = {t: self._trial_state.pop(t) for t in self._finishing if t in self._trial_state}
+        try:
+            return super()._quantiles()
+        finally:
+            self._trial_state.update(hidden)
 
     def choose_trial_to_run(self, tune_controller):
         """Tune's choice; and where every trial still training waits at a sync point for trials that have left the
@@ -69,6 +83,21 @@ def pbt_scheduler(sweep: Sweep) -> KeepIdentityPBT:
     return KeepIdentityPBT(limits, time_attr="epoch", perturbation_interval=s.perturbation_interval,
                            hyperparam_mutations={"trial": {"config": mutations}}, quantile_fraction=s.quantile_fraction,
                            resample_probability=s.resample_probability, synch=True)
+
+
+def resumed_trial(trial: dict[str, Any], mutable: list[str]) -> dict[str, Any]:
+    """A trial a PBT run resumes from its own last.pt: with the perturbed values it was training with (its
+    checkpoint's configuration), not the planned ones; `initial_config` keeps what its id hashes. Started from the
+    planned values, its next checkpoint named the planned lr beside an optimizer at the perturbed one, and a clone
+    of it scaled the lr by their ratio (seen: 0.04 x 0.014 / 1e-5 = 56, the loss NaN, the trial never finished)."""
+    config = trial["config"]
+    last = Path(config["out_dir"]) / "last.pt"
+    if not last.exists():
+        return trial
+    from ...models.checkpoint import read_checkpoint
+    trained = read_checkpoint(last)["meta"]["config"]
+    changed = {k: trained[k] for k in mutable if k in trained and trained[k] != config.get(k)}
+    return {**trial, "config": {**config, **changed}, "initial_config": config} if changed else trial
 
 
 def initial_trial(config: dict[str, Any]) -> dict[str, Any]:

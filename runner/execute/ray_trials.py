@@ -20,7 +20,7 @@ from ..provenance import PROVENANCE_KEYS
 from ..results import TRIAL_KEY
 from ..space import kind_of, to_tune
 from .live import LiveTrials
-from .pbt import initial_trial, pbt_scheduler
+from .pbt import initial_trial, pbt_scheduler, resumed_trial
 from .ray_setup import _where, device_for, hide_unassigned_gpus, trial_resources
 from .sweep import Sweep
 
@@ -125,6 +125,8 @@ def train_ray(sweep: Sweep, resume: bool) -> None:
             config = {**t["config"], "device": device_for(t["config"]["device"], res["gpu"])}
             todo.append(dict(t, config=config, cpus=res["cpu"], gpus=res["gpu"], workers=r.workers_per_trial,
                              mirrors=mirrors()))
+            if sweep.spec.scheduler.type == "pbt":
+                todo[-1] = resumed_trial(todo[-1], list(sweep.spec.scheduler.mutations))
     storage = sweep.out / "ray"
     tune_storage = _tune_storage(storage)
     # A synchronous PBT restored by Tune mid-run was seen to stall (trials left pending, nothing training): PBT
