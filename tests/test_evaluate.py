@@ -1,10 +1,13 @@
 """The engine (shared image sets, batched defenses, channels_last) equals the reference pipeline
 (every cell on its own, defenses one image at a time through OpenCV / scikit-image)."""
+import dataclasses
 import json
 
 import torch
 from robustgrid.runner.evaluate import (
+    CLEAN,
     Engine,
+    ImageSet,
     image_key,
     plan_cells,
     reference_rows,
@@ -41,8 +44,9 @@ def test_one_image_set_per_source_and_eps():
     keys = {image_key(c) for c in plan_cells(ev)}
     # clean, fp32-made at two eps (shared by fp32 white-box and int8 transfer), int8-made through its twin
     ste = '{"model_gradient": "ste"}'
-    assert keys == {("clean",), ("fp32", "fgsm", "{}", 2 / 255), ("fp32", "fgsm", "{}", 8 / 255),
-                    ("dynamic_int8", "fgsm", ste, 2 / 255), ("dynamic_int8", "fgsm", ste, 8 / 255)}
+    assert keys == {CLEAN, ImageSet("fp32", "fgsm", "{}", 2 / 255), ImageSet("fp32", "fgsm", "{}", 8 / 255),
+                    ImageSet("dynamic_int8", "fgsm", ste, 2 / 255), ImageSet("dynamic_int8", "fgsm", ste, 8 / 255)}
+    assert {k for k in keys if k.shared} == {k for k in keys if k.source != "dynamic_int8"}    # kept for reuse
 
 
 ADAPTIVE = {**GRID, "eps": [0, "8/255"], "attacks": ["fgsm", {"pgd": {"steps": 3, "restarts": 2}}],
@@ -74,8 +78,8 @@ def test_adaptive_engine_equals_reference_pipeline_cell_by_cell(tiny_model, imag
 def test_adaptive_images_are_made_once_per_defense():
     ev = EvaluateSpec.model_validate(ADAPTIVE)
     keys = {image_key(c) for c in plan_cells(ev) if c.threat == "adaptive"}
-    assert len(keys) == 2 * 5 * 2 and all(k[4] == "adaptive" for k in keys)
-    assert {k[0] for k in keys} == {"fp32", "dynamic_int8"}          # fp32-made, and made through the int8 twin
+    assert len(keys) == 2 * 5 * 2 and all(k.adaptive and not k.shared for k in keys)
+    assert {k.source for k in keys} == {"fp32", "dynamic_int8"}          # fp32-made, and made through the int8 twin
 
 
 def test_quant_parameters_are_part_of_the_cell():
@@ -108,12 +112,13 @@ def test_an_image_counts_as_robust_only_if_no_candidate_fools_the_scored_system(
     with torch.no_grad():
         fools = tiny_model(other).argmax(1) != labels
     assert 0 < fools.sum() < len(images)
-    key = ("fp32", "fake", "{}", 8 / 255)
+    key = ImageSet("fp32", "fake", "{}", 8 / 255)
     engine.import_adversarials({key: torch.round(torch.stack([clean, other, clean], 1) * 255).to(torch.uint8)})
     verdict = engine.judge(key, "none", '{}', ["fp32"])["fp32"]
     assert torch.equal(verdict.ok, ~fools) and verdict.candidates == 3
-    engine.import_adversarials({key[:3] + (4 / 255,): torch.round(torch.stack([clean, clean], 1) * 255).to(torch.uint8)})
-    assert engine.judge(key[:3] + (4 / 255,), "none", '{}', ["fp32"])["fp32"].ok.all()
+    smaller = dataclasses.replace(key, eps=4 / 255)
+    engine.import_adversarials({smaller: torch.round(torch.stack([clean, clean], 1) * 255).to(torch.uint8)})
+    assert engine.judge(smaller, "none", '{}', ["fp32"])["fp32"].ok.all()
 
 
 def test_a_randomized_defense_is_scored_under_every_defender_draw(images):
@@ -191,7 +196,7 @@ def test_the_noise_baseline_is_one_oblivious_white_box_row_inside_its_ball(image
     assert {(r["threat"], r["attack_source"]) for r in rows} == {("oblivious", "self")}
     assert all(r["delivered_linf"] <= r["eps"] + 1e-9 and r["candidates"] == 1 for r in rows)
     assert made[0] == made[1]
-    noise = engine.adversarial(("fp32", "noise", EvaluateSpec.model_validate(grid).attacks[0].params_json, 8 / 255))[0][:, 0]
+    noise = engine.adversarial(ImageSet("fp32", "noise", EvaluateSpec.model_validate(grid).attacks[0].params_json, 8 / 255))[0][:, 0]
     pgd_start = torch.round((images + random_starts(len(images), (3, 32, 32), 1, 0, 8 / 255)[:, 0]).clamp(0, 1) * 255) / 255
     assert not torch.equal(noise, pgd_start) and (noise != torch.round(images * 255) / 255).any()
 

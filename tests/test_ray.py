@@ -182,6 +182,15 @@ def _kill_after_first_trial(proc: subprocess.Popen, out: Path, until_the_next_is
 RESUME_TIMEOUT = 300
 
 
+def _pbt_story(out, killed, trials, stderr: str) -> str:
+    """The rows before and after the resume, and the resumed driver's and Tune's last words."""
+    cols = ["trial_id", "status", "error", "epochs_run", "lineage"]
+    logs = sorted(out.glob("ray/driver.log"))
+    tail = logs[0].read_text()[-4000:] if logs else "(no driver.log)"
+    return (f"killed:\n{killed.reindex(columns=cols).to_string()}\nresumed:\n{trials.reindex(columns=cols).to_string()}"
+            f"\nstderr:\n{stderr[-3000:]}\ndriver.log:\n{tail}")
+
+
 @pytest.mark.slow
 def test_pbt_clones_a_stronger_trials_checkpoint_records_the_lineage_and_resumes_after_a_kill(cluster, tmp_path):
     """Synchronous PBT, two trials, quantile 0.5: after epoch 1 the weaker takes the stronger's checkpoint (so
@@ -204,14 +213,18 @@ def test_pbt_clones_a_stronger_trials_checkpoint_records_the_lineage_and_resumes
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    assert not (ResultStore(out).read("trials")["status"] == "ok").all()      # killed mid-run
+    killed = ResultStore(out).read("trials")
+    assert not (killed["status"] == "ok").all()      # killed mid-run
     # a process with a time bound: a population waiting at a sync point for a member that left spun forever
-    assert subprocess.run(cmd + ["--resume"], capture_output=True, timeout=RESUME_TIMEOUT).returncode == 0
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=RESUME_TIMEOUT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     trials = ResultStore(out).read("trials")
     from robustgrid.runner.execute import Sweep
     from robustgrid.runner.spec import validate
     planned = {t["trial_id"]: t["config"]["lr"] for t in Sweep(validate(raw), raw, out).trials()}
-    assert dict(zip(trials["trial_id"], trials["lr"])) == planned and set(trials["status"]) == {"ok"}
+    assert dict(zip(trials["trial_id"], trials["lr"])) == planned
+    # seen once in CI in ~40 runs, not reproduced since: a trial 'stopped' after the resume; what to read then
+    assert set(trials["status"]) == {"ok"}, _pbt_story(out, killed, trials, resumed.stderr)
     steps = [step for lineage in trials["lineage"].dropna() for step in json.loads(lineage)]
     assert steps
     for step in steps:

@@ -42,7 +42,7 @@ from ..device import clock, fp32_precision, ieee_fp32
 from ..provenance import images_digest
 from ..spec import EvaluateSpec
 from .batching import attack_images, defend_images, over_batches, predict, zoo_images
-from .plan import Cell, attack_setting, defense_setting, image_key, parse_params, plan_cells
+from .plan import CLEAN, Cell, ImageSet, attack_setting, defense_setting, image_key, parse_params, plan_cells
 from .rows import Verdict, delivered_distances, make_row
 
 
@@ -99,43 +99,43 @@ class Engine:
         self.built = Models.build(fp32, ev.quant, device, calibration)
         self.models, self.devices, self.sizes = self.built.models, self.built.devices, self.built.sizes
         self.precision = self.built.precision
-        self._adv: dict[tuple, tuple[torch.Tensor, float]] = {}
+        self._adv: dict[ImageSet, tuple[torch.Tensor, float]] = {}
         self._grad: dict[tuple, torch.Tensor] = {}   # (source model[, adaptive defense]) -> clean input gradients
         self._dead: dict[tuple, int] = {}            # the same key -> images whose clean input gradient is dead
         self._start_memo, self._start_cache = None, None
-        self.dead_gradients: dict[tuple, int] = {}   # image key -> images whose input gradient was all 0 / NaN
+        self.dead_gradients: dict[ImageSet, int] = {}   # image key -> images whose input gradient was all 0 / NaN
         self._verdicts: dict[tuple, Verdict] = {}    # (quant, image key, defense, params) -> the judgement
-        self._facts: dict[tuple, tuple[torch.Tensor, tuple]] = {}   # image key -> (fresh candidates, distances)
-        self._judges: dict[tuple, set] | None = None   # image key -> the (defense, quant) of every cell judging it
+        self._facts: dict[ImageSet, tuple[torch.Tensor, tuple]] = {}   # image key -> (fresh candidates, distances)
+        self._judges: dict[ImageSet, set] | None = None   # image key -> the (defense, quant) of every cell judging it
 
-    def adversarial(self, key: tuple) -> tuple[torch.Tensor, float]:
+    def adversarial(self, key: ImageSet) -> tuple[torch.Tensor, float]:
         """Candidates (N, K, C, H, W) for image_key (made once) and the seconds it took to make them."""
         if key not in self._adv:
             t0 = clock(self.device)
-            adv = to_8bit_grid(self.images).unsqueeze(1) if key == ("clean",) else self._make_adversarial(key)
+            adv = to_8bit_grid(self.images).unsqueeze(1) if key.is_clean else self._make_adversarial(key)
             seconds = clock(self.device, *self.devices.values()) - t0
             # Keep the clean and the FP32-made oblivious images (shared by every defense and every model
             # they transfer to); a quant mode's white-box images and an adaptive set serve one group of cells.
-            self._adv = {k: v for k, v in self._adv.items() if _shared(k)} | {key: (adv, seconds)}
+            self._adv = {k: v for k, v in self._adv.items() if k.shared} | {key: (adv, seconds)}
         return self._adv[key]
 
-    def _make_adversarial(self, key: tuple) -> torch.Tensor:
+    def _make_adversarial(self, key: ImageSet) -> torch.Tensor:
         # a gradient attack differentiates the mode's twin (STE) where the mode has no gradient; a black-box one
         # queries the scored model itself
-        model = self.built.models[key[0]] if is_black_box(key[1]) else self.built.attacker(key[0])
+        model = self.built.models[key.source] if is_black_box(key.attack) else self.built.attacker(key.source)
         with input_gradients_only(model) as model:
             return self._attack(key, model)
 
-    def _attack(self, key: tuple, model: nn.Module) -> torch.Tensor:
-        source, attack, params_json, eps = key[:4]
-        params, eot_samples = split_attack_params(params_json)
+    def _attack(self, key: ImageSet, model: nn.Module) -> torch.Tensor:
+        source, attack, eps = key.source, key.attack, key.eps
+        params, eot_samples = split_attack_params(key.attack_params)
         dev, bs = self.devices[source], self.ev.batch_size
         zoo = draws_globally(attack)
-        if len(key) > 4:          # adaptive: the attacker differentiates model o defense (BPDA, EOT)
-            model = ThroughDefense(model, key[5], defense_setting(key[6])[0], self.ev.defense_backend, eot_samples,
+        if key.adaptive:          # adaptive: the attacker differentiates model o defense (BPDA, EOT)
+            model = ThroughDefense(model, key.defense, defense_setting(key.defense_params)[0], self.ev.defense_backend, eot_samples,
                                    fresh_per_call=zoo)
         step = gradient_step(attack)
-        grad_key = (source,) + key[4:]
+        grad_key = key.gradient_source
         if step is None and attack_kind(attack) in ("model-free", "black-box"):    # no gradient to measure
             return attack_images(model, attack, self.images, self.labels, eps, dev, bs, params,
                                  self._per_image(attack, params, eps))
@@ -160,7 +160,7 @@ class Engine:
         self._dead[grad_key] = int((~(torch.isfinite(grad) & (grad != 0)).flatten(1).any(1)).sum())
         return grad
 
-    def _options(self, attack: str, key: tuple) -> dict:
+    def _options(self, attack: str, key: ImageSet) -> dict:
         """autoattack's `attacker_is_judge`: every cell of the whole grid (not this task's share) that judges image
         set `key` scores the attacker's own model with no defense. Only then may it skip the images that model gets
         wrong: there it changes no verdict and saves the time."""
@@ -170,7 +170,7 @@ class Engine:
             self._judges = {}
             for c in plan_cells(self.ev):
                 self._judges.setdefault(image_key(c), set()).add((c.defense, c.quant))
-        return {"attacker_is_judge": key[0] not in self.built.twins and self._judges.get(key) == {("none", key[0])}}
+        return {"attacker_is_judge": key.source not in self.built.twins and self._judges.get(key) == {("none", key.source)}}
 
     def _per_image(self, attack: str, params: dict, eps: float) -> dict[str, torch.Tensor]:
         """What the attack draws per image, the same on any batch size or shard: its random starts (each image's
@@ -194,19 +194,19 @@ class Engine:
             self._start_memo = memo
         return self._start_cache
 
-    def import_adversarials(self, adversarials: dict[tuple, torch.Tensor]) -> None:
+    def import_adversarials(self, adversarials: dict[ImageSet, torch.Tensor]) -> None:
         """FP32-made candidates from another task (a GPU task hands them to the int8 CPU tasks)."""
         for key, images in adversarials.items():
             self._adv[key] = (from_levels(images.to(self.device)), 0.0)
 
-    def export_adversarials(self, keys: Iterable[tuple]) -> dict[tuple, torch.Tensor]:
+    def export_adversarials(self, keys: Iterable[ImageSet]) -> dict[ImageSet, torch.Tensor]:
         """FP32-made candidates {image key: uint8} for other tasks; exact, as they lie on the 8-bit grid."""
         return {key: torch.round(self.adversarial(key)[0] * 255).to(torch.uint8).cpu() for key in keys}
 
     def defend(self, images: torch.Tensor, defense: str, params: dict, index: torch.Tensor) -> torch.Tensor:
         return defend_images(defense, params, images, self.ev.defense_backend, self.ev.batch_size, index)
 
-    def judge(self, key: tuple, defense: str, params_json: str, quants: Iterable[str]) -> dict[str, Verdict]:
+    def judge(self, key: ImageSet, defense: str, params_json: str, quants: Iterable[str]) -> dict[str, Verdict]:
         """Each quant mode's verdict on image set `key` behind a defense, computed once: per image, right
         under every candidate and every defender draw (the clean verdicts serve every attack-success rate)."""
         todo = [q for q in dict.fromkeys(quants) if (q, key, defense, params_json) not in self._verdicts]
@@ -243,7 +243,7 @@ class Engine:
                     first[q][at[preds != self.labels[at]]] = k
         return ok, first
 
-    def _candidate_facts(self, key: tuple) -> tuple[torch.Tensor, tuple[int, float]]:
+    def _candidate_facts(self, key: ImageSet) -> tuple[torch.Tensor, tuple[int, float]]:
         """Of image set `key`, once: which candidates differ from each image's earlier ones, and the largest
         distances delivered (L-inf in 8-bit levels, L2)."""
         if key not in self._facts:
@@ -263,17 +263,6 @@ def _fresh_candidates(cands: torch.Tensor) -> torch.Tensor:
 
 
 IMAGE_KEY_SALT = 0x5EED_5A0A      # attacks' own per-image draws (Square's) are apart from every other stream
-
-
-def _shared(key: tuple) -> bool:
-    return key == ("clean",) or (key[0] == "fp32" and len(key) == 4)
-
-
-def _order(c: Cell) -> tuple:
-    """Clean first (its scores serve the success rates); then per (source, attack, threat, defense)
-    every eps in a row, so one single-step gradient (per defense, adaptive) serves them all."""
-    k = image_key(c)
-    return (c.eps > 0, k[:3], k[4:], c.eps)
 
 
 class ThroughDefense(nn.Module):
@@ -317,8 +306,8 @@ def run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any],
 
 
 def _run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any], on_rows, progress) -> list[dict]:
-    groups: dict[tuple, dict[tuple, list[Cell]]] = {}
-    for c in sorted(cells, key=_order):
+    groups: dict[ImageSet, dict[tuple, list[Cell]]] = {}
+    for c in sorted(cells, key=lambda c: image_key(c).run_order):
         groups.setdefault(image_key(c), {}).setdefault((c.defense, c.defense_params), []).append(c)
     all_rows = []
     for key, by_defense in groups.items():
@@ -329,7 +318,7 @@ def _run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any], on_rows,
             quants = [c.quant for c in group]
             t0 = clock(engine.device)
             verdicts = engine.judge(key, defense, params, quants)
-            clean = engine.judge(("clean",), defense, params, quants)
+            clean = engine.judge(CLEAN, defense, params, quants)
             # predictions come back to the CPU (.cpu() waits for the device): the clock is honest
             shared = (clock(engine.device) - t0) / len(group) + attack_seconds / n_cells
             for c in group:

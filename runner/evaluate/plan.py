@@ -158,13 +158,55 @@ def quant_params_json(ev: EvaluateSpec, quant: str) -> str:
     return json.dumps(params, sort_keys=True)
 
 
-def image_key(c: Cell) -> tuple:
-    """Which images a cell is scored on: the clean ones at eps 0; else those made by (source model,
-    attack, eps), shared by every defense (oblivious) or made through the cell's defense (adaptive)."""
+@dataclass(frozen=True, order=True)
+class ImageSet:
+    """Which images a cell is scored on: the clean ones (`CLEAN`), or those made by (source model, attack, eps),
+    shared by every defense (oblivious) or made through one defense (adaptive: `threat`, `defense` and its
+    parameters set). The engine makes each set once and judges every cell of it."""
+    source: str = ""            # the model the attacker differentiates or queries ("": the clean images)
+    attack: str = ""
+    attack_params: str = ""
+    eps: float = 0.0
+    threat: str = "oblivious"
+    defense: str = ""           # adaptive only: the defense the attacker differentiates through
+    defense_params: str = ""
+
+    @property
+    def is_clean(self) -> bool:
+        return not self.source
+
+    @property
+    def adaptive(self) -> bool:
+        return self.threat == "adaptive"
+
+    @property
+    def gradient_source(self) -> tuple:
+        """What a clean input gradient depends on: the source model, and (adaptive) the defense in front of it."""
+        return (self.source, self.threat, self.defense, self.defense_params) if self.adaptive else (self.source,)
+
+    @property
+    def shared(self) -> bool:
+        """Made once for many cells: the clean images and the FP32 model's oblivious ones (they transfer)."""
+        return self.is_clean or (self.source == "fp32" and not self.adaptive)
+
+    @property
+    def run_order(self) -> tuple:
+        """Clean first; then per (source, attack, threat, defense) every eps in a row, so one single-step
+        gradient (per defense, adaptive) serves them all."""
+        through = (self.threat, self.defense, self.defense_params) if self.adaptive else ()
+        return (not self.is_clean, (self.source, self.attack, self.attack_params), through, self.eps)
+
+
+CLEAN = ImageSet()
+
+
+def image_key(c: Cell) -> ImageSet:
+    """The image set cell `c` is scored on."""
     if c.eps == 0:
-        return ("clean",)
-    key = (c.source_model, c.attack, c.attack_params, c.eps)
-    return key + (c.threat, c.defense, c.defense_params) if c.threat == "adaptive" else key
+        return CLEAN
+    if c.threat == "adaptive":
+        return ImageSet(c.source_model, c.attack, c.attack_params, c.eps, c.threat, c.defense, c.defense_params)
+    return ImageSet(c.source_model, c.attack, c.attack_params, c.eps)
 
 
 def count_cells(ev: EvaluateSpec) -> int:

@@ -16,7 +16,7 @@ from ..provenance import images_digest
 from ..spec import DataSpec, EvaluateSpec
 from .engine import Engine, run_cells
 from .examples import save_examples
-from .plan import Cell, image_key, plan_cells
+from .plan import Cell, ImageSet, image_key, plan_cells
 
 
 @dataclass(frozen=True)
@@ -165,11 +165,11 @@ def _corrupted_images(data: DataSpec, corruption: str, severity: int, n: int, sh
     return {"images": to_float(x[a:b]), "labels": y[a:b], "data_digest": images_digest(x, y)}
 
 
-def make_adversarials(task: EvalTask, done: Iterable[tuple] = (), weights: dict | None = None) -> dict[tuple, torch.Tensor]:
-    """The FP32-made adversarial images {image key: uint8} of the cells still to do, for other
+def make_adversarials(task: EvalTask, done: Iterable[tuple] = (), weights: dict | None = None) -> dict[ImageSet, torch.Tensor]:
+    """The FP32-made adversarial images {image set: uint8} of the cells still to do, for other
     tasks to share (an attack task on the GPU feeds the int8 CPU tasks and the GPU cells task)."""
     p = _prepare(task, done)
-    wanted = {image_key(c) for c in p.cells if image_key(c)[0] == "fp32"}
+    wanted = {image_key(c) for c in p.cells if image_key(c).source == "fp32"}
     if not wanted:
         return {}
     ev = task.evaluate.model_copy(update={"quant": ["fp32"]})
