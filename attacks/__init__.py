@@ -36,6 +36,7 @@ from .base import (
                    start_streams,
                    is_black_box,
                    takes_image_keys,
+                   step_size,
                    takes_judge_option,
                    to_8bit_grid,
 )
@@ -46,7 +47,7 @@ __all__ = [
                    "NORMS",
                    "ZOO_CHUNK", "ZOO_PREFIX",
                    "KINDS", "Attack", "attack_entry", "attack_kind", "draws_globally", "seed_salt",
-                   "takes_judge_option",
+                   "step_size", "takes_judge_option",
                    "as_candidates",
                    "attack_names",
                    "attack_params_json",

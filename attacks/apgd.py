@@ -215,7 +215,7 @@ def _draws(starts: torch.Tensor | None, images: torch.Tensor, streams: int, norm
 
 
 @register_attack(params={**PARAMS, "loss": Param("ce", str, lambda v: v in LOSSES, " or ".join(LOSSES))},
-                 starts=lambda p: (p["restarts"], _start_kind(p)))
+                 starts=lambda p: (p["restarts"], _start_kind(p)), step_size="adaptive")
 def apgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int = 100,
          restarts: int = 1, norm: str = "linf", rho: float = 0.75, loss: str = "ce",
          starts: torch.Tensor | None = None) -> torch.Tensor:
@@ -227,7 +227,7 @@ def apgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: floa
 
 
 @register_attack(params={**PARAMS, "targets": Param(9, int, lambda t: t >= 1, ">= 1")},
-                 starts=lambda p: (p["restarts"] * p["targets"], _start_kind(p)))
+                 starts=lambda p: (p["restarts"] * p["targets"], _start_kind(p)), step_size="adaptive")
 def apgd_t(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int = 100,
            restarts: int = 1, norm: str = "linf", rho: float = 0.75, targets: int = 9,
            starts: torch.Tensor | None = None) -> torch.Tensor:

@@ -118,7 +118,8 @@ def candidate_names(params: dict) -> list[str]:
     "queries": Param(5000, int, lambda q: q >= 1, ">= 1 (the authors: 5000)"),
     "eot_iter": Param(None, int, lambda e: e is None or e >= 1, ">= 1, or null (rand: 20, else 1)"),
 }, starts=lambda p: (sum(_streams(p["components"])), "rand" if p["norm"] == "linf" else "randn"),
-    kind="ensemble", image_keys=True, expand=expand, candidates=candidate_names, attacker_is_judge=True)
+    kind="ensemble", image_keys=True, expand=expand, candidates=candidate_names, attacker_is_judge=True,
+    step_size="adaptive")
 def autoattack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, version: str = "standard",
                norm: str = "linf", components: list | None = None, steps: int = 100, targets: int = 9,
                queries: int = 5000, eot_iter: int | None = None, starts: torch.Tensor | None = None,

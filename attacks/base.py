@@ -30,12 +30,13 @@ NORMS = ("linf", "l2")
 
 
 KINDS = ("gradient", "black-box", "model-free", "ensemble")
+STEP_SIZES = ("fixed", "adaptive")
 
 
 def register_attack(*, kind: str = "gradient", step: Callable | None = None, params: dict[str, Param] | None = None,
                     starts: Callable[[dict], tuple[int, str]] | None = None, image_keys: bool = False,
                     expand: Callable[[dict], dict] | None = None, candidates: Callable[[dict], list[str]] | None = None,
-                    seed_salt: int = 0, attacker_is_judge: bool = False):
+                    seed_salt: int = 0, attacker_is_judge: bool = False, step_size: str | None = None):
     """Register an attack under its function's name.
 
     kind: what it reads of the model. gradient: input gradients. black-box: only the model's outputs, so it
@@ -49,11 +50,16 @@ def register_attack(*, kind: str = "gradient", step: Callable | None = None, par
     the evaluation seed and the image's index, for draws of its own (Square's). expand(params): the parameters
     a row records, derived ones spelled out (AutoAttack's components); candidates(params): a name for each
     candidate it returns (a row counts the images each broke first). attacker_is_judge: it takes that option,
-    and may then skip the images the attacker's model already gets wrong (the engine says when it holds)."""
+    and may then skip the images the attacker's model already gets wrong (the engine says when it holds).
+    step_size: 'fixed' (PGD) or 'adaptive' (APGD's schedule, AutoAttack's): the masking checks hold a fixed-step
+    attack's number against an adaptive one's on the same cells (a fixed step that had not converged overstates)."""
     if kind not in KINDS:
         raise ValueError(f"attack kind {kind!r}: one of {', '.join(KINDS)}")
+    if step_size not in (None, *STEP_SIZES):
+        raise ValueError(f"step_size {step_size!r}: one of {', '.join(STEP_SIZES)}")
     return ATTACKS.register(params=params, kind=kind, step=step, starts=starts, image_keys=image_keys, expand=expand,
-                            candidates=candidates, seed_salt=seed_salt, attacker_is_judge=attacker_is_judge)
+                            candidates=candidates, seed_salt=seed_salt, attacker_is_judge=attacker_is_judge,
+                            step_size=step_size)
 
 
 def attack_entry(name: str) -> Entry:
@@ -81,6 +87,11 @@ def is_black_box(name: str) -> bool:
 
 def takes_image_keys(name: str) -> bool:
     return bool(attack_entry(name).extras.get("image_keys"))
+
+
+def step_size(name: str) -> str | None:
+    """'fixed' or 'adaptive' where the attack declares how its step size is chosen (register_attack)."""
+    return attack_entry(name).extras.get("step_size")
 
 
 def takes_judge_option(name: str) -> bool:

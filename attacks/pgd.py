@@ -74,7 +74,7 @@ def pgd_steps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps:
     "random_start": Param(True, bool),
     "restarts": Param(1, int, lambda r: r >= 1, ">= 1"),
     "norm": Param("linf", str, lambda n: n in NORMS, " or ".join(NORMS)),
-}, starts=lambda p: (p["restarts"], start_kind(p["norm"])) if p["random_start"] else None)
+}, starts=lambda p: (p["restarts"], start_kind(p["norm"])) if p["random_start"] else None, step_size="fixed")
 def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int = 10,
         alpha: float | None = None, random_start: bool = True, restarts: int = 1, norm: str = "linf",
         starts: torch.Tensor | None = None) -> torch.Tensor:

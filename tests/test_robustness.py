@@ -217,3 +217,17 @@ def test_the_undefended_check_knows_how_the_model_was_trained():
     outside = pd.DataFrame([{"trial_id": "t", "adversarial": None, "adv_eps": None, "model_source": "robustbench"}])
     assert masking_flags(ev, trials=outside).empty
     assert set(masking_flags(far, trials=outside)["check"]) == {"undefended_model_not_broken"}
+
+
+def test_checks_read_each_attacks_declared_step():
+    """Which attack is single-step and which steps adaptively is the registry's word, never a list of names: FGM
+    (the L2 single step) is held against an L2 PGD as FGSM is in L-inf; PGD against APGD-T as against APGD."""
+    l2 = [{**_row("fgm", eps=0.5, correct=100, params='{"norm": "l2"}'), "norm": "l2"},
+          {**_row("pgd", eps=0.5, correct=200, params='{"norm": "l2", "steps": 10}'), "norm": "l2"}]
+    assert set(masking_flags(pd.DataFrame(l2))["check"]) == {"multistep_weaker_than_single_step"}
+    rng = np.random.default_rng(2)
+    apgd_t = rng.random(N) < 0.3
+    pgd = apgd_t | (rng.random(N) < 0.2)
+    ev = pd.DataFrame([_row("pgd", mask=pgd, params='{"steps": 10}'), _row("apgd_t", mask=apgd_t, params='{"steps": 100}')])
+    flags = masking_flags(ev)
+    assert set(flags["check"]) == {"pgd_not_converged"} and "report apgd_t" in flags["detail"].iloc[0]

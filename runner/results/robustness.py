@@ -19,7 +19,7 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 
-from ...attacks import ATTACKS, attack_kind
+from ...attacks import ATTACKS, attack_kind, gradient_step, step_size
 from ..evaluate.plan import attack_setting
 from ..evaluate.rows import unpack_mask
 from ..evaluate.stats import wilson_interval
@@ -155,10 +155,12 @@ def _adaptive_above_oblivious(ev: pd.DataFrame) -> list:
 def _multistep_weaker(ev: pd.DataFrame) -> list:
     keys = ["trial_id", "quant", "quant_params", "attack_source", "threat", "eps", "defense", "defense_params"]
     multi = ev["setting"].map(lambda p: json.loads(p).get("steps", 1) > 1)
-    ev = ev.assign(kind=np.where(ev["attack"] == "fgsm", "single", np.where(multi, "multi", "other")))
+    single = ev["attack"].map(lambda a: a in ATTACKS and gradient_step(a) is not None)     # FGSM, FGM
+    ev = ev.assign(kind=np.where(single, "single", np.where(multi, "multi", "other")))
     return _checked(((m, s) for s, m in _pairs(ev[ev["eps"] > 0], keys, "kind", "single", "multi")),
                     "multistep_weaker_than_single_step",
-                    lambda m, s: f"{m['attack']} {_pct(m)} > fgsm {_pct(s)}: the multi-step attack is not converging")
+                    lambda m, s: f"{m['attack']} {_pct(m)} > {s['attack']} {_pct(s)}: the multi-step attack is not "
+                                 "converging")
 
 
 def _transfer_stronger(ev: pd.DataFrame) -> list:
@@ -291,12 +293,14 @@ def _square_component(ev: pd.DataFrame) -> list:
 
 
 def _pgd_not_converged(ev: pd.DataFrame) -> list:
-    """PGD with few steps significantly above APGD or AutoAttack on the same cells by at least 2 points: PGD
-    had not converged, and its number overstates the defense."""
+    """A fixed-step attack (PGD) significantly above an adaptive-step one (APGD, AutoAttack) on the same cells by
+    at least 2 points: the fixed step had not converged, and its number overstates the defense (each attack's
+    step size as its registry entry declares it)."""
     keys = ["trial_id", "quant", "quant_params", "attack_source", "threat", "eps", "defense", "defense_params"]
-    ev = ev[(ev["eps"] > 0) & ev["attack"].isin(["pgd", "apgd", "autoattack"])]
-    ev = ev.assign(kind=np.where(ev["attack"] == "pgd", "pgd", "apgd"))
-    pairs = ((p, a) for p, a in _pairs(ev, keys, "kind", "pgd", "apgd") if p["accuracy"] - a["accuracy"] >= 0.02)
+    ev = ev.assign(kind=ev["attack"].map(lambda a: step_size(a) if a in ATTACKS else None))
+    ev = ev[(ev["eps"] > 0) & ev["kind"].notna()]
+    pairs = ((p, a) for p, a in _pairs(ev, keys, "kind", "fixed", "adaptive") if p["accuracy"] - a["accuracy"] >= 0.02)
     return _checked(pairs, "pgd_not_converged",
-                    lambda p, a: f"pgd ({json.loads(p['setting']).get('steps')} steps, {p['threat']}) {_pct(p)} > "
-                                 f"{a['attack']} {_pct(a)}: PGD had not converged on this defense; report {a['attack']}")
+                    lambda p, a: f"{p['attack']} ({json.loads(p['setting']).get('steps')} steps, {p['threat']}) "
+                                 f"{_pct(p)} > {a['attack']} {_pct(a)}: {p['attack']} had not converged on this "
+                                 f"defense; report {a['attack']}")
