@@ -178,7 +178,11 @@ def test_cifar10c_cells_are_the_models_accuracy_on_the_corrupted_images_and_run_
                           "defenses": ["none", "median"], "examples": 0,
                           "corruptions": {"names": ["gaussian_noise", "fog"], "severities": [1, 5]}}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    from robustgrid.runner.evaluate import Models
+    builds, build = [], Models.build.__func__
+    monkeypatch.setattr(Models, "build", classmethod(lambda cls, *a, **k: builds.append(1) or build(cls, *a, **k)))
     res = robustgrid.run(str(tmp_path / "s.yaml"), out=tmp_path / "out", executor="inline")
+    assert len(builds) == 2       # the models quantized once per shard task, not once per corruption and severity
     ev = res.eval
     corrupted = ev[ev["corruption"] != "none"]
     assert len(ev) == 2 + 2 * 2 * 2 and len(corrupted) == 8 and not ev.duplicated(

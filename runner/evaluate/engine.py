@@ -87,16 +87,17 @@ class Engine:
     model white-box, int8 by transfer); clean scores are kept for the attack-success rate.
     """
 
-    def __init__(self, fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor,
+    def __init__(self, fp32: nn.Module | None, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor,
                  device: torch.device, calibration: torch.Tensor | None = None, first_index: int = 0,
-                 data_digest: str | None = None):
+                 data_digest: str | None = None, built: Models | None = None):
         # Images stay on the device (defenses run there); labels stay on the CPU, with the predictions.
         self.ev, self.images, self.labels, self.device = ev, images.to(device), labels.cpu(), device
         # each image's place in the test split: the defender's draws come from it, never from pixels
         self.index = torch.arange(first_index, first_index + len(images))
         # which test images every row saw: a shard is handed the digest of its whole image set
         self.data_digest = data_digest or images_digest(images, labels)
-        self.built = Models.build(fp32, ev.quant, device, calibration)
+        # built: the same checkpoint's models, already quantized, for another image set of it (corrupted images)
+        self.built = built if built is not None else Models.build(fp32, ev.quant, device, calibration)
         self.models, self.devices, self.sizes = self.built.models, self.built.devices, self.built.sizes
         self.precision = self.built.precision
         self._adv: dict[ImageSet, tuple[torch.Tensor, float]] = {}

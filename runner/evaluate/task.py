@@ -14,7 +14,7 @@ from ..data import load_splits, load_test_split, to_float
 from ..device import ieee_fp32, pick_device
 from ..provenance import images_digest
 from ..spec import DataSpec, EvaluateSpec
-from .engine import Engine, run_cells
+from .engine import Engine, Models, run_cells
 from .examples import save_examples
 from .plan import Cell, ImageSet, image_key, plan_cells
 
@@ -99,13 +99,17 @@ def _prepare(task: EvalTask, done: Iterable[tuple]) -> _Prepared:
                      task.cells_left(done, n), (a, b), n, digest)
 
 
-def _engine(task: EvalTask, ev: EvaluateSpec, p: _Prepared, weights: dict | None = None) -> Engine:
-    if task.external is not None:
+def _engine(task: EvalTask, ev: EvaluateSpec, p: _Prepared, weights: dict | None = None,
+            built: Models | None = None) -> Engine:
+    """The engine of the task's checkpoint on image set `p`; `built`: its models from an earlier engine."""
+    if built is not None:
+        model = None
+    elif task.external is not None:
         model = load_external(task.external)
     else:
         model = load_model(weights, task.checkpoint) if weights is not None else load_checkpoint(task.checkpoint)
     return Engine(model, ev, p.images, p.labels, pick_device(ev.device), p.calibration,
-                  first_index=p.shard[0], data_digest=p.data_digest)
+                  first_index=p.shard[0], data_digest=p.data_digest, built=built)
 
 
 def evaluate_checkpoint(task: EvalTask, done: Iterable[tuple] = (),
@@ -130,10 +134,11 @@ def evaluate_checkpoint(task: EvalTask, done: Iterable[tuple] = (),
             r.update(where)
         if on_rows:
             on_rows(rows)
-    rows = []
+    rows, built = [], None
     test_cells = [c for c in p.cells if c.corruption == "none"]
     if test_cells:
         engine = _engine(task, ev, p, weights)
+        built = engine.built
         if adversarials:
             engine.import_adversarials(adversarials)
         rows += run_cells(engine, test_cells, task.meta, stamped, progress)
@@ -141,9 +146,12 @@ def evaluate_checkpoint(task: EvalTask, done: Iterable[tuple] = (),
             with ieee_fp32():
                 save_examples(engine, ev, p.classes, Path(task.examples_path))
     for (corruption, severity), cells in _by_corruption(p.cells).items():
-        # the same images of the set, corrupted: an engine of their own (the clean cells' images are theirs)
+        # the same images of the set, corrupted: an engine of their own (the clean cells' images are theirs) over
+        # the same models, loaded and quantized once per task (not once per corruption and severity)
         corrupted = replace(p, **_corrupted_images(task.data, corruption, severity, p.n, p.shard), cells=cells)
-        rows += run_cells(_engine(task, ev, corrupted, weights), cells, task.meta, stamped, progress)
+        engine = _engine(task, ev, corrupted, weights, built)
+        built = engine.built
+        rows += run_cells(engine, cells, task.meta, stamped, progress)
     return rows
 
 
