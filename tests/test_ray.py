@@ -185,8 +185,8 @@ RESUME_TIMEOUT = 300
 def _pbt_story(out, killed, trials, stderr: str) -> str:
     """The rows before and after the resume, and the resumed driver's and Tune's last words."""
     cols = ["trial_id", "status", "error", "epochs_run", "lineage"]
-    logs = sorted(out.glob("ray/driver.log"))
-    tail = logs[0].read_text()[-4000:] if logs else "(no driver.log)"
+    log = out / "ray" / "driver.log"
+    tail = log.read_text()[-4000:] if log.exists() else "(no driver.log)"
     return (f"killed:\n{killed.reindex(columns=cols).to_string()}\nresumed:\n{trials.reindex(columns=cols).to_string()}"
             f"\nstderr:\n{stderr[-3000:]}\ndriver.log:\n{tail}")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 from fractions import Fraction
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -155,7 +156,7 @@ def _adaptive_above_oblivious(ev: pd.DataFrame) -> list:
 def _multistep_weaker(ev: pd.DataFrame) -> list:
     keys = ["trial_id", "quant", "quant_params", "attack_source", "threat", "eps", "defense", "defense_params"]
     multi = ev["setting"].map(lambda p: json.loads(p).get("steps", 1) > 1)
-    single = ev["attack"].map(lambda a: a in ATTACKS and gradient_step(a) is not None)     # FGSM, FGM
+    single = ev["attack"].map(lambda a: _declared(gradient_step, a) is not None)     # FGSM, FGM
     ev = ev.assign(kind=np.where(single, "single", np.where(multi, "multi", "other")))
     return _checked(((m, s) for s, m in _pairs(ev[ev["eps"] > 0], keys, "kind", "single", "multi")),
                     "multistep_weaker_than_single_step",
@@ -241,10 +242,14 @@ def _dead_gradients(ev: pd.DataFrame) -> list:
                   f"({r['attack']}, {r['threat']})") for _, r in dead.iterrows()]
 
 
+def _declared(read, attack: str):
+    """What a registered attack declares (`read` of the registry: its kind, step size, gradient step); None for
+    the zoo's, whose nature robustgrid cannot vouch for, and for names this release does not know."""
+    return read(attack) if attack in ATTACKS else None
+
+
 def _kind(attack: str) -> str | None:
-    """A registered attack's kind (the registry's word); None for the zoo's, whose kind robustgrid cannot vouch
-    for, and for names this release does not know."""
-    return attack_kind(attack) if attack in ATTACKS else None
+    return _declared(attack_kind, attack)
 
 
 def _noise_as_strong(ev: pd.DataFrame) -> list:
@@ -297,7 +302,7 @@ def _pgd_not_converged(ev: pd.DataFrame) -> list:
     at least 2 points: the fixed step had not converged, and its number overstates the defense (each attack's
     step size as its registry entry declares it)."""
     keys = ["trial_id", "quant", "quant_params", "attack_source", "threat", "eps", "defense", "defense_params"]
-    ev = ev.assign(kind=ev["attack"].map(lambda a: step_size(a) if a in ATTACKS else None))
+    ev = ev.assign(kind=ev["attack"].map(partial(_declared, step_size)))
     ev = ev[(ev["eps"] > 0) & ev["kind"].notna()]
     pairs = ((p, a) for p, a in _pairs(ev, keys, "kind", "fixed", "adaptive") if p["accuracy"] - a["accuracy"] >= 0.02)
     return _checked(pairs, "pgd_not_converged",
