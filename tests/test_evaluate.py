@@ -6,6 +6,8 @@ import json
 import torch
 from robustgrid.runner.evaluate import (
     CLEAN,
+    AttackSetting,
+    DefenseSetting,
     Engine,
     ImageSet,
     image_key,
@@ -13,6 +15,7 @@ from robustgrid.runner.evaluate import (
     reference_rows,
     run_cells,
 )
+from robustgrid.runner.evaluate.plan import attack_setting_of
 from robustgrid.runner.spec import EvaluateSpec
 
 META = {"sweep": "t", "run_id": "r", "trial_id": "t0", "model": "simple_cnn", "dataset": "synthetic"}
@@ -43,8 +46,8 @@ def test_one_image_set_per_source_and_eps():
     ev = EvaluateSpec.model_validate(GRID)
     keys = {image_key(c) for c in plan_cells(ev)}
     # clean, fp32-made at two eps (shared by fp32 white-box and int8 transfer), int8-made through its twin
-    ste = '{"model_gradient": "ste"}'
-    assert keys == {CLEAN, ImageSet("fp32", "fgsm", "{}", 2 / 255), ImageSet("fp32", "fgsm", "{}", 8 / 255),
+    ste, fgsm = AttackSetting(model_gradient="ste"), AttackSetting()
+    assert keys == {CLEAN, ImageSet("fp32", "fgsm", fgsm, 2 / 255), ImageSet("fp32", "fgsm", fgsm, 8 / 255),
                     ImageSet("dynamic_int8", "fgsm", ste, 2 / 255), ImageSet("dynamic_int8", "fgsm", ste, 8 / 255)}
     assert {k for k in keys if k.shared} == {k for k in keys if k.source != "dynamic_int8"}    # kept for reuse
 
@@ -66,9 +69,9 @@ def test_adaptive_engine_equals_reference_pipeline_cell_by_cell(tiny_model, imag
     adaptive = [c for c in cells if c.threat == "adaptive"]
     # through 5 defenses (not 'none'), eps 8/255, 2 attacks, (fp32 self + int8 transfer + int8 STE)
     assert len(adaptive) == 5 * 2 * 3 and all(c.eps > 0 and c.defense != "none" for c in adaptive)
-    assert {json.loads(c.attack_params)["gradient"] for c in adaptive} == {"exact", "bpda_median", "bpda_jpeg",
+    assert {c.attack_setting.gradient for c in adaptive} == {"exact", "bpda_median", "bpda_jpeg",
                                                                              "bpda_tv_unrolled20"}
-    assert {json.loads(c.attack_params).get("eot_samples") for c in adaptive if c.defense == "random_resize_pad"} == {3}
+    assert {c.attack_setting.eot_samples for c in adaptive if c.defense == "random_resize_pad"} == {3}
     engine_rows = run_cells(Engine(tiny_model, ev, images, labels, torch.device("cpu")), cells, META)
     ref_rows = reference_rows(tiny_model, ev, images, labels, torch.device("cpu"), META)
     key = lambda r: (r["quant"], r["attack"], r["attack_params"], r["attack_source"], r["threat"], r["eps"], r["defense"])
@@ -112,13 +115,13 @@ def test_an_image_counts_as_robust_only_if_no_candidate_fools_the_scored_system(
     with torch.no_grad():
         fools = tiny_model(other).argmax(1) != labels
     assert 0 < fools.sum() < len(images)
-    key = ImageSet("fp32", "fake", "{}", 8 / 255)
+    key = ImageSet("fp32", "fake", AttackSetting(), 8 / 255)
     engine.import_adversarials({key: torch.round(torch.stack([clean, other, clean], 1) * 255).to(torch.uint8)})
-    verdict = engine.judge(key, "none", '{}', ["fp32"])["fp32"]
+    verdict = engine.judge(key, "none", DefenseSetting(), ["fp32"])["fp32"]
     assert torch.equal(verdict.ok, ~fools) and verdict.candidates == 3
     smaller = dataclasses.replace(key, eps=4 / 255)
     engine.import_adversarials({smaller: torch.round(torch.stack([clean, clean], 1) * 255).to(torch.uint8)})
-    assert engine.judge(smaller, "none", '{}', ["fp32"])["fp32"].ok.all()
+    assert engine.judge(smaller, "none", DefenseSetting(), ["fp32"])["fp32"].ok.all()
 
 
 def test_a_randomized_defense_is_scored_under_every_defender_draw(images):
@@ -175,7 +178,7 @@ def test_zoo_attacks_are_seeded_by_chunk_and_take_a_fresh_draw_per_call(tiny_mod
         made.append({(r["threat"], r["eps"], r["defense"]): (r["correct"], r["correct_mask"]) for r in rows})
     assert made[0] == made[1]
     adaptive = [c for c in plan_cells(EvaluateSpec.model_validate(grid)) if c.threat == "adaptive"]
-    assert [json.loads(c.attack_params).get("eot") for c in adaptive] == ["fresh_draw_per_forward"]
+    assert [c.attack_setting.eot for c in adaptive] == ["fresh_draw_per_forward"]
 
 
 def test_the_noise_baseline_is_one_oblivious_white_box_row_inside_its_ball(images):
@@ -196,7 +199,8 @@ def test_the_noise_baseline_is_one_oblivious_white_box_row_inside_its_ball(image
     assert {(r["threat"], r["attack_source"]) for r in rows} == {("oblivious", "self")}
     assert all(r["delivered_linf"] <= r["eps"] + 1e-9 and r["candidates"] == 1 for r in rows)
     assert made[0] == made[1]
-    noise = engine.adversarial(ImageSet("fp32", "noise", EvaluateSpec.model_validate(grid).attacks[0].params_json, 8 / 255))[0][:, 0]
+    noise_setting = attack_setting_of(EvaluateSpec.model_validate(grid).attacks[0])
+    noise = engine.adversarial(ImageSet("fp32", "noise", noise_setting, 8 / 255))[0][:, 0]
     pgd_start = torch.round((images + random_starts(len(images), (3, 32, 32), 1, 0, 8 / 255)[:, 0]).clamp(0, 1) * 255) / 255
     assert not torch.equal(noise, pgd_start) and (noise != torch.round(images * 255) / 255).any()
 

@@ -317,14 +317,14 @@ def test_square_on_an_int8_self_cell_queries_the_real_int8_model(tiny_model, ima
                                       "sources": ["self"], "quant": ["dynamic_int8"], "defenses": ["none"],
                                       "batch_size": 24, "examples": 0})
     cells = {c.attack: c for c in plan_cells(ev)}
-    assert "model_gradient" not in json.loads(cells["square"].attack_params)
-    assert json.loads(cells["fgsm"].attack_params)["model_gradient"] == "ste"
+    assert not cells["square"].attack_setting.through_twin and "model_gradient" not in cells["square"].key("t", 1, 0)[4]
+    assert cells["fgsm"].attack_setting.through_twin and '"model_gradient": "ste"' in cells["fgsm"].key("t", 1, 0)[4]
     labels = _labelled(tiny_model, images)
     engine = Engine(tiny_model, ev, images, labels, torch.device("cpu"))
     from robustgrid.runner.evaluate.plan import image_key
     made = engine.adversarial(image_key(cells["square"]))[0]
     real = quantize(tiny_model, "dynamic_int8")
-    per_image = engine._per_image("square", json.loads(cells["square"].attack_params), 8 / 255)
+    per_image = engine._per_image("square", cells["square"].attack_setting.own, 8 / 255)
     direct = get_attack("square")(real, images, labels, 8 / 255, queries=20, image_keys=per_image["image_keys"])
     assert torch.equal(made[:, -1], deliver(direct, images, 8 / 255))
 

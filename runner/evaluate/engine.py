@@ -11,6 +11,7 @@ mode behind the real defense, under every one of the defender's draws.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -42,8 +43,9 @@ from ..device import clock, fp32_precision, ieee_fp32
 from ..provenance import images_digest
 from ..spec import EvaluateSpec
 from .batching import attack_images, defend_images, over_batches, predict, zoo_images
-from .plan import CLEAN, Cell, ImageSet, attack_setting, defense_setting, image_key, parse_params, plan_cells
+from .plan import CLEAN, Cell, ImageSet, image_key, plan_cells
 from .rows import Verdict, delivered_distances, make_row
+from .settings import DefenseSetting
 
 
 @dataclass
@@ -129,12 +131,12 @@ class Engine:
 
     def _attack(self, key: ImageSet, model: nn.Module) -> torch.Tensor:
         source, attack, eps = key.source, key.attack, key.eps
-        params, eot_samples = split_attack_params(key.attack_params)
+        params = copy.deepcopy(key.attack_setting.own)    # an attack may fill in its dict: not the key's
         dev, bs = self.devices[source], self.ev.batch_size
         zoo = draws_globally(attack)
         if key.adaptive:          # adaptive: the attacker differentiates model o defense (BPDA, EOT)
-            model = ThroughDefense(model, key.defense, defense_setting(key.defense_params)[0], self.ev.defense_backend, eot_samples,
-                                   fresh_per_call=zoo)
+            model = ThroughDefense(model, key.defense, key.defense_setting.params, self.ev.defense_backend,
+                                   key.attack_setting.eot_draws, fresh_per_call=zoo)
         step = gradient_step(attack)
         grad_key = key.gradient_source
         if step is None and attack_kind(attack) in ("model-free", "black-box"):    # no gradient to measure
@@ -207,20 +209,19 @@ class Engine:
     def defend(self, images: torch.Tensor, defense: str, params: dict, index: torch.Tensor) -> torch.Tensor:
         return defend_images(defense, params, images, self.ev.defense_backend, self.ev.batch_size, index)
 
-    def judge(self, key: ImageSet, defense: str, params_json: str, quants: Iterable[str]) -> dict[str, Verdict]:
+    def judge(self, key: ImageSet, defense: str, setting: DefenseSetting, quants: Iterable[str]) -> dict[str, Verdict]:
         """Each quant mode's verdict on image set `key` behind a defense, computed once: per image, right
         under every candidate and every defender draw (the clean verdicts serve every attack-success rate)."""
-        todo = [q for q in dict.fromkeys(quants) if (q, key, defense, params_json) not in self._verdicts]
+        todo = [q for q in dict.fromkeys(quants) if (q, key, defense, setting) not in self._verdicts]
         if todo:
             cands = self.adversarial(key)[0]
             fresh, distances = self._candidate_facts(key)
-            params, draws = defense_setting(params_json)
-            per_draw = [self._judge_draw(cands, fresh, defense, {**params, "draw": d} if is_randomized(defense)
-                                         else params, todo) for d in range(draws)]
+            per_draw = [self._judge_draw(cands, fresh, defense, setting.for_draw(d), todo)
+                        for d in range(setting.n_draws)]
             for q in todo:
-                self._verdicts[(q, key, defense, params_json)] = Verdict.of_draws(
+                self._verdicts[(q, key, defense, setting)] = Verdict.of_draws(
                     [ok[q] for ok, _ in per_draw], [first[q] for _, first in per_draw], int(cands.shape[1]), distances)
-        return {q: self._verdicts[(q, key, defense, params_json)] for q in quants}
+        return {q: self._verdicts[(q, key, defense, setting)] for q in quants}
 
     def _judge_draw(self, cands: torch.Tensor, fresh: torch.Tensor, defense: str, params: dict,
                     quants: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -294,11 +295,6 @@ class ThroughDefense(nn.Module):
         return self.model(defend_differentiably(self.defense, x, params, self.backend))
 
 
-def split_attack_params(params_json: str) -> tuple[dict, int]:
-    """(the attack's own parameters, EOT samples) of a cell's attack_params."""
-    return attack_setting(params_json), int(parse_params(params_json).get("eot_samples", 1))
-
-
 def run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any],
               on_rows: Callable[[list[dict]], None] | None = None, progress: Callable[[int], None] | None = None) -> list[dict]:
     """Compute cells grouped by their images, then by defense; hand rows over one image set at a time."""
@@ -309,7 +305,7 @@ def run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any],
 def _run_cells(engine: Engine, cells: list[Cell], meta: dict[str, Any], on_rows, progress) -> list[dict]:
     groups: dict[ImageSet, dict[tuple, list[Cell]]] = {}
     for c in sorted(cells, key=lambda c: image_key(c).run_order):
-        groups.setdefault(image_key(c), {}).setdefault((c.defense, c.defense_params), []).append(c)
+        groups.setdefault(image_key(c), {}).setdefault((c.defense, c.defense_setting), []).append(c)
     all_rows = []
     for key, by_defense in groups.items():
         _, attack_seconds = engine.adversarial(key)

@@ -12,7 +12,7 @@ from ...files import atomic_write
 from ..spec import EvaluateSpec
 from .batching import predict
 from .engine import Engine
-from .plan import CLEAN, ImageSet
+from .plan import CLEAN, ImageSet, attack_setting_of
 
 
 def save_examples(engine: Engine, ev: EvaluateSpec, classes: list[str], path: Path) -> None:
@@ -20,7 +20,7 @@ def save_examples(engine: Engine, ev: EvaluateSpec, classes: list[str], path: Pa
     k = min(ev.examples, len(engine.images))
     eps = max(ev.eps)
     attack = ev.attacks[0]
-    cands, _ = engine.adversarial(ImageSet("fp32", attack.name, attack.params_json, eps) if eps > 0 else CLEAN)
+    cands, _ = engine.adversarial(ImageSet("fp32", attack.name, attack_setting_of(attack), eps) if eps > 0 else CLEAN)
     adv = cands[:k, 0]          # the first candidate (PGD: its first restart's final iterate)
     model, dev = engine.models["fp32"], engine.devices["fp32"]
     panels = {"original": to_8bit_grid(engine.images[:k]), attack.name: adv}    # the plot adds eps as tables say it

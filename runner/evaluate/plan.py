@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...attacks import attack_kind, draws_globally, is_black_box
 from ...defenses import DEFENSES, defense_gradient, is_randomized
 from ...models import quant_mode
 from ..spec import EvaluateSpec
+from .settings import AttackSetting, DefenseSetting
 
 EPS_DIGITS = 10     # eps as a cell's key holds it: 8/255 from a float sum and from a fraction are one cell
 
@@ -25,17 +26,19 @@ class Cell:
     attack_source: str
     eps: float
     defense: str
-    defense_params: str  # canonical JSON of the defense's full parameters
-    attack_params: str = "{}"   # canonical JSON of the attack's full parameters (+ the gradient, adaptive)
+    defense_setting: DefenseSetting     # the defense's full parameters (+ the defender's draws, randomized)
+    # the attack's full parameters (+ how its gradient is taken: through the defense, adaptive; the STE twin)
+    attack_setting: AttackSetting = field(default_factory=AttackSetting)
     threat: str = "oblivious"   # oblivious: the attacker differentiates the model; adaptive: model o defense
     quant_params: str = "{}"    # canonical JSON of what made the quantized model (int8_static: calibration_images)
     corruption: str = "none"    # CIFAR-10-C: the test images under this corruption (none: the test images)
     severity: int = 0           # ... at this severity (1-5; 0 with none)
 
     def key(self, trial_id: str, n: int, seed: int) -> tuple:
-        """The cell's identity in the eval table (EVAL_KEY's order): never computed or written twice."""
-        return (trial_id, self.quant, self.quant_params, self.attack, self.attack_params, self.attack_source,
-                self.threat, eps_key(self.eps), self.defense, self.defense_params, n, seed, self.corruption,
+        """The cell's identity in the eval table (EVAL_KEY's order, settings as its columns spell them): never
+        computed or written twice."""
+        return (trial_id, self.quant, self.quant_params, self.attack, self.attack_setting.to_json(), self.attack_source,
+                self.threat, eps_key(self.eps), self.defense, self.defense_setting.to_json(), n, seed, self.corruption,
                 self.severity)
 
     @property
@@ -44,47 +47,24 @@ class Cell:
         return self.quant if self.attack_source == "self" else "fp32"
 
 
-def defense_params_json(name: str, overrides: dict[str, Any], draws: int = 1) -> str:
-    """Canonical JSON of a defense's full parameters (defaults filled in): part of the cell's key. A
-    randomized defense adds the defender's draws it is scored over (another number is another cell)."""
-    params = DEFENSES.resolve(name, overrides)
-    if is_randomized(name):
-        params = {**params, "draws": draws}
-    return json.dumps(params, sort_keys=True)
+def defense_setting_of(name: str, overrides: dict[str, Any], draws: int = 1) -> DefenseSetting:
+    """A defense's full parameters (defaults filled in): part of the cell's key. A randomized defense adds the
+    defender's draws it is scored over (another number is another cell)."""
+    return DefenseSetting(DEFENSES.resolve(name, overrides), draws if is_randomized(name) else None)
 
 
-def defense_setting(params_json: str) -> tuple[dict, int]:
-    """(the defense's own parameters, the defender's draws it is scored over) of a cell's defense_params."""
-    params = parse_params(params_json)
-    return {k: v for k, v in params.items() if k != "draws"}, int(params.get("draws", 1))
+def attack_setting_of(attack) -> AttackSetting:
+    """A grid's attack (spec) as its cells' setting: its own parameters, defaults filled in."""
+    return AttackSetting.of_json(attack.params_json)
 
 
-# What a cell's attack_params say beyond the attack's own settings: the gradient through the defense
-# and its EOT draws (adaptive), and the model gradient (ste: through an int8 model's fake-quant twin).
-GRADIENT_KEYS = ("gradient", "eot_samples", "eot", "model_gradient")
-STE = {"model_gradient": "ste"}
-
-
-def parse_params(params_json: str) -> dict:
-    """A cell's attack_params as a dict ({} for an empty or missing value: rows of older releases)."""
-    return json.loads(params_json) if isinstance(params_json, str) and params_json else {}
-
-
-def attack_setting(params_json: str) -> dict:
-    """The attack's own parameters in a cell's attack_params (without what names the defense's gradient)."""
-    return {k: v for k, v in parse_params(params_json).items() if k not in GRADIENT_KEYS}
-
-
-def adaptive_params_json(attack_params: str, defense: str, eot_samples: int, attack: str = "") -> str:
-    """An adaptive cell's attack parameters name the gradient taken through the defense (and, through
-    a randomized defense, the draws its expectation is taken over; an attack of the torchattacks zoo
-    gets a fresh draw at every forward call instead, and says so)."""
-    extra = {"gradient": defense_gradient(defense)}
-    if is_randomized(defense) and draws_globally(attack):
-        extra["eot"] = "fresh_draw_per_forward"
-    elif is_randomized(defense):
-        extra["eot_samples"] = eot_samples
-    return json.dumps({**json.loads(attack_params), **extra}, sort_keys=True)
+def adaptive_setting(setting: AttackSetting, defense: str, eot_samples: int, attack: str) -> AttackSetting:
+    """An adaptive cell's attack setting names the gradient taken through the defense (and, through a randomized
+    defense, the draws its expectation is taken over; an attack of the torchattacks zoo gets a fresh draw at every
+    forward call instead, and says so)."""
+    randomized = is_randomized(defense)
+    zoo = randomized and draws_globally(attack)
+    return setting.through_defense(defense_gradient(defense), eot_samples if randomized and not zoo else None, zoo)
 
 
 def plan_cells(ev: EvaluateSpec) -> list[Cell]:
@@ -118,12 +98,13 @@ def plan_cells(ev: EvaluateSpec) -> list[Cell]:
                             adaptive = threat == "adaptive"
                             if adaptive and (eps == 0 or name == "none" or model_free):
                                 continue
-                            a_params = (adaptive_params_json(attack.params_json, name, eot_samples(ev, attack),
-                                                             attack.name) if adaptive else attack.params_json)
+                            setting = attack_setting_of(attack)
+                            if adaptive:
+                                setting = adaptive_setting(setting, name, eot_samples(ev, attack), attack.name)
                             if ste:
-                                a_params = json.dumps({**json.loads(a_params), **STE}, sort_keys=True)
+                                setting = setting.with_ste()
                             cells.append(Cell(quant, attack.name, source, float(eps), name,
-                                              defense_params_json(name, params, ev.defense_draws), a_params, threat,
+                                              defense_setting_of(name, params, ev.defense_draws), setting, threat,
                                               quant_params_json(ev, quant)))
     return cells + corruption_cells(ev)
 
@@ -134,8 +115,8 @@ def corruption_cells(ev: EvaluateSpec) -> list[Cell]:
     if ev.corruptions is None:
         return []
     attack = ev.attacks[0]
-    return [Cell(quant, attack.name, "self", 0.0, name, defense_params_json(name, params, ev.defense_draws),
-                 attack.params_json, "oblivious", quant_params_json(ev, quant), corruption, severity)
+    return [Cell(quant, attack.name, "self", 0.0, name, defense_setting_of(name, params, ev.defense_draws),
+                 attack_setting_of(attack), "oblivious", quant_params_json(ev, quant), corruption, severity)
             for corruption, severity in ev.corruptions.settings() for quant in ev.quant
             for name, params in ev.defenses.items()]
 
@@ -143,13 +124,8 @@ def corruption_cells(ev: EvaluateSpec) -> list[Cell]:
 def eot_samples(ev: EvaluateSpec, attack) -> int:
     """The attacker's EOT draws through a randomized defense: evaluate.eot_samples, unless the attack sets its
     own (AutoAttack rand: 20, as its authors run it)."""
-    own = json.loads(attack.params_json).get("eot_iter") or 1
+    own = attack_setting_of(attack).own.get("eot_iter") or 1
     return own if own > 1 else ev.eot_samples
-
-
-def through_twin(params_json: str) -> bool:
-    """Whether a cell's images were made on an int8 model's fake-quant twin (STE)."""
-    return parse_params(params_json).get("model_gradient") == STE["model_gradient"]
 
 
 def quant_params_json(ev: EvaluateSpec, quant: str) -> str:
@@ -158,18 +134,18 @@ def quant_params_json(ev: EvaluateSpec, quant: str) -> str:
     return json.dumps(params, sort_keys=True)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class ImageSet:
     """Which images a cell is scored on: the clean ones (`CLEAN`), or those made by (source model, attack, eps),
     shared by every defense (oblivious) or made through one defense (adaptive: `threat`, `defense` and its
     parameters set). The engine makes each set once and judges every cell of it."""
     source: str = ""            # the model the attacker differentiates or queries ("": the clean images)
     attack: str = ""
-    attack_params: str = ""
+    attack_setting: AttackSetting = field(default_factory=AttackSetting)
     eps: float = 0.0
     threat: str = "oblivious"
     defense: str = ""           # adaptive only: the defense the attacker differentiates through
-    defense_params: str = ""
+    defense_setting: DefenseSetting | None = None
 
     @property
     def is_clean(self) -> bool:
@@ -182,7 +158,7 @@ class ImageSet:
     @property
     def gradient_source(self) -> tuple:
         """What a clean input gradient depends on: the source model, and (adaptive) the defense in front of it."""
-        return (self.source, self.threat, self.defense, self.defense_params) if self.adaptive else (self.source,)
+        return (self.source, self.threat, self.defense, self.defense_setting) if self.adaptive else (self.source,)
 
     @property
     def shared(self) -> bool:
@@ -193,8 +169,8 @@ class ImageSet:
     def run_order(self) -> tuple:
         """Clean first; then per (source, attack, threat, defense) every eps in a row, so one single-step
         gradient (per defense, adaptive) serves them all."""
-        through = (self.threat, self.defense, self.defense_params) if self.adaptive else ()
-        return (not self.is_clean, (self.source, self.attack, self.attack_params), through, self.eps)
+        through = (self.threat, self.defense, self.defense_setting.to_json()) if self.adaptive else ()
+        return (not self.is_clean, (self.source, self.attack, self.attack_setting.to_json()), through, self.eps)
 
 
 CLEAN = ImageSet()
@@ -205,8 +181,8 @@ def image_key(c: Cell) -> ImageSet:
     if c.eps == 0:
         return CLEAN
     if c.threat == "adaptive":
-        return ImageSet(c.source_model, c.attack, c.attack_params, c.eps, c.threat, c.defense, c.defense_params)
-    return ImageSet(c.source_model, c.attack, c.attack_params, c.eps)
+        return ImageSet(c.source_model, c.attack, c.attack_setting, c.eps, c.threat, c.defense, c.defense_setting)
+    return ImageSet(c.source_model, c.attack, c.attack_setting, c.eps)
 
 
 def count_cells(ev: EvaluateSpec) -> int:

@@ -13,7 +13,6 @@ defender draw. PGD's best iterates are read from the iterates torchattacks feeds
 from __future__ import annotations
 
 import copy
-import json
 import time
 from typing import Any
 
@@ -29,6 +28,7 @@ from ..provenance import images_digest
 from ..spec import EvaluateSpec
 from .plan import Cell, plan_cells
 from .rows import Verdict, make_row
+from .settings import DefenseSetting
 
 
 def reference_rows(fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor,
@@ -48,15 +48,13 @@ def _reference_rows(fp32: nn.Module, ev: EvaluateSpec, images: torch.Tensor, lab
     rows = []
     for c in plan_cells(ev):
         t0 = time.perf_counter()
-        params = json.loads(c.defense_params)
-        draws = int(params.pop("draws", 1))
         clean = torch.round(images * 255) / 255
-        cands = clean.unsqueeze(1) if c.eps == 0 else _attack(models, twins, ev, c, params, images, labels)
-        verdict = _judge(models[c.quant], cands, images, labels, c.defense, params, draws, ev.batch_size)
-        memo = (c.quant, c.defense, c.defense_params)
+        cands = clean.unsqueeze(1) if c.eps == 0 else _attack(models, twins, ev, c, images, labels)
+        verdict = _judge(models[c.quant], cands, images, labels, c.defense, c.defense_setting, ev.batch_size)
+        memo = (c.quant, c.defense, c.defense_setting)
         if memo not in clean_memo:
-            clean_memo[memo] = _judge(models[c.quant], clean.unsqueeze(1), images, labels, c.defense, params, draws,
-                                      ev.batch_size).ok
+            clean_memo[memo] = _judge(models[c.quant], clean.unsqueeze(1), images, labels, c.defense,
+                                      c.defense_setting, ev.batch_size).ok
         clean_ok = clean_memo[memo]
         rows.append(make_row(c, verdict, clean_ok, time.perf_counter() - t0, meta, model_bytes=sizes[c.quant],
                              device=torch.device("cpu"), precision=quant_mode(c.quant).precision or fp32_precision(torch.device("cpu")),
@@ -80,10 +78,10 @@ def _models(fp32: nn.Module, quants: list[str], calibration) -> tuple[dict, dict
 # --- judging: every candidate, every defender draw, one image at a time through the reference library --------
 
 def _judge(model: nn.Module, cands: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, defense: str,
-           params: dict, draws: int, batch_size: int) -> Verdict:
+           setting: DefenseSetting, batch_size: int) -> Verdict:
     per_draw, first = [], []
-    for d in range(draws):
-        draw_params = {**params, "draw": d} if is_randomized(defense) else params
+    for d in range(setting.n_draws):
+        draw_params = {**setting.params, "draw": d} if is_randomized(defense) else setting.params
         ok = torch.ones(len(images), dtype=torch.bool)
         fooled_by = torch.full((len(images),), -1, dtype=torch.long)
         for k in range(cands.shape[1]):
@@ -116,12 +114,12 @@ def _deliver(adv: torch.Tensor, clean: torch.Tensor, eps: float) -> torch.Tensor
 
 # --- attacking: torchattacks, through a model o defense of its own for adaptive cells -----------------------
 
-def _attack(models: dict, twins: dict, ev: EvaluateSpec, c: Cell, defense_params: dict, images: torch.Tensor,
+def _attack(models: dict, twins: dict, ev: EvaluateSpec, c: Cell, images: torch.Tensor,
             labels: torch.Tensor) -> torch.Tensor:
     """The cell's candidates (N, K, C, H, W), made for it alone."""
     src = c.quant if c.attack_source == "self" else "fp32"
-    attacked = Attacked(twins.get(src, models[src]), c, defense_params)
-    setting = json.loads(c.attack_params)
+    attacked = Attacked(twins.get(src, models[src]), c)
+    setting = c.attack_setting.own
     if c.attack == "fgsm":
         return _fgsm(attacked, images, labels, c.eps).unsqueeze(1)
     if c.attack == "pgd":
@@ -134,12 +132,11 @@ class Attacked(nn.Module):
     (oblivious), or model o defense (adaptive): the reference defense forward, its declared gradient backward;
     through a randomized defense the attacker's draws 1..eot_samples in turn, one a forward call."""
 
-    def __init__(self, model: nn.Module, c: Cell, defense_params: dict):
+    def __init__(self, model: nn.Module, c: Cell):
         super().__init__()
-        setting = json.loads(c.attack_params)
-        self.model, self.defense, self.params = model, c.defense, defense_params
+        self.model, self.defense, self.params = model, c.defense, c.defense_setting.params
         self.adaptive = c.threat == "adaptive"
-        self.eot = int(setting.get("eot_samples", 1)) if self.adaptive and is_randomized(c.defense) else 1
+        self.eot = c.attack_setting.eot_draws if self.adaptive and is_randomized(c.defense) else 1
         self.calls, self.seen = 0, []
         # torchattacks restores the mode it found after each attack: a wrapper left in train mode (nn.Module's
         # default) put the model in train mode for every later cell (BatchNorm on batch statistics, updating

@@ -10,7 +10,7 @@ import torch
 
 from ...attacks import candidate_names, norm_of
 from ..provenance import software
-from .plan import Cell, attack_setting
+from .plan import Cell
 from .stats import wilson_interval
 
 META_KEYS = ("sweep", "run_id", "trial_id", "model", "dataset", "training", "model_source", "model_sha256")
@@ -56,7 +56,7 @@ def make_row(c: Cell, verdict: Verdict, clean_ok: torch.Tensor, seconds: float, 
     (same defense, every draw)."""
     return {**_row(c, verdict, clean_ok, seconds, meta, model_bytes=model_bytes, device=device, precision=precision,
                    seed=seed, data_digest=data_digest, dead_gradients=dead_gradients),
-            "norm": norm_of(attack_setting(c.attack_params)), "delivered_l2": verdict.l2,
+            "norm": norm_of(c.attack_setting.own), "delivered_l2": verdict.l2,
             "broken_by": _broken_by(c, verdict),
             # what a merge of shards needs beyond the row (runner/evaluate/shards.py)
             "clean_correct": int(clean_ok.sum()), "flipped": int((clean_ok & ~verdict.ok).sum())}
@@ -64,7 +64,7 @@ def make_row(c: Cell, verdict: Verdict, clean_ok: torch.Tensor, seconds: float, 
 
 def _broken_by(c: Cell, verdict: Verdict) -> str | None:
     """JSON {candidate name: images it broke first} for attacks that name their candidates (AutoAttack's components)."""
-    names = candidate_names(c.attack, attack_setting(c.attack_params)) if c.eps > 0 else None
+    names = candidate_names(c.attack, c.attack_setting.own) if c.eps > 0 else None
     if not names or len(names) != len(verdict.broken_by):
         return None
     return json.dumps(dict(zip(names, verdict.broken_by)))
@@ -82,9 +82,10 @@ def _row(c: Cell, verdict: Verdict, clean_ok: torch.Tensor, seconds: float, meta
     flipped = int((clean_ok & ~ok).sum())
     return {
         **{k: meta.get(k) for k in META_KEYS},
-        "quant": c.quant, "quant_params": c.quant_params, "model_bytes": model_bytes, "attack": c.attack, "attack_params": c.attack_params,
+        "quant": c.quant, "quant_params": c.quant_params, "model_bytes": model_bytes, "attack": c.attack,
+        "attack_params": c.attack_setting.to_json(),
         "attack_source": c.attack_source, "threat": c.threat,
-        "eps": c.eps, "defense": c.defense, "defense_params": c.defense_params, "corruption": c.corruption,
+        "eps": c.eps, "defense": c.defense, "defense_params": c.defense_setting.to_json(), "corruption": c.corruption,
         "severity": c.severity, "n": n, "correct": correct,
         "accuracy": correct / n, "ci_low": lo, "ci_high": hi,
         "accuracy_draw_mean": verdict.draw_mean, "defense_draws": verdict.draws, "candidates": verdict.candidates,

@@ -183,4 +183,4 @@ def make_adversarials(task: EvalTask, done: Iterable[tuple] = (), weights: dict 
     ev = task.evaluate.model_copy(update={"quant": ["fp32"]})
     engine = _engine(task, ev, p, weights)
     with ieee_fp32():
-        return engine.export_adversarials(sorted(wanted))
+        return engine.export_adversarials(sorted(wanted, key=lambda k: k.run_order))

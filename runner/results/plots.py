@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ...files import atomic_write
-from ..evaluate.plan import through_twin
+from ..evaluate.settings import AttackSetting
 from .store import ResultStore
 from .views import NORM_LABELS, eps_label, grid_axes, pareto_front, search_metric, searched_keys, split_corruptions
 
@@ -69,7 +69,7 @@ def plot_accuracy_vs_eps(ev: pd.DataFrame, path: Path, title: str) -> Path:
             style = "--" if threat == "adaptive" else "-"
             ax.plot(sub["eps"], 100 * sub["accuracy"], style, marker="o", color=colours[d], label=label)
             ax.fill_between(sub["eps"], 100 * sub["ci_low"], 100 * sub["ci_high"], alpha=0.15, color=colours[d])
-        ste = src == "self" and "attack_params" in part and part["attack_params"].map(through_twin).any()
+        ste = src == "self" and "attack_params" in part and part["attack_params"].map(lambda p: AttackSetting.of_json(p).through_twin).any()
         ax.set_title(f"{attack} {NORM_LABELS[norm]}: {q}, source={src}" + (" (STE twin)" if ste else ""))
         ticks = sorted(part["eps"].unique())
         ax.set_xticks(ticks, [eps_label(e, norm) for e in ticks], fontsize=7)   # as the tables say it: k/255

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from ...attacks import ATTACKS, attack_kind, gradient_step, step_size
-from ..evaluate.plan import attack_setting
 from ..evaluate.rows import unpack_mask
+from ..evaluate.settings import AttackSetting
 from ..evaluate.stats import wilson_interval
 
 CELL_SET = ["trial_id", "quant", "quant_params", "norm", "eps", "defense", "defense_params", "n", "seed", "data_digest"]
@@ -33,7 +33,7 @@ def with_defaults(ev: pd.DataFrame) -> pd.DataFrame:
     fill = {"attack_params": "{}", "threat": "oblivious", "data_digest": "", "quant_params": "{}", "seed": 0,
             "norm": "linf", "broken_by": None}
     ev = ev.assign(**{k: ev[k].astype(object).fillna(v) if k in ev else v for k, v in fill.items()})
-    return ev.assign(setting=ev["attack_params"].map(lambda p: json.dumps(attack_setting(p), sort_keys=True)))
+    return ev.assign(setting=ev["attack_params"].map(lambda p: json.dumps(AttackSetting.of_json(p).own, sort_keys=True)))
 
 
 def worst_case(ev: pd.DataFrame) -> pd.DataFrame:
@@ -285,15 +285,17 @@ def _black_box_stronger(ev: pd.DataFrame) -> list:
 
 
 def _square_component(ev: pd.DataFrame) -> list:
-    """AutoAttack rows whose Square component broke more than 0.2 % of the images every gradient component
-    missed (the authors' own warning)."""
+    """Ensemble rows (AutoAttack) whose gradient-free component (Square: a candidate named after a black-box attack
+    of the registry) broke more than 0.2 % of the images every gradient component before it missed (the authors'
+    own warning)."""
     out = []
     for _, r in ev[ev["broken_by"].notna()].iterrows():
-        broke = json.loads(r["broken_by"]).get("square", 0)
+        black_box = {k: v for k, v in json.loads(r["broken_by"]).items() if _kind(k) == "black-box"}
+        broke = sum(black_box.values())
         if broke > SQUARE_ALPHA * r["n"]:
             out.append(_flag(r, "square_broke_what_gradients_missed",
-                             f"autoattack ({r['threat']}): Square broke {broke} of {r['n']} images after APGD, APGD-T "
-                             "and FAB-T failed on them: the gradients are masked there"))
+                             f"{r['attack']} ({r['threat']}): {', '.join(black_box).title()} broke {broke} of {r['n']} "
+                             "images after APGD, APGD-T and FAB-T failed on them: the gradients are masked there"))
     return out
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from ...defenses import short_name
-from ..evaluate.plan import attack_setting, through_twin
+from ..evaluate.settings import AttackSetting
 from ..evaluate.stats import wilson_interval
 
 
@@ -234,7 +234,7 @@ IMAGE_SET = ["n", "seed", "data_digest"]
 def _setting_json(params: str) -> str:
     """The attack's own setting: the same in every defense's column (an adaptive cell's parameters also
     name its defense's gradient; a worst-case row lists the attacks it is over)."""
-    p = attack_setting(params)
+    p = AttackSetting.of_json(params).own
     p.pop("over", None)
     return json.dumps(p, sort_keys=True)
 
@@ -259,7 +259,7 @@ def pivot_views(ev: pd.DataFrame, flags: pd.DataFrame | None = None) -> list[Vie
     for (training, norm, q, src, attack, setting, n, seed, digest), part in ev.groupby(keys, sort=False):
         what = (f"worst case over every {NORM_LABELS[norm]} attack" if attack == "worst_case"
                 else f"{attack}{_setting(setting)}")
-        if src == "self" and part["attack_params"].map(through_twin).any():
+        if src == "self" and part["attack_params"].map(lambda p: AttackSetting.of_json(p).through_twin).any():
             src = "self (white-box through its fake-quant twin, STE)"
         title = f"{what} accuracy %, {NORM_LABELS[norm]}, quant={q}, source={src}, n={n} images"
         if training != "none":
