@@ -106,12 +106,16 @@ def _margin_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: s
     return margin, (-xent if loss == "ce" else margin)
 
 
-def _window_mask(vh: torch.Tensor, vw: torch.Tensor, s: int, h: int, w: int) -> torch.Tensor:
-    """(n, 1, h, w) float: 1 inside each image's s x s window at (vh, vw)."""
-    rows, cols = torch.arange(h, device=vh.device), torch.arange(w, device=vw.device)
-    in_h = (rows >= vh[:, None]) & (rows < vh[:, None] + s)
-    in_w = (cols >= vw[:, None]) & (cols < vw[:, None] + s)
-    return (in_h[:, None, :, None] & in_w[:, None, None, :]).float()
+@functools.cache
+def _bands(s: int, size: int, device: torch.device) -> torch.Tensor:
+    """(size - s + 1, size) bool: row v is 1 on [v, v + s), each window start's band (made once per size)."""
+    at, start = torch.arange(size, device=device), torch.arange(size - s + 1, device=device)[:, None]
+    return (at >= start) & (at < start + s)
+
+
+def _window(vh: torch.Tensor, vw: torch.Tensor, s: int, h: int, w: int) -> torch.Tensor:
+    """(n, 1, h, w) bool: each image's s x s window at (vh, vw)."""
+    return _bands(s, h, vh.device)[vh][:, None, :, None] & _bands(s, w, vw.device)[vw][:, None, None, :]
 
 
 def _window_index(t: torch.Tensor, vh: torch.Tensor, vw: torch.Tensor, s: int) -> tuple[torch.Tensor, ...]:
@@ -180,12 +184,14 @@ def _l2_init(x: torch.Tensor, eps: float, draws) -> torch.Tensor:
     return torch.clamp(x + _l2_unit(delta) * eps, 0.0, 1.0)
 
 
-def _linf_proposal(x, x_best, idx, eps, s, draws):
-    c, h, w = x.shape[1:]
-    dev = x.device
+def _linf_proposal(low, high, x_best, idx, eps, s, draws):
+    """The authors' clamp(min(max(x_best + new, x - eps), x + eps), 0, 1) as one clamp into [low, high], the ball
+    already cut to [0, 1] (clamping is selection: the same floats); `new` is +-2 eps in the window, 0 elsewhere."""
+    c, h, w = x_best.shape[1:]
+    dev = x_best.device
     vh, vw = draws.ints(idx, 0, h - s).to(dev), draws.ints(idx, 0, w - s).to(dev)
-    new = _window_mask(vh, vw, s, h, w) * (2.0 * eps * draws.signs(idx, (c, 1, 1), shared=True).to(dev))
-    return torch.clamp(torch.min(torch.max(x_best + new, x - eps), x + eps), 0.0, 1.0)
+    new = torch.where(_window(vh, vw, s, h, w), 2.0 * eps * draws.signs(idx, (c, 1, 1), shared=True).to(dev), 0.0)
+    return torch.clamp(x_best + new, low, high)
 
 
 def _l2_proposal(x, x_best, idx, eps, s, draws):
@@ -196,7 +202,7 @@ def _l2_proposal(x, x_best, idx, eps, s, draws):
     win1 = _window_index(delta, vh, vw, s)
     norms_window_1 = (delta[win1] ** 2).sum(dim=(-2, -1), keepdim=True).sqrt()
     vh2, vw2 = draws.ints(idx, 0, h - s).to(dev), draws.ints(idx, 0, w - s).to(dev)
-    mask_image = torch.max(_window_mask(vh, vw, s, h, w), _window_mask(vh2, vw2, s, h, w))
+    mask_image = (_window(vh, vw, s, h, w) | _window(vh2, vw2, s, h, w)).float()   # the authors' max of two 0/1 masks
     norms_image, norms_windows = _l2(delta), _l2(delta * mask_image)
     new = torch.ones([len(x), c, s, s], device=dev)
     eta = _eta(s, draws.coins(idx)).to(dev)
@@ -218,26 +224,28 @@ def square_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
     model._square_calls = 0       # query k sees draw k in turn, in any batch
     x_best = (_linf_init if norm == "linf" else _l2_init)(x, eps, draws)
     margin_min, loss_min = _margin_and_loss(model, x_best, y, loss)
+    if norm == "linf":      # every image's ball cut to [0, 1], once: the queries gather it
+        low, high = torch.clamp(x - eps, 0.0, 1.0), torch.clamp(x + eps, 0.0, 1.0)
     for i_iter in range(queries):
         idx = (margin_min > 0.0).nonzero().flatten()
         if len(idx) == 0:
             break
-        x_curr, x_best_curr, y_curr = x[idx], x_best[idx], y[idx]
+        x_best_curr, y_curr = x_best[idx], y[idx]
         p = p_selection(p_init, i_iter, queries, rescale)
         if norm == "linf":
             s = max(int(round(math.sqrt(p * n_features / c))), 1)
-            x_new = _linf_proposal(x_curr, x_best_curr, idx.cpu(), eps, s, draws)
+            x_new = _linf_proposal(low[idx], high[idx], x_best_curr, idx.cpu(), eps, s, draws)
         else:
             s = max(int(round(math.sqrt(p * n_features / c))), 3)
             s += 1 - s % 2
-            x_new = _l2_proposal(x_curr, x_best_curr, idx.cpu(), eps, s, draws)
+            x_new = _l2_proposal(x[idx], x_best_curr, idx.cpu(), eps, s, draws)
         margin, loss_new = _margin_and_loss(model, x_new, y_curr, loss)
         improved = (loss_new < loss_min[idx]).float()
         loss_min[idx] = improved * loss_new + (1.0 - improved) * loss_min[idx]
         improved = torch.max(improved, (margin <= 0.0).float())
         margin_min[idx] = improved * margin + (1.0 - improved) * margin_min[idx]
-        improved = improved.view(-1, 1, 1, 1)
-        x_best[idx] = improved * x_new + (1.0 - improved) * x_best_curr
+        # the authors' improved * x_new + (1 - improved) * x_best_curr with improved in {0, 1}: a selection
+        x_best[idx] = torch.where(improved.view(-1, 1, 1, 1) > 0, x_new, x_best_curr)
     return x_best
 
 
