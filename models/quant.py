@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import Registry
+from .rowwise_int8 import RowwiseWeights, probe_rows, rowwise_linear
 
 
 class CastInput(nn.Module):
@@ -86,17 +87,47 @@ class PerImageDynamicLinear(_dynamic_linear()):
     """quantize_dynamic's Linear computes one activation scale over the whole input batch, so an
     image's int8 prediction would depend on the images batched with it (on a quickstart model 4 of
     1000 predictions change between batch 1 and 1000). A benchmark cell must not depend on how the
-    evaluator batched: each row is quantized with its own range, as if the image came alone."""
+    evaluator batched: each row is quantized with its own range, as if the image came alone.
+
+    The rows go through fbgemm's op one at a time where `per_row_op` is set (the reference pipeline's
+    models: the oracle) or where the batched pass (rowwise_int8) differs from it on probe rows;
+    otherwise through the batched pass, which equals the op row for row."""
+
+    per_row_op = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed_params.dtype != torch.qint8:
             return super().forward(x)          # fp16 weights: no activation scale to share
+        rows = x.reshape(-1, x.shape[-1])
+        out = None if self.per_row_op or not self._batched_pass_agrees() else rowwise_linear(rows.float(), self._rowwise)
+        if out is None:
+            out = self._op_per_row(rows)
+        return out.to(x.dtype).reshape(*x.shape[:-1], out.shape[-1])
+
+    def _op_per_row(self, rows: torch.Tensor) -> torch.Tensor:
         # the op the parent's forward calls, once per row (the module call around it cost as much as the op)
         op, packed = torch.ops.quantized.linear_dynamic, self._packed_params._packed_params
         legacy = self.version is None or self.version < 4
-        rows = x.reshape(-1, x.shape[-1]).split(1)
-        out = torch.cat([op(r, packed) if legacy else op(r, packed, reduce_range=True) for r in rows])
-        return out.to(x.dtype).reshape(*x.shape[:-1], out.shape[-1])
+        return torch.cat([op(r, packed) if legacy else op(r, packed, reduce_range=True) for r in rows.split(1)])
+
+    def _batched_pass_agrees(self) -> bool:
+        """Checked once per layer: the batched pass against the op on probe rows (ranges wide, narrow,
+        one-signed, tiny and empty), bit for bit; legacy modules (no reduce_range) keep the op."""
+        if getattr(self, "_agrees", None) is None:
+            legacy = self.version is None or self.version < 4
+            self._rowwise = RowwiseWeights(self._packed_params._packed_params)
+            self._agrees = not legacy and self._rowwise.supported and torch.equal(
+                rowwise_linear(probe_rows(self.in_features), self._rowwise), self._op_per_row(probe_rows(self.in_features)))
+        return self._agrees
+
+
+def per_row_op(model: nn.Module) -> nn.Module:
+    """The model with its dynamic int8 Linears on fbgemm's op one row at a time (the reference pipeline's
+    oracle for the batched pass); other modes as they are."""
+    for m in model.modules():
+        if isinstance(m, PerImageDynamicLinear):
+            m.per_row_op = True
+    return model
 
 
 # --- torchao --------------------------------------------------------------------------------------

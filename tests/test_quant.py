@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from robustgrid.models import QUANT, fake_quant_twin, int8_share, quant_mode, quantize, shipped_bytes
+from robustgrid.models import QUANT, fake_quant_twin, int8_share, per_row_op, quant_mode, quantize, shipped_bytes
 from robustgrid.models.quant import shipped_tensors
 
 pytest.importorskip("torchao")
@@ -44,6 +44,29 @@ def test_int8_predictions_do_not_depend_on_the_batch_size(setting, mode):
     by_batch = {b: _predictions(q, x, b) for b in (500, 7, 1)}
     assert torch.equal(by_batch[1], by_batch[500]) and torch.equal(by_batch[7], by_batch[500])
     assert (by_batch[500] == _predictions(model, x, 500)).float().mean() > 0.9      # and still the model
+
+
+def test_dynamic_int8_batched_pass_equals_fbgemms_op_row_by_row(setting):
+    """The batched per-row pass (rowwise_int8) against torch.ops.quantized.linear_dynamic called once per
+    row: the trained model's logits bit for bit, and the parameter choice against torch's own."""
+    from robustgrid.models.rowwise_int8 import RowwiseWeights, probe_rows, row_qparams, rowwise_linear
+    model, x, _ = setting
+    fast, oracle = quantize(model, "dynamic_int8"), per_row_op(quantize(model, "dynamic_int8"))
+    with torch.no_grad():
+        assert torch.equal(fast(x), oracle(x))
+    layers = [m for m in fast.modules() if hasattr(m, "_agrees")]
+    assert len(layers) == 2 and all(m._agrees for m in layers)           # the batched pass ran, not the fallback
+    g = torch.Generator().manual_seed(1)
+    rows = torch.cat([probe_rows(128), torch.randn(3000, 128, generator=g) * torch.rand(3000, 1, generator=g) ** 10 * 20,
+                      torch.rand(500, 128, generator=g) * 1e-5 - 2e-6])
+    scale, zero = row_qparams(rows)
+    torch_params = [torch._choose_qparams_per_tensor(r, True) for r in rows]
+    assert torch.equal(scale, torch.tensor([p[0] for p in torch_params], dtype=torch.float32))
+    assert torch.equal(zero.long(), torch.tensor([p[1] for p in torch_params]))
+    second = [m for m in fast.modules() if hasattr(m, "_agrees")][1]
+    op, packed = torch.ops.quantized.linear_dynamic, second._packed_params._packed_params
+    expected = torch.cat([op(r, packed, reduce_range=True) for r in rows.split(1)])
+    assert torch.equal(rowwise_linear(rows, RowwiseWeights(packed)), expected)
 
 
 @pytest.mark.parametrize("mode", INT8)

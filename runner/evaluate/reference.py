@@ -22,7 +22,7 @@ from torch import nn
 
 from ...attacks import start_seed
 from ...defenses import DEFENSES, apply_defense, is_randomized
-from ...models import fake_quant_twin, quant_mode, quantize, shipped_bytes
+from ...models import fake_quant_twin, per_row_op, quant_mode, quantize, shipped_bytes
 from ..device import fp32_precision, ieee_fp32
 from ..provenance import images_digest
 from ..spec import EvaluateSpec
@@ -68,7 +68,7 @@ def _models(fp32: nn.Module, quants: list[str], calibration) -> tuple[dict, dict
     fp32 = copy.deepcopy(fp32).cpu().to(memory_format=torch.channels_last).eval()   # the caller's stays as it was
     models, twins = {"fp32": fp32}, {}
     for q in quants:
-        models[q] = quantize(fp32, q, calibration)
+        models[q] = per_row_op(quantize(fp32, q, calibration))   # fbgemm's own op, image by image
         mode = quant_mode(q)
         if not mode.has_input_grad and mode.twin is not None:
             twins[q] = fake_quant_twin(fp32, models[q], q)
