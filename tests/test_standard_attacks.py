@@ -62,6 +62,46 @@ def test_apgd_equals_torchattacks_with_the_same_starts(tiny_model, images, norm,
     assert torch.equal(ours[hit], theirs[hit])
 
 
+class Centroids(nn.Module):
+    """Nearest weighted centroid on 4x4-pooled pixels: the class that is second most likely is not always the
+    easiest to reach, so later APGD-T targets break images the first one left."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.mu = nn.Parameter(torch.rand(10, 192, generator=g) * 0.2 + 0.4, requires_grad=False)
+        self.w = nn.Parameter(torch.rand(10, 192, generator=g) ** 4 * 0.5, requires_grad=False)
+
+    def forward(self, x):
+        f = nn.functional.avg_pool2d(x, 4).flatten(1)
+        return -(((f[:, None] - self.mu[None]) ** 2) * self.w[None]).sum(-1) * 50
+
+
+def test_apgd_t_targets_at_once_equal_the_targets_one_by_one():
+    """APGD-T's targets grouped into one batch (attacks/apgd.py `_runs`) against the authors' order written out
+    here: each target run on the images earlier ones left unbroken, an image's candidate its first fooling
+    iterate, else the first target's highest-loss one. The same candidates bit for bit, on a case where the
+    second and third targets break images the first left robust."""
+    from robustgrid.attacks.apgd import apgd_run, apgd_t, targeted_dlr_loss
+    model = Centroids().eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.round((torch.rand(48, 3, 32, 32, generator=g) * 0.3 + 0.35) * 255) / 255
+    y = model(x).argmax(1)
+    eps, starts = 1.5 / 255, random_starts(48, (3, 32, 32), 5, seed=0, kind="rand")
+    order = model(x).sort(dim=1)[1]
+    out, fooled, broken = x.clone(), torch.zeros(48, dtype=torch.bool), []
+    for t in range(5):
+        todo = (~fooled).nonzero().squeeze(1)
+        best, right, best_adv = apgd_run(model, x[todo], y[todo], eps, "linf", 5, targeted_dlr_loss(order[todo, -(t + 2)]),
+                                         starts[todo, t], 0.75)
+        found = torch.where(right.view(-1, 1, 1, 1), best if t == 0 else out[todo], best_adv)
+        fooled[todo] = model(deliver(found, x[todo], eps, "linf")).argmax(1) != y[todo]
+        out[todo] = found
+        broken.append(int(fooled.sum()))
+    assert 0 < broken[0] < broken[2] < 48, broken       # later targets matter here
+    assert torch.equal(apgd_t(model, x, y, eps, steps=5, targets=5, starts=starts), out)
+
+
 def test_apgd_t_l2_fools_the_same_images_as_torchattacks(tiny_model, images):
     """Not bit for bit: torchattacks' APGDT takes an L2 step with step_size[0], the first image's step size, for
     the whole batch (the authors' code and ours use each image's own), so the iterates differ slightly."""
