@@ -176,46 +176,22 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
     return x_best, acc, x_best_adv
 
 
-RUNS_AT_ONCE_ROWS = 512   # up to this many rows, a group of runs (APGD-T's targets) goes through the model at once
-
-
 def _runs(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, norm: str, steps: int,
-          losses: list[Callable[[torch.Tensor], Loss]], starts: torch.Tensor, rho: float,
-          stacked: Callable[[range, torch.Tensor], Loss] | None = None) -> torch.Tensor:
+          losses: list[Callable[[torch.Tensor], Loss]], starts: torch.Tensor, rho: float) -> torch.Tensor:
     """One candidate per image: run r (its loss for the images it runs on, start stream r) on the images no
     earlier run fooled on the attacker's model once delivered; an image's candidate is the first fooling
-    iterate, else run 0's highest-loss one.
-
-    stacked(group, todo): one loss for runs `group` on the rows of `todo` repeated once per run. Given, runs
-    are grouped (up to RUNS_AT_ONCE_ROWS rows) and a group goes through the model in one batch: a model pass
-    over 288 rows costs a third per image of one over 32 here, and the images AutoAttack leaves to APGD-T
-    are mostly robust ones, which run every target anyway. Each row's iterates are its own (APGD is per image),
-    and the group is read back run by run in order, so the candidates are those of the runs one at a time."""
+    iterate, else run 0's highest-loss one."""
     out = images.clone()
     fooled = torch.zeros(len(images), dtype=torch.bool, device=images.device)
-    r = 0
-    while r < len(losses):
+    for r, loss_for in enumerate(losses):
         todo = (~fooled).nonzero().squeeze(1)
         if not len(todo):
             break
-        n = len(todo)
-        group = range(r, r + (1 if stacked is None else max(1, min(len(losses) - r, RUNS_AT_ONCE_ROWS // n))))
         x, y = images[todo], labels[todo]
-        if len(group) == 1:
-            loss, xs, ys, draws = losses[r](todo), x, y, starts[todo, r]
-        else:
-            loss, xs, ys = stacked(group, todo), x.repeat(len(group), 1, 1, 1), y.repeat(len(group))
-            draws = torch.cat([starts[todo, q] for q in group])
-        best, still_right, best_adv = apgd_run(model, xs, ys, eps, norm, steps, loss, draws, rho)
-        for j, q in enumerate(group):
-            live = (~fooled[todo]).nonzero().squeeze(1)       # of todo: the images run q is for
-            if not len(live):
-                break
-            rows, idx = j * n + live, todo[live]
-            found = torch.where(still_right[rows].view(-1, 1, 1, 1), best[rows] if q == 0 else out[idx], best_adv[rows])
-            fooled[idx] = _mean_logits(model, deliver(found, images[idx], eps, norm)).argmax(1) != labels[idx]
-            out[idx] = found
-        r = group.stop
+        best, still_right, best_adv = apgd_run(model, x, y, eps, norm, steps, loss_for(todo), starts[todo, r], rho)
+        found = torch.where(still_right.view(-1, 1, 1, 1), best if r == 0 else out[todo], best_adv)
+        fooled[todo] = _mean_logits(model, deliver(found, x, eps, norm)).argmax(1) != y
+        out[todo] = found
     return out
 
 
@@ -261,10 +237,5 @@ def apgd_t(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: fl
         return images.clone().detach()
     order = _mean_logits(model, images).sort(dim=1)[1]
     targets = min(targets, order.shape[1] - 1)
-    target_of = [t for t in range(targets) for _ in range(restarts)]      # run r's target
-    losses = [lambda todo, t=t: targeted_dlr_loss(order[todo, -(t + 2)]) for t in target_of]
-
-    def stacked(group: range, todo: torch.Tensor) -> Loss:
-        return targeted_dlr_loss(torch.cat([order[todo, -(target_of[q] + 2)] for q in group]))
-    return _runs(model, images, labels, eps, norm, steps, losses, _draws(starts, images, len(losses), norm), rho,
-                 stacked)
+    losses = [lambda todo, t=t: targeted_dlr_loss(order[todo, -(t + 2)]) for t in range(targets) for _ in range(restarts)]
+    return _runs(model, images, labels, eps, norm, steps, losses, _draws(starts, images, len(losses), norm), rho)

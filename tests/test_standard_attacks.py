@@ -77,11 +77,11 @@ class Centroids(nn.Module):
         return -(((f[:, None] - self.mu[None]) ** 2) * self.w[None]).sum(-1) * 50
 
 
-def test_apgd_t_targets_at_once_equal_the_targets_one_by_one():
-    """APGD-T's targets grouped into one batch (attacks/apgd.py `_runs`) against the authors' order written out
-    here: each target run on the images earlier ones left unbroken, an image's candidate its first fooling
-    iterate, else the first target's highest-loss one. The same candidates bit for bit, on a case where the
-    second and third targets break images the first left robust."""
+def test_apgd_t_runs_its_targets_in_the_authors_order():
+    """APGD-T against the authors' order written out here: each target run on the images earlier ones left
+    unbroken, an image's candidate its first fooling iterate, else the first target's highest-loss one. The same
+    candidates bit for bit, on a case where the second and third targets break images the first left robust (a
+    change that batches the targets, or reads them back out of order, must keep this)."""
     from robustgrid.attacks.apgd import apgd_run, apgd_t, targeted_dlr_loss
     model = Centroids().eval()
     g = torch.Generator().manual_seed(1)
