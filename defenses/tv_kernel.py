@@ -64,11 +64,8 @@ def chambolle_planes(image: torch.Tensor, weight: float, eps: float, max_num_ite
     """(planes, H, W) float64 on the CPU, each plane to its own stop; torch's thread count in threads."""
     x = np.ascontiguousarray(image.numpy())
     out = np.empty_like(x)
-    chunks = np.array_split(np.arange(len(x)), max(1, min(torch.get_num_threads(), len(x))))
-    if len(chunks) == 1:
-        _planes(x, float(weight), float(eps), int(max_num_iter), out)
-    else:
-        with ThreadPoolExecutor(len(chunks)) as pool:
-            list(pool.map(lambda idx: _planes(x[idx[0]:idx[-1] + 1], float(weight), float(eps), int(max_num_iter),
-                                              out[idx[0]:idx[-1] + 1]), chunks))
+    parts = max(1, min(torch.get_num_threads(), len(x)))
+    args = (float(weight), float(eps), int(max_num_iter))
+    with ThreadPoolExecutor(parts) as pool:     # array_split gives views: each thread writes its planes of `out`
+        list(pool.map(lambda io: _planes(io[0], *args, io[1]), zip(np.array_split(x, parts), np.array_split(out, parts))))
     return torch.from_numpy(out)

@@ -107,17 +107,20 @@ class PerImageDynamicLinear(_dynamic_linear()):
     def _op_per_row(self, rows: torch.Tensor) -> torch.Tensor:
         # the op the parent's forward calls, once per row (the module call around it cost as much as the op)
         op, packed = torch.ops.quantized.linear_dynamic, self._packed_params._packed_params
-        legacy = self.version is None or self.version < 4
-        return torch.cat([op(r, packed) if legacy else op(r, packed, reduce_range=True) for r in rows.split(1)])
+        return torch.cat([op(r, packed) if self._legacy() else op(r, packed, reduce_range=True) for r in rows.split(1)])
+
+    def _legacy(self) -> bool:
+        """Saved before reduce_range existed (version < 4): the op's full 0..255 range, which the pass does not do."""
+        return self.version is None or self.version < 4
 
     def _batched_pass_agrees(self) -> bool:
         """Checked once per layer: the batched pass against the op on probe rows (ranges wide, narrow,
         one-signed, tiny and empty), bit for bit; legacy modules (no reduce_range) keep the op."""
         if getattr(self, "_agrees", None) is None:
-            legacy = self.version is None or self.version < 4
             self._rowwise = RowwiseWeights(self._packed_params._packed_params)
-            self._agrees = not legacy and self._rowwise.supported and torch.equal(
-                rowwise_linear(probe_rows(self.in_features), self._rowwise), self._op_per_row(probe_rows(self.in_features)))
+            probe = probe_rows(self.in_features)
+            self._agrees = not self._legacy() and self._rowwise.supported and torch.equal(
+                rowwise_linear(probe, self._rowwise), self._op_per_row(probe))
         return self._agrees
 
 

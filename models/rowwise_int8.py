@@ -45,9 +45,10 @@ class RowwiseWeights:
     def __init__(self, packed):
         weight, bias = torch.ops.quantized.linear_unpack(packed)
         self.supported = weight.qscheme() == torch.per_tensor_affine and weight.q_zero_point() == 0
-        self.weight_t = weight.int_repr().t().contiguous()
-        self.scale = torch.tensor(weight.q_scale(), dtype=torch.float32)
-        self.bias = None if bias is None else bias.detach().double()
+        if self.supported:       # per-channel weights have no single scale: they keep the op
+            self.weight_t = weight.int_repr().t().contiguous()
+            self.scale = torch.tensor(weight.q_scale(), dtype=torch.float32)
+            self.bias = None if bias is None else bias.detach().double()
 
 
 def rowwise_linear(x: torch.Tensor, w: RowwiseWeights) -> torch.Tensor | None:
