@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -40,6 +41,34 @@ class _Scratch(threading.local):
 
 
 _scratch = _Scratch()
+_pool: list[ThreadPoolExecutor] = []      # one, made on first use; its threads stay
+
+
+def _in_row_parts(fn, *args) -> None:
+    """fn(*args) over contiguous row ranges of its array arguments (every array's first axis is the rows; other
+    arguments go as they are), in torch's thread count of threads, the calling thread taking the first range.
+    Every row is computed alone, so the split changes no value."""
+    rows = next(a.shape[0] for a in args if isinstance(a, np.ndarray))
+    parts = max(1, min(torch.get_num_threads(), rows // 8))
+    if parts == 1:
+        fn(*args)
+        return
+    if not _pool or _pool[0]._max_workers < parts - 1:
+        _pool[:] = [ThreadPoolExecutor(parts - 1, thread_name_prefix="fab-projection")]
+
+    def part(k: int) -> None:
+        lo, hi = rows * k // parts, rows * (k + 1) // parts
+        fn(*(a[lo:hi] if isinstance(a, np.ndarray) else a for a in args))
+    later = [_pool[0].submit(part, k) for k in range(1, parts)]
+    part(0)
+    for f in later:
+        f.result()
+
+
+def _sorted_order(keys: np.ndarray) -> None:
+    """Keys (unique per row) sorted in place by numpy's SIMD sort, then cut to their column: the stable order."""
+    keys.sort(axis=1)
+    np.bitwise_and(keys, 0xFFFFFFFF, out=keys)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -75,13 +104,11 @@ def projection_linf(points_to_project: torch.Tensor, w_hyperplane: torch.Tensor,
     (ws, p, wt, wd), keys = _scratch.take(*w.shape, 4)      # signed w, p, w * t, w * d; p's sort keys
     _products(w, t, wt)
     sign = 2 * (_row_sums(wt) - torch.from_numpy(b) >= 0) - 1
-    _linf_prelude(w, t, sign.numpy(), ws, p, wt, wd, p.view(np.int32), keys)
-    keys.sort(axis=1)                                  # numpy's SIMD sort; every key unique: the stable order
-    np.bitwise_and(keys, 0xFFFFFFFF, out=keys)
+    _in_row_parts(_linf_sorted, w, t, sign.numpy(), ws, p, wt, wd, p.view(np.int32), keys)
     b = torch.from_numpy(b) * sign - _row_sums(wt)
     b0 = _row_sums(wd)
     out = np.empty(w.shape, dtype=np.float32)
-    _linf_rows(ws, t, p, b.numpy(), b0.numpy(), keys, out, math.ceil(math.log2(w.shape[1])))
+    _in_row_parts(_linf_rows, ws, t, p, b.numpy(), b0.numpy(), keys, out, math.ceil(math.log2(w.shape[1])))
     return torch.from_numpy(out)
 
 
@@ -91,6 +118,11 @@ def _a_d(wj, tj):
     zero, one = np.float32(0.0), np.float32(1.0)
     aj = one if wj < zero else zero
     return aj, (aj - tj) * (one if wj != zero else zero)
+
+
+def _linf_sorted(*args) -> None:
+    _linf_prelude(*args)
+    _sorted_order(args[-1])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -179,13 +211,11 @@ def projection_l2(points_to_project: torch.Tensor, w_hyperplane: torch.Tensor, b
     c = _row_sums(dw) - torch.from_numpy(b)
     sign = 2 * (c >= 0) - 1
     c = c * sign
-    _l2_prelude(w, t, sign.numpy(), ws, r, dw, r.view(np.int32), keys)
-    keys.sort(axis=1)
-    np.bitwise_and(keys, 0xFFFFFFFF, out=keys)
-    _gather_squares(ws, keys, w3s)
+    _in_row_parts(_l2_sorted, w, t, sign.numpy(), ws, r, dw, r.view(np.int32), keys, w3s)
     w5, dw_sum = _row_sums(w3s), _row_sums(dw)
     out = np.empty(w.shape, dtype=np.float32)
-    _l2_rows(ws, r, keys, w3s, w5.numpy(), dw_sum.numpy(), c.numpy(), out, math.ceil(math.log2(w.shape[1])))
+    _in_row_parts(_l2_rows, ws, r, keys, w3s, w5.numpy(), dw_sum.numpy(), c.numpy(), out,
+                  math.ceil(math.log2(w.shape[1])))
     return torch.from_numpy(out)
 
 
@@ -198,6 +228,12 @@ def _l2_r_d(wj, tj):
     if abs(wj) < tiny or rj == -big:
         rj = big
     return rj, -(rj * wj) * (one if abs(wj) > tiny else np.float32(0.0))
+
+
+def _l2_sorted(w, t, sign, ws, r, dw, r_bits, keys, w3s) -> None:
+    _l2_prelude(w, t, sign, ws, r, dw, r_bits, keys)
+    _sorted_order(keys)
+    _gather_squares(ws, keys, w3s)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
