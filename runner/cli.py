@@ -107,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
                             "in a shard per core, against the authors' code and torchattacks' components: a standard "
                             "model at L-inf 1/255 and L2 0.1, an FGSM-RS one at 8/255 and 0.5; default 100 images)")
     bench.add_argument("--images", type=int, help="test images for (a) and (b) (default 200 with --quick, else 1000)")
+    bench.add_argument("--repeats", type=int, default=1,
+                       help="--grid autoattack: rounds of the in-process implementations, in turn; each keeps its "
+                            "fastest (default 1)")
     bench.add_argument("--quant-modes", action="store_true",
                        help="instead: every quant mode's inference images/s, accuracy and size (simple_cnn)")
     bench.add_argument("--adversarial-training", action="store_true",
@@ -352,7 +355,8 @@ def cmd_bench(args) -> int:
         return run_adversarial_training_bench(json_path=args.json, device=args.device, images=args.images,
                                               model_name=args.model)
     if args.grid == "autoattack":
-        return run_autoattack_bench(json_path=args.json, device=args.device, images=args.images)
+        return run_autoattack_bench(json_path=args.json, device=args.device, images=args.images,
+                                    repeats=args.repeats)
     return run_bench(quick=args.quick, json_path=args.json, device=args.device, grid=args.grid, images=args.images)
 
 
