@@ -26,7 +26,7 @@ from numba import njit
 
 class _Scratch(threading.local):
     """Working arrays kept per thread between calls: a fresh 2-3 MB array per step costs more in page faults than
-    the arithmetic in it (measured: 4.4 of 8.6 ms a call)."""
+    the arithmetic in it (an L2 call on 180 rows: 9.4 ms, 5.0 ms with glibc's mmap and trim thresholds raised)."""
 
     def __init__(self):
         self.floats, self.keys = np.empty((0, 0), np.float32), np.empty((0, 0), np.int64)
@@ -41,7 +41,7 @@ class _Scratch(threading.local):
 
 
 _scratch = _Scratch()
-_pool: list[ThreadPoolExecutor] = []      # one, made on first use; its threads stay
+_pool: dict[int, ThreadPoolExecutor] = {}      # by worker count, made on first use; its threads stay
 
 
 def _in_row_parts(fn, *args) -> None:
@@ -53,13 +53,12 @@ def _in_row_parts(fn, *args) -> None:
     if parts == 1:
         fn(*args)
         return
-    if not _pool or _pool[0]._max_workers < parts - 1:
-        _pool[:] = [ThreadPoolExecutor(parts - 1, thread_name_prefix="fab-projection")]
+    pool = _pool.get(parts - 1) or _pool.setdefault(parts - 1, ThreadPoolExecutor(parts - 1, "fab-projection"))
 
     def part(k: int) -> None:
         lo, hi = rows * k // parts, rows * (k + 1) // parts
         fn(*(a[lo:hi] if isinstance(a, np.ndarray) else a for a in args))
-    later = [_pool[0].submit(part, k) for k in range(1, parts)]
+    later = [pool.submit(part, k) for k in range(1, parts)]
     part(0)
     for f in later:
         f.result()
