@@ -36,6 +36,13 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+def _at_least_one(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="robustgrid", description="Robustness benchmark runner for small image classifiers.")
     p.add_argument("--version", action=_VersionAction, help="print the package version and git commit, then exit")
@@ -107,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
                             "in a shard per core, against the authors' code and torchattacks' components: a standard "
                             "model at L-inf 1/255 and L2 0.1, an FGSM-RS one at 8/255 and 0.5; default 100 images)")
     bench.add_argument("--images", type=int, help="test images for (a) and (b) (default 200 with --quick, else 1000)")
-    bench.add_argument("--repeats", type=int, default=1,
+    bench.add_argument("--repeats", type=_at_least_one, default=1,
                        help="--grid autoattack: rounds of the in-process implementations, in turn; each keeps its "
                             "fastest (default 1)")
     bench.add_argument("--quant-modes", action="store_true",
