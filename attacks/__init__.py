@@ -37,9 +37,10 @@ from .base import (
                    is_black_box,
                    takes_image_keys,
                    step_size,
-                   takes_judge_option,
+                   attack_inputs,
                    to_8bit_grid,
 )
+from .judge import Judge
 from .pgd import strength
 
 __all__ = [
@@ -47,7 +48,7 @@ __all__ = [
                    "NORMS",
                    "ZOO_CHUNK", "ZOO_PREFIX",
                    "KINDS", "Attack", "attack_entry", "attack_kind", "draws_globally", "seed_salt",
-                   "step_size", "takes_judge_option",
+                   "step_size", "attack_inputs", "Judge",
                    "as_candidates",
                    "attack_names",
                    "attack_params_json",

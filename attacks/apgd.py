@@ -9,9 +9,10 @@ best iterate kept. Losses: cross-entropy, DLR, and APGD-T's targeted DLR against
 Differences, all for honest, batch-free cells: each image's start comes from its own place in the
 evaluation seed's stream (`random_starts`: the draw torchattacks makes after manual_seed, for a
 contiguous batch), not from whichever images a batch holds; every restart (and every target) runs on
-every image still unbroken on the attacker's model, each from its own stream; an image's candidate is
-the iterate that fooled the attacker's model, else its highest-loss iterate (torchattacks returns the
-clean image there), and the scored system judges it. Through a randomized defense, gradient, loss and
+every image the judge has not settled (attacks/judge.py: broken in every cell that scores it; called alone,
+the attacker's model), each from its own stream, and every run's candidate is returned: the iterate that
+fooled the attacker's model, else its highest-loss iterate (torchattacks returns the clean image there);
+the scored system judges them all. Through a randomized defense, gradient, loss and
 logits are the means over the attacker's EOT draws (`eot_draws`).
 """
 from __future__ import annotations
@@ -23,7 +24,8 @@ import torch
 from torch import nn
 
 from ..registry import Param
-from .base import NORMS, _cross_entropy_direction, deliver, random_starts, register_attack
+from .base import NORMS, _cross_entropy_direction, random_starts, register_attack
+from .judge import Judge, judge_or_own, mean_logits
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -80,17 +82,6 @@ def _loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss
         logits, losses = logits + out.detach(), losses + per_image.detach()
     n = len(draws)
     return grad / n, logits / n, losses / n
-
-
-def _mean_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    draws = getattr(model, "eot_draws", None) or [None]
-    out = 0
-    with torch.no_grad():
-        for d in draws:
-            if d is not None:
-                model.draw = d
-            out = out + model(x).float()
-    return out / len(draws)
 
 
 def _oscillated(losses: np.ndarray, j: int, k: int, rho: float) -> np.ndarray:
@@ -177,21 +168,22 @@ def apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
 
 
 def _runs(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, norm: str, steps: int,
-          losses: list[Callable[[torch.Tensor], Loss]], starts: torch.Tensor, rho: float) -> torch.Tensor:
-    """One candidate per image: run r (its loss for the images it runs on, start stream r) on the images no
-    earlier run fooled on the attacker's model once delivered; an image's candidate is the first fooling
-    iterate, else run 0's highest-loss one."""
-    out = images.clone()
-    fooled = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+          losses: list[Callable[[torch.Tensor], Loss]], starts: torch.Tensor, rho: float, judge: Judge) -> torch.Tensor:
+    """Candidates (N, runs, C, H, W): run r (its loss for the images it runs on, start stream r) on the images the
+    judge has not settled, each run's candidate offered to it; an image's candidate of run r is that run's fooling
+    iterate (on the attacker's model), else its highest-loss one; where run r did not run, run r - 1's."""
+    out = images.unsqueeze(1).repeat(1, len(losses), 1, 1, 1)
     for r, loss_for in enumerate(losses):
-        todo = (~fooled).nonzero().squeeze(1)
-        if not len(todo):
-            break
+        todo = judge.open().to(images.device)
+        if r > 0:
+            out[:, r] = out[:, r - 1]
+        if not len(todo) or loss_for is None:     # None: a slot past the classes there are (APGD-T's targets)
+            continue
         x, y = images[todo], labels[todo]
         best, still_right, best_adv = apgd_run(model, x, y, eps, norm, steps, loss_for(todo), starts[todo, r], rho)
-        found = torch.where(still_right.view(-1, 1, 1, 1), best if r == 0 else out[todo], best_adv)
-        fooled[todo] = _mean_logits(model, deliver(found, x, eps, norm)).argmax(1) != y
-        out[todo] = found
+        found = torch.where(still_right.view(-1, 1, 1, 1), best, best_adv)
+        judge.subset(todo).offer(found, x)
+        out[todo, r] = found
     return out
 
 
@@ -218,24 +210,28 @@ def _draws(starts: torch.Tensor | None, images: torch.Tensor, streams: int, norm
                  starts=lambda p: (p["restarts"], _start_kind(p)), step_size="adaptive")
 def apgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int = 100,
          restarts: int = 1, norm: str = "linf", rho: float = 0.75, loss: str = "ce",
-         starts: torch.Tensor | None = None) -> torch.Tensor:
-    """APGD with loss ce or dlr: `restarts` runs, each on the images earlier ones left unbroken."""
+         starts: torch.Tensor | None = None, judge: Judge | None = None) -> torch.Tensor:
+    """APGD with loss ce or dlr: candidates (N, restarts, C, H, W), each restart on the images the judge left open."""
     if eps == 0:
         return images.clone().detach()
     starts = _draws(starts, images, restarts, norm)
-    return _runs(model, images, labels, eps, norm, steps, [lambda todo: LOSSES[loss]] * restarts, starts, rho)
+    return _runs(model, images, labels, eps, norm, steps, [lambda todo: LOSSES[loss]] * restarts, starts, rho,
+                 judge_or_own(judge, model, labels, eps, norm))
 
 
 @register_attack(params={**PARAMS, "targets": Param(9, int, lambda t: t >= 1, ">= 1")},
                  starts=lambda p: (p["restarts"] * p["targets"], _start_kind(p)), step_size="adaptive")
 def apgd_t(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int = 100,
            restarts: int = 1, norm: str = "linf", rho: float = 0.75, targets: int = 9,
-           starts: torch.Tensor | None = None) -> torch.Tensor:
+           starts: torch.Tensor | None = None, judge: Judge | None = None) -> torch.Tensor:
     """APGD-T: targeted DLR against each of the `targets` most likely other classes (of the clean image on the
-    attacker's model), in order, each on the images earlier targets left unbroken (AutoAttack uses 9)."""
+    attacker's model), in order, each on the images the judge left open (AutoAttack uses 9). Candidates
+    (N, targets x restarts, C, H, W); slots past the classes there are repeat the last."""
     if eps == 0:
         return images.clone().detach()
-    order = _mean_logits(model, images).sort(dim=1)[1]
-    targets = min(targets, order.shape[1] - 1)
-    losses = [lambda todo, t=t: targeted_dlr_loss(order[todo, -(t + 2)]) for t in range(targets) for _ in range(restarts)]
-    return _runs(model, images, labels, eps, norm, steps, losses, _draws(starts, images, len(losses), norm), rho)
+    order = mean_logits(model, images).sort(dim=1)[1]
+    real = min(targets, order.shape[1] - 1)
+    losses = [(lambda todo, t=t: targeted_dlr_loss(order[todo, -(t + 2)])) if t < real else None
+              for t in range(targets) for _ in range(restarts)]
+    return _runs(model, images, labels, eps, norm, steps, losses, _draws(starts, images, len(losses), norm), rho,
+                 judge_or_own(judge, model, labels, eps, norm))

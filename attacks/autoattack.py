@@ -7,20 +7,20 @@
 
 The authors attack only the images their model gets right, and run each component only on the images every
 earlier one left unbroken, judged by the model they score. Here the scored system is often not the
-attacker's model (a defense, an int8 model behind its STE twin, a transfer): an image the attacker's model
-gets wrong, or that a component breaks there, may still be right on the scored system, and skipping it
-would count it robust (issue #31 reported 125/300 through blur at 2/255 where APGD-CE alone gave 116/300). So every component runs on
-every image, unless the engine says the attacker's model is the only system that judges these images
-(`attacker_is_judge`: no defense, the model itself), where the authors' rule is exact and only saves time.
-The clean image and each component's image are the candidates, and the scored system judges them all: an
-image is robust only if every one fails. The cell's attack_params
+attacker's model (a defense, an int8 model behind its STE twin, a transfer), so that question is the
+judge's (attacks/judge.py): a component, and each target and restart inside it, runs on the images not yet
+broken in every cell that scores them. Where the attacker's model is the only such cell, that is the
+authors' rule. The clean image and every component's candidates are returned, and the scored system judges
+them all: an image is robust only if every one fails. The cell's attack_params
 record every component with its settings; its `broken_by` column counts the images the clean image
 and each component were the first to break on the scored system (AutoAttack's log).
 
 What differs from the authors' run: every random draw is the image's own (APGD's starts from its
 place in the seed's streams, one stream per component and target; Square's windows from its own
 counter-based stream), so a cell does not depend on the batch; FAB-T is torchattacks' FAB-T with the
-authors' settings (deterministic with one restart: it draws nothing), its targets run at once (attacks/fab.py).
+authors' settings (deterministic with one restart: it draws nothing), its targets run in groups, each point
+also offered scaled out to eps (attacks/fab.py). Square queries `query_model`: what a standalone black-box
+attack of the cell queries.
 """
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ import torch
 from torch import nn
 
 from ..registry import Param
-from .apgd import _mean_logits, apgd, apgd_t
-from .base import NORMS, deliver, random_starts, register_attack
+from .apgd import apgd, apgd_t
+from .base import NORMS, random_starts, register_attack
 from .fab import fab_t
+from .judge import Judge, judge_or_own
 from .square import square
 
 COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
@@ -89,24 +90,34 @@ def _streams(components: list[dict]) -> list[int]:
     return [c["targets"] if c["attack"] == "apgd_t" else 1 if c["attack"] == "apgd" else 0 for c in components]
 
 
-def _run(c: dict, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, starts: torch.Tensor,
-         keys: torch.Tensor) -> torch.Tensor:
+def _counts(components: list[dict]) -> list[int]:
+    """How many candidates each component returns: APGD-T one per target, FAB-T two per target (its point and
+    the point scaled out to eps), the others one."""
+    return [c["targets"] * (2 if c["attack"] == "torchattacks.FAB" else 1)
+            if c["attack"] in ("apgd_t", "torchattacks.FAB") else 1 for c in components]
+
+
+def _run(c: dict, model: nn.Module, query_model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+         starts: torch.Tensor, keys: torch.Tensor, judge: Judge) -> torch.Tensor:
+    """Component c's candidates (n, count, C, H, W) on images x, each offered to the judge. A black-box component
+    queries what a standalone black-box attack of the cell would (the real int8 model, not its twin)."""
     if c["attack"] == "apgd":
-        return apgd(model, x, y, eps, steps=c["steps"], norm=c["norm"], loss=c["loss"], starts=starts)
+        return apgd(model, x, y, eps, steps=c["steps"], norm=c["norm"], loss=c["loss"], starts=starts, judge=judge)
     if c["attack"] == "apgd_t":
-        return apgd_t(model, x, y, eps, steps=c["steps"], norm=c["norm"], targets=c["targets"], starts=starts)
+        return apgd_t(model, x, y, eps, steps=c["steps"], norm=c["norm"], targets=c["targets"], starts=starts,
+                      judge=judge)
     if c["attack"] == "square":
-        return square(model, x, y, eps, queries=c["queries"], norm=c["norm"], image_keys=keys)
-    return _fab_t(model, x, y, eps, c)
-
-
-def _fab_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, c: dict) -> torch.Tensor:
+        found = square(query_model, x, y, eps, queries=c["queries"], norm=c["norm"], image_keys=keys)
+        judge.offer(found, x)
+        return found.unsqueeze(1)
     return fab_t(model, x, y, eps, norm=c["norm"], steps=c["steps"], targets=c["targets"], alpha_max=c["alpha_max"],
-                 eta=c["eta"], beta=c["beta"])
+                 eta=c["eta"], beta=c["beta"], judge=judge)
 
 
 def candidate_names(params: dict) -> list[str]:
-    return ["clean"] + [c["name"] for c in params["components"]]
+    """One name per candidate: the clean image, then each component's name once per candidate it returns."""
+    comps = params["components"]
+    return ["clean"] + [c["name"] for c, k in zip(comps, _counts(comps)) for _ in range(k)]
 
 
 @register_attack(params={
@@ -118,22 +129,21 @@ def candidate_names(params: dict) -> list[str]:
     "queries": Param(5000, int, lambda q: q >= 1, ">= 1 (the authors: 5000)"),
     "eot_iter": Param(None, int, lambda e: e is None or e >= 1, ">= 1, or null (rand: 20, else 1)"),
 }, starts=lambda p: (sum(_streams(p["components"])), "rand" if p["norm"] == "linf" else "randn"),
-    kind="ensemble", image_keys=True, expand=expand, candidates=candidate_names, attacker_is_judge=True,
-    step_size="adaptive")
+    kind="ensemble", image_keys=True, expand=expand, candidates=candidate_names, step_size="adaptive")
 def autoattack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, version: str = "standard",
                norm: str = "linf", components: list | None = None, steps: int = 100, targets: int = 9,
                queries: int = 5000, eot_iter: int | None = None, starts: torch.Tensor | None = None,
-               image_keys: torch.Tensor | None = None, attacker_is_judge: bool = False) -> torch.Tensor:
-    """Candidates (N, 1 + components, C, H, W): the clean image, then component k's image where it ran, else the
-    one before it. attacker_is_judge: the model is the scored system, so images it already gets wrong are skipped
-    (the authors' rule); otherwise every component runs on every image."""
+               image_keys: torch.Tensor | None = None, judge: Judge | None = None,
+               query_model: nn.Module | None = None) -> torch.Tensor:
+    """Candidates (N, 1 + the components' candidates, C, H, W): the clean image, then each component's where it
+    ran, else the image's candidate before it. Each component runs on the images the judge left open (called
+    alone: the attacker's model, the authors' rule). query_model: what the black-box components query (default:
+    model)."""
     if eps == 0:
         return images.clone().detach()
     if images.device.type == "cpu":
-        # NCHW, not the engine's channels_last: a model's first op (Normalize) broadcasts its channel statistics
-        # over the innermost axis of a channels_last batch, 5x slower (70 against 15 us for 34 images); its
-        # convolutions take either layout, with the same logits and input gradients bit for bit (simple_cnn,
-        # 1 to 100 images, BENCHMARKS): APGD-T and Square 3-5 % faster
+        # NCHW, not the engine's channels_last: Normalize on a channels_last batch is 5x slower, the logits and
+        # input gradients the same bit for bit (BENCHMARKS, nineteenth session)
         images = images.contiguous()
     comps = expand({"version": version, "norm": norm, "components": components, "steps": steps, "targets": targets,
                     "queries": queries, "eot_iter": eot_iter})["components"]
@@ -142,17 +152,15 @@ def autoattack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps
         starts = random_starts(len(images), tuple(images.shape[1:]), sum(streams), seed=0,
                                kind="rand" if norm == "linf" else "randn").to(images.device)
     keys = image_keys if image_keys is not None else torch.arange(len(images))
-    out, cands, first = images.clone(), [images], 0
-    fooled = _mean_logits(model, images).argmax(1) != labels if attacker_is_judge \
-        else torch.zeros(len(images), dtype=torch.bool, device=images.device)
-    for c, k in zip(comps, streams):
-        todo = (~fooled).nonzero().squeeze(1)
+    judge = judge_or_own(judge, model, labels, eps, norm)
+    judge.offer(images, images)
+    cands, first = [images.unsqueeze(1)], 0
+    for c, k, count in zip(comps, streams, _counts(comps)):
+        block = cands[-1][:, -1:].repeat(1, count, *[1] * (images.dim() - 1))
+        todo = judge.open().to(images.device)
         if len(todo):
-            found = _run(c, model, images[todo], labels[todo], eps, starts[todo, first:first + k], keys[todo.cpu()])
-            out = out.clone()
-            out[todo] = found
-            if attacker_is_judge:
-                fooled[todo] = _mean_logits(model, deliver(found, images[todo], eps, norm)).argmax(1) != labels[todo]
-        cands.append(out)
+            block[todo] = _run(c, model, query_model if query_model is not None else model, images[todo],
+                               labels[todo], eps, starts[todo, first:first + k], keys[todo.cpu()], judge.subset(todo))
+        cands.append(block)
         first += k
-    return torch.stack(cands, dim=1)
+    return torch.cat(cands, dim=1)

@@ -36,7 +36,7 @@ STEP_SIZES = ("fixed", "adaptive")
 def register_attack(*, kind: str = "gradient", step: Callable | None = None, params: dict[str, Param] | None = None,
                     starts: Callable[[dict], tuple[int, str]] | None = None, image_keys: bool = False,
                     expand: Callable[[dict], dict] | None = None, candidates: Callable[[dict], list[str]] | None = None,
-                    seed_salt: int = 0, attacker_is_judge: bool = False, step_size: str | None = None):
+                    seed_salt: int = 0, step_size: str | None = None):
     """Register an attack under its function's name.
 
     kind: what it reads of the model. gradient: input gradients. black-box: only the model's outputs, so it
@@ -49,8 +49,8 @@ def register_attack(*, kind: str = "gradient", step: Callable | None = None, par
     for a stream of its own) and sliced per batch. image_keys: it takes `image_keys`, one int64 per image from
     the evaluation seed and the image's index, for draws of its own (Square's). expand(params): the parameters
     a row records, derived ones spelled out (AutoAttack's components); candidates(params): a name for each
-    candidate it returns (a row counts the images each broke first). attacker_is_judge: it takes that option,
-    and may then skip the images the attacker's model already gets wrong (the engine says when it holds).
+    candidate it returns (a row counts the images each broke first). An attack that stops early on some
+    images takes `judge` (attacks/judge.py) and asks it alone which images are worth more work.
     step_size: 'fixed' (PGD) or 'adaptive' (APGD's schedule, AutoAttack's): the masking checks hold a fixed-step
     attack's number against an adaptive one's on the same cells (a fixed step that had not converged overstates)."""
     if kind not in KINDS:
@@ -58,8 +58,7 @@ def register_attack(*, kind: str = "gradient", step: Callable | None = None, par
     if step_size not in (None, *STEP_SIZES):
         raise ValueError(f"step_size {step_size!r}: one of {', '.join(STEP_SIZES)}")
     return ATTACKS.register(params=params, kind=kind, step=step, starts=starts, image_keys=image_keys, expand=expand,
-                            candidates=candidates, seed_salt=seed_salt, attacker_is_judge=attacker_is_judge,
-                            step_size=step_size)
+                            candidates=candidates, seed_salt=seed_salt, step_size=step_size)
 
 
 def attack_entry(name: str) -> Entry:
@@ -94,8 +93,20 @@ def step_size(name: str) -> str | None:
     return attack_entry(name).extras.get("step_size")
 
 
-def takes_judge_option(name: str) -> bool:
-    return bool(attack_entry(name).extras.get("attacker_is_judge"))
+def attack_inputs(name: str, model: nn.Module, scored: nn.Module, judge=None) -> tuple[nn.Module, dict]:
+    """The attack contract's one rule of what attack `name` is handed, by its kind (read from its signature):
+    a gradient attack differentiates `model` (the attacker's: the STE twin of an int8 mode, model o defense in an
+    adaptive cell); a black-box or model-free one queries `scored`, the model a standalone black-box attack of the
+    cell queries; an ensemble gets `model` and, as query_model, `scored`; an attack that takes a judge gets it."""
+    import inspect
+    kind = attack_kind(name)
+    takes = inspect.signature(get_attack(name)).parameters
+    options = {"judge": judge} if judge is not None and "judge" in takes else {}
+    if kind in ("black-box", "model-free"):
+        return scored, options
+    if "query_model" in takes:
+        options["query_model"] = scored
+    return model, options
 
 
 def draws_globally(name: str) -> bool:

@@ -180,6 +180,26 @@ def architecture_of(m: ExternalModel, model: nn.Module) -> str:
     return getattr(inner, "original_name", None) or type(inner).__name__
 
 
+def check_deterministic(m: ExternalModel, model: nn.Module, images: torch.Tensor, out: torch.Tensor) -> None:
+    """Refuse a model whose logits move between two calls on the same batch, or between the batch and its images
+    one at a time: dropout or batch statistics left in train mode when it was exported (an exported graph keeps
+    its mode; model.training says nothing of it). A cell of such a model would move with the draw and the batch."""
+    with torch.no_grad():
+        again = model(images)
+        try:
+            alone = torch.cat([model(images[i:i + 1]) for i in range(len(images))])
+        except Exception as e:  # noqa: BLE001  (batch norm in train mode refuses a batch of one)
+            raise ExternalModelError(f"{m.spec}: not deterministic: a single image fails where a batch runs "
+                                     f"({type(e).__name__}; batch norm in train mode?): export it after model.eval()"
+                                     ) from None
+    scale = float(out.abs().max()) + 1e-6
+    for what, other in (("two calls on the same batch", again), ("the batch and its images one at a time", alone)):
+        gap = float((other - out).abs().max())
+        if gap > 1e-3 * scale:
+            raise ExternalModelError(f"{m.spec}: not deterministic: its logits differ by up to {gap:.3g} between "
+                                     f"{what} (dropout or batch norm in train mode?): export it after model.eval()")
+
+
 def check_classifier(m: ExternalModel, model: nn.Module, images: torch.Tensor, n_classes: int) -> list[str]:
     """Refuse what cannot be a classifier of this dataset's classes; the warnings for what can but is odd."""
     try:
@@ -194,6 +214,7 @@ def check_classifier(m: ExternalModel, model: nn.Module, images: torch.Tensor, n
                                  f"not ({len(images)}, classes) logits")
     if out.shape[1] != n_classes:
         raise ExternalModelError(f"{m.spec}: {out.shape[1]} outputs, but the dataset has {n_classes} classes")
+    check_deterministic(m, model, images, out)
     if bool((out >= 0).all()) and torch.allclose(out.sum(1), torch.ones(len(out)), atol=1e-3):
         return [(f"{m.spec}: its outputs are probabilities (non-negative, summing to 1), not logits: gradient "
                  "attacks and margins want logits (drop the softmax)")]

@@ -142,7 +142,7 @@ def test_pgd_images_do_not_depend_on_the_batch_size(tiny_model, images):
     labels = tiny_model(images).argmax(1)
     eps = 8 / 255
     starts = random_starts(len(images), (3, 32, 32), 2, seed=3, eps=eps)
-    made = [attack_images(tiny_model, "pgd", images, labels, eps, torch.device("cpu"), bs,
+    made = [attack_images(tiny_model, tiny_model, "pgd", images, labels, eps, torch.device("cpu"), bs,
                           {"steps": 3, "restarts": 2, "random_start": True}, {"starts": starts}) for bs in (24, 7, 1)]
     for other in made[1:]:
         assert (other != made[0]).float().mean() < 1e-3     # float sums may block differently; the images do not

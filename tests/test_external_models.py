@@ -125,8 +125,28 @@ class Logits(Probabilities):
         return x if self.image else self.linear(x.flatten(1))
 
 
+class Dropout(Logits):
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.linear(self.drop(x.flatten(1)))
+
+
+class BatchStatistics(Logits):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(10)
+
+    def forward(self, x):
+        return self.norm(self.linear(x.flatten(1)))
+
+
 @pytest.mark.parametrize("model,message", [
     (Logits(7), "7 outputs, but the dataset has 10 classes"),
+    (Dropout().train(), "not deterministic: its logits differ by up to"),
+    (BatchStatistics().train(), "not deterministic"),
     (Logits(image=True), "not a classifier: a batch of 8 images gave (8, 3, 32, 32)"),
     ("missing.pt2", "model file not found"),
     ("state_dict.pt", "not a torch.export archive (torch.export.save) or a TorchScript file"),
@@ -134,7 +154,7 @@ class Logits(Probabilities):
 def test_what_cannot_be_evaluated_is_refused_with_the_reason_and_writes_nothing(tmp_path, capsys, model, message):
     if isinstance(model, nn.Module):
         path = tmp_path / "m.pt2"
-        _export(model.eval(), path, "export")
+        _export(model if model.training else model.eval(), path, "export")    # train mode: exported as it is
     else:
         path = tmp_path / model
         if model == "state_dict.pt":

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ...attacks import ZOO_CHUNK, as_candidates, deliver, get_attack, norm_of, start_seed
+from ...attacks import ZOO_CHUNK, Judge, as_candidates, attack_inputs, deliver, get_attack, norm_of, start_seed
 from ...defenses import apply_defense
 
 
@@ -38,18 +38,21 @@ def over_batches(fn: Callable, model: nn.Module, images: torch.Tensor, labels: t
     return torch.cat(out).contiguous()
 
 
-def attack_images(model: nn.Module, attack: str, images: torch.Tensor, labels: torch.Tensor, eps: float,
-                  device: torch.device, batch_size: int, params: dict | None = None,
-                  per_image: dict[str, torch.Tensor] | None = None, options: dict | None = None) -> torch.Tensor:
+def attack_images(model: nn.Module, scored: nn.Module, attack: str, images: torch.Tensor, labels: torch.Tensor,
+                  eps: float, device: torch.device, batch_size: int, params: dict | None = None,
+                  per_image: dict[str, torch.Tensor] | None = None, judge: Judge | None = None) -> torch.Tensor:
     """Candidates (N, K, C, H, W) on the 8-bit grid inside the eps-ball of the attack's norm (what an attacker
-    delivers as files). per_image: `starts`, `image_keys`, sliced per batch; options: what the engine tells the
-    attack about the cells (never recorded: no option changes a number)."""
-    fn, params, options = get_attack(attack), params or {}, options or {}
+    delivers as files). model: what the attacker differentiates; scored: what a black-box attack queries
+    (attack_inputs decides who gets which). per_image: `starts`, `image_keys`, sliced per batch; judge: the image
+    set's judge, handed to each batch for its images."""
+    fn, params = get_attack(attack), params or {}
     norm = norm_of(params)
+    positions = {"positions": torch.arange(len(images))}
 
-    def run(m, x, y, **kw):
+    def run(_, x, y, positions, **kw):
+        m, options = attack_inputs(attack, model, scored, judge.subset(positions) if judge is not None else None)
         return deliver(as_candidates(fn(m, x, y, eps, **params, **kw, **options), x), x, eps, norm)
-    return over_batches(run, model, images, labels, device, batch_size, per_image)
+    return over_batches(run, model, images, labels, device, batch_size, {**(per_image or {}), **positions})
 
 
 def zoo_images(model: nn.Module, attack: str, images: torch.Tensor, labels: torch.Tensor, eps: float,

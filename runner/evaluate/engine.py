@@ -26,15 +26,14 @@ from ...attacks import (
     gradient_step,
     input_gradient,
     input_gradients_only,
-    is_black_box,
     norm_of,
     random_starts,
     seed_salt,
     start_streams,
     takes_image_keys,
-    takes_judge_option,
     to_8bit_grid,
 )
+from ...attacks.judge import Judge
 from ...defenses import defend_differentiably, is_randomized
 from ...models import fake_quant_twin, quant_mode, quantize, shipped_bytes
 from ...pixels import from_levels
@@ -51,26 +50,37 @@ from .settings import DefenseSetting
 @dataclass
 class Models:
     """The models of one checkpoint under evaluation, one per quant mode, where each runs, what each
-    weighs as shipped, and the fake-quant twins white-box attacks on the int8 modes differentiate."""
+    weighs as shipped, and the fake-quant twins white-box attacks on the int8 modes differentiate.
+    A mode the task does not score but whose cells judge its images (the judge) is built on first use."""
     models: dict[str, nn.Module]
     devices: dict[str, torch.device]
     sizes: dict[str, int]
     twins: dict[str, nn.Module]
+    device: torch.device | None = None
+    calibration: torch.Tensor | None = None
 
     @classmethod
     def build(cls, fp32: nn.Module, quants: Iterable[str], device: torch.device,
               calibration: torch.Tensor | None = None) -> Models:
         fp32 = fp32.to(device, memory_format=torch.channels_last).eval()
-        models, devices, twins = {"fp32": fp32}, {"fp32": device}, {}
-        for q in quants:
+        built = cls({"fp32": fp32}, {"fp32": device}, {}, {}, device, calibration)
+        for q in ("fp32", *quants):
+            built.model(q)
+        return built
+
+    def model(self, q: str) -> nn.Module:
+        """The model of quant mode q, converted from the fp32 one on first use (int8 lands on the CPU)."""
+        if q not in self.models:
             mode = quant_mode(q)
-            if mode.needs_cuda and device.type != "cuda":
-                raise RuntimeError(f"evaluate.quant: {q} needs a CUDA device (running on {device})")
-            models[q] = quantize(fp32, q, calibration)   # a converted copy; int8 lands on the CPU
-            devices[q] = torch.device("cpu") if mode.cpu_only else device
+            if mode.needs_cuda and self.device.type != "cuda":
+                raise RuntimeError(f"evaluate.quant: {q} needs a CUDA device (running on {self.device})")
+            fp32 = self.models["fp32"]
+            self.models[q] = quantize(fp32, q, self.calibration)
+            self.devices[q] = torch.device("cpu") if mode.cpu_only else self.device
             if not mode.has_input_grad and mode.twin is not None:
-                twins[q] = fake_quant_twin(fp32, models[q], q).to(devices[q])
-        return cls(models, devices, {q: shipped_bytes(m) for q, m in models.items()}, twins)
+                self.twins[q] = fake_quant_twin(fp32, self.models[q], q).to(self.devices[q])
+        self.sizes.setdefault(q, shipped_bytes(self.models[q]))
+        return self.models[q]
 
     def attacker(self, source: str) -> nn.Module:
         """The model an attacker differentiates for `source`: itself, or its fake-quant twin (STE)."""
@@ -91,9 +101,11 @@ class Engine:
 
     def __init__(self, fp32: nn.Module | None, ev: EvaluateSpec, images: torch.Tensor, labels: torch.Tensor,
                  device: torch.device, calibration: torch.Tensor | None = None, first_index: int = 0,
-                 data_digest: str | None = None, built: Models | None = None):
+                 data_digest: str | None = None, built: Models | None = None, grid: EvaluateSpec | None = None):
         # Images stay on the device (defenses run there); labels stay on the CPU, with the predictions.
         self.ev, self.images, self.labels, self.device = ev, images.to(device), labels.cpu(), device
+        # the whole grid, of which ev may be one task's share: the judge of an image set asks every cell of it
+        self.grid = grid or ev
         # each image's place in the test split: the defender's draws come from it, never from pixels
         self.index = torch.arange(first_index, first_index + len(images))
         # which test images every row saw: a shard is handed the digest of its whole image set
@@ -109,7 +121,8 @@ class Engine:
         self.dead_gradients: dict[ImageSet, int] = {}   # image key -> images whose input gradient was all 0 / NaN
         self._verdicts: dict[tuple, Verdict] = {}    # (quant, image key, defense, params) -> the judgement
         self._facts: dict[ImageSet, tuple[torch.Tensor, tuple]] = {}   # image key -> (fresh candidates, distances)
-        self._judges: dict[ImageSet, set] | None = None   # image key -> the (defense, quant) of every cell judging it
+        # image key -> {(defense, setting): quant modes} of every cell of the whole grid judging it
+        self._judges: dict[ImageSet, dict] | None = None
 
     def adversarial(self, key: ImageSet) -> tuple[torch.Tensor, float]:
         """Candidates (N, K, C, H, W) for image_key (made once) and the seconds it took to make them."""
@@ -123,36 +136,38 @@ class Engine:
         return self._adv[key]
 
     def _make_adversarial(self, key: ImageSet) -> torch.Tensor:
-        # a gradient attack differentiates the mode's twin (STE) where the mode has no gradient; a black-box one
-        # queries the scored model itself
-        model = self.built.models[key.source] if is_black_box(key.attack) else self.built.attacker(key.source)
-        with input_gradients_only(model) as model:
-            return self._attack(key, model)
+        # the attacker differentiates the mode's twin (STE) where the mode has no gradient; black-box attacks and
+        # an ensemble's black-box members query the scored model itself (attack_inputs says who gets which)
+        gradient, scored = self.built.attacker(key.source), self.built.models[key.source]
+        with input_gradients_only(gradient) as gradient, input_gradients_only(scored) as scored:
+            return self._attack(key, gradient, scored)
 
-    def _attack(self, key: ImageSet, model: nn.Module) -> torch.Tensor:
+    def _attack(self, key: ImageSet, gradient: nn.Module, scored: nn.Module) -> torch.Tensor:
         source, attack, eps = key.source, key.attack, key.eps
         params = copy.deepcopy(key.attack_setting.own)    # an attack may fill in its dict: not the key's
         dev, bs = self.devices[source], self.ev.batch_size
         zoo = draws_globally(attack)
-        if key.adaptive:          # adaptive: the attacker differentiates model o defense (BPDA, EOT)
-            model = ThroughDefense(model, key.defense, key.defense_setting.params, self.ev.defense_backend,
-                                   key.attack_setting.eot_draws, fresh_per_call=zoo)
+        if key.adaptive:          # adaptive: the attacker differentiates (and queries) model o defense (BPDA, EOT)
+            through = lambda m: ThroughDefense(m, key.defense, key.defense_setting.params, self.ev.defense_backend,
+                                               key.attack_setting.eot_draws, fresh_per_call=zoo)
+            gradient, scored = through(gradient), (through(scored) if scored is not gradient else None)
+            scored = scored if scored is not None else gradient
         step = gradient_step(attack)
         grad_key = key.gradient_source
         if step is None and attack_kind(attack) in ("model-free", "black-box"):    # no gradient to measure
-            return attack_images(model, attack, self.images, self.labels, eps, dev, bs, params,
+            return attack_images(gradient, scored, attack, self.images, self.labels, eps, dev, bs, params,
                                  self._per_image(attack, params, eps))
         if step is None:
             if grad_key not in self._dead:      # no FGSM of this grid computed it already
-                self._clean_gradient(grad_key, model, dev, bs)
+                self._clean_gradient(grad_key, gradient, dev, bs)
             self.dead_gradients[key] = self._dead[grad_key]
             if zoo:
-                return zoo_images(model, attack, self.images, self.labels, eps, dev, params, self.ev.seed,
+                return zoo_images(gradient, attack, self.images, self.labels, eps, dev, params, self.ev.seed,
                                   int(self.index[0]))
-            return attack_images(model, attack, self.images, self.labels, eps, dev, bs, params,
-                                 self._per_image(attack, params, eps), self._options(attack, key))
+            return attack_images(gradient, scored, attack, self.images, self.labels, eps, dev, bs, params,
+                                 self._per_image(attack, params, eps), self.judge_of(key))
         if grad_key not in self._grad:      # single-step attack: one gradient serves every eps
-            self._grad = {grad_key: self._clean_gradient(grad_key, model, dev, bs)}
+            self._grad = {grad_key: self._clean_gradient(grad_key, gradient, dev, bs)}
         self.dead_gradients[key] = self._dead[grad_key]
         return deliver(step(self.images, self._grad[grad_key], eps), self.images, eps, norm_of(params)).unsqueeze(1)
 
@@ -163,17 +178,28 @@ class Engine:
         self._dead[grad_key] = int((~(torch.isfinite(grad) & (grad != 0)).flatten(1).any(1)).sum())
         return grad
 
-    def _options(self, attack: str, key: ImageSet) -> dict:
-        """autoattack's `attacker_is_judge`: every cell of the whole grid (not this task's share) that judges image
-        set `key` scores the attacker's own model with no defense. Only then may it skip the images that model gets
-        wrong: there it changes no verdict and saves the time."""
-        if not takes_judge_option(attack):
-            return {}
+    def judge_of(self, key: ImageSet) -> Judge:
+        """The judge of image set `key` (attacks/judge.py): one cell per (defense, defender draw, quant mode) of every
+        cell of the whole grid (not this task's share) scored on these images, each the real model of the mode
+        behind the real defense. An attack asks it which images are still worth its work."""
         if self._judges is None:      # planned once per engine, not once per image set
             self._judges = {}
-            for c in plan_cells(self.ev):
-                self._judges.setdefault(image_key(c), set()).add((c.defense, c.quant))
-        return {"attacker_is_judge": key.source not in self.built.twins and self._judges.get(key) == {("none", key.source)}}
+            for c in plan_cells(self.grid):
+                self._judges.setdefault(image_key(c), {}).setdefault((c.defense, c.defense_setting), set()).add(c.quant)
+        scorers = []
+        for (defense, setting), quants in self._judges.get(key, {}).items():
+            for d in range(setting.n_draws):
+                for q in sorted(quants):
+                    scorers.append(self._scorer(defense, setting.for_draw(d), q))
+        return Judge.of_cells(self.labels, key.eps, norm_of(key.attack_setting.own), scorers)
+
+    def _scorer(self, defense: str, params: dict, quant: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        model, device = self.built.model(quant), self.built.devices[quant]
+
+        def predicted(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+            defended = self.defend(x.to(self.device), defense, params, self.index[positions])
+            return predict(model, defended, device, self.ev.batch_size)
+        return predicted
 
     def _per_image(self, attack: str, params: dict, eps: float) -> dict[str, torch.Tensor]:
         """What the attack draws per image, the same on any batch size or shard: its random starts (each image's

@@ -63,11 +63,15 @@ def make_row(c: Cell, verdict: Verdict, clean_ok: torch.Tensor, seconds: float, 
 
 
 def _broken_by(c: Cell, verdict: Verdict) -> str | None:
-    """JSON {candidate name: images it broke first} for attacks that name their candidates (AutoAttack's components)."""
+    """JSON {candidate name: images it broke first} for attacks that name their candidates (AutoAttack's components;
+    a component's candidates, APGD-T's per target, add up under its name)."""
     names = candidate_names(c.attack, c.attack_setting.own) if c.eps > 0 else None
     if not names or len(names) != len(verdict.broken_by):
         return None
-    return json.dumps(dict(zip(names, verdict.broken_by)))
+    counts: dict[str, int] = {}
+    for name, broken in zip(names, verdict.broken_by):
+        counts[name] = counts.get(name, 0) + broken
+    return json.dumps(counts)
 
 
 def _row(c: Cell, verdict: Verdict, clean_ok: torch.Tensor, seconds: float, meta: dict, *,

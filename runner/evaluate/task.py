@@ -36,6 +36,7 @@ class EvalTask:
     model_source: str = "trial"            # trial, or a model robustgrid did not train (file, robustbench, python)
     external: ExternalModel | None = None  # how to load the latter (checkpoint is then unused)
     model_sha256: str | None = None
+    grid: EvaluateSpec | None = None       # the whole grid, where `evaluate` is this task's share (the judge's cells)
 
     @property
     def meta(self) -> dict[str, str]:
@@ -46,7 +47,7 @@ class EvalTask:
 
     def with_grid(self, **updates) -> EvalTask:
         """The same task on part of its grid (e.g. quant=['dynamic_int8'], defenses={...}, device='cpu')."""
-        return replace(self, evaluate=self.evaluate.model_copy(update=updates))
+        return replace(self, evaluate=self.evaluate.model_copy(update=updates), grid=self.grid or self.evaluate)
 
     def for_shard(self, start: int, stop: int, data_digest: str) -> EvalTask:
         """The same task on images [start, stop) of its set (examples only where the set starts)."""
@@ -109,7 +110,7 @@ def _engine(task: EvalTask, ev: EvaluateSpec, p: _Prepared, weights: dict | None
     else:
         model = load_model(weights, task.checkpoint) if weights is not None else load_checkpoint(task.checkpoint)
     return Engine(model, ev, p.images, p.labels, pick_device(ev.device), p.calibration,
-                  first_index=p.shard[0], data_digest=p.data_digest, built=built)
+                  first_index=p.shard[0], data_digest=p.data_digest, built=built, grid=task.grid or task.evaluate)
 
 
 def evaluate_checkpoint(task: EvalTask, done: Iterable[tuple] = (),

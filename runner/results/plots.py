@@ -146,10 +146,18 @@ def training_bars(ev: pd.DataFrame) -> dict[str, pd.DataFrame]:
     labels = sorted(label.values(), key=lambda lb: (order.get(lb.split(" ")[0], len(order)), lb))
     ev = ev.assign(label=ev["trial_id"].map(label))
     out = {}
-    for (attack, norm, q, src, threat), part in ev.groupby(["attack", "norm", "quant", "attack_source", "threat"], sort=False):
-        title = f"{attack} {NORM_LABELS[norm]} {eps_label(part['eps'].iloc[0], norm)}: {q}, source={src}, {threat}"
+    panels = ["attack", "attack_params", "norm", "quant", "attack_source", "threat"]
+    for (attack, params, norm, q, src, threat), part in ev.groupby(panels, sort=False):
+        many = ev[ev["attack"] == attack]["attack_params"].nunique() > 1
+        title = (f"{attack}{' ' + params if many else ''} {NORM_LABELS[norm]} {eps_label(part['eps'].iloc[0], norm)}: "
+                 f"{q}, source={src}, {threat}")
+        # a bar is one cell: two settings of a defense are two rows, never their mean
+        settings = part.groupby("defense")["defense_params"].transform("nunique") > 1
+        part = part.assign(defense=part["defense"].where(~settings, part["defense"] + " " + part["defense_params"]))
+        if part.duplicated(["defense", "label"]).any():
+            raise ValueError(f"{title}: two cells for one bar")
         out[title] = part.pivot_table(index="defense", columns="label", values=["accuracy", "ci_low", "ci_high"],
-                                      sort=False).reindex(columns=labels, level=1)
+                                      sort=False, aggfunc="first").reindex(columns=labels, level=1)
     return out
 
 

@@ -445,11 +445,12 @@ def corruption_views(ev: pd.DataFrame, corrupted: pd.DataFrame) -> list[View]:
     severity."""
     if not len(corrupted):
         return []
-    group = ["trial_id", "quant", "defense", "defense_params"]
+    # one image set a group: its n and seed are part of the key, for the corrupted rows and the clean one beside them
+    group = ["trial_id", "quant", "defense", "defense_params", "n", "seed"]
     clean = ev[ev["eps"] == 0].drop_duplicates(group).set_index(group)["accuracy"] if len(ev) else pd.Series(dtype=float)
     summary, tables = [], []
     for key, part in corrupted.groupby(group, sort=True):
-        trial_id, quant, defense, _ = key
+        trial_id, quant, defense = key[:3]
         by_name = part.groupby("corruption")["accuracy"].mean()
         summary.append([trial_id, quant, defense, pct(clean.get(key)), pct(part["accuracy"].mean()),
                         f"{by_name.idxmin()} {pct(by_name.min())}", str(part["severity"].nunique()),
