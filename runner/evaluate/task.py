@@ -67,7 +67,8 @@ def test_images(data: DataSpec, n_images: int | None) -> tuple[torch.Tensor, tor
 
 
 def _calibration_images(data: DataSpec, ev: EvaluateSpec) -> torch.Tensor | None:
-    """The first evaluate.calibration_images training images, where a quant mode calibrates on them."""
+    """The first evaluate.calibration_images training images, where a quant mode of the whole grid calibrates on them
+    (the judge of an image set may ask a mode this task does not score)."""
     from ...models import quant_mode
     if not any(quant_mode(q).needs_calibration for q in ev.quant):
         return None
@@ -96,7 +97,7 @@ def _prepare(task: EvalTask, done: Iterable[tuple]) -> _Prepared:
     n = min(task.evaluate.n_images or len(y), len(y))    # the first N test images: the same subset everywhere
     a, b = task.shard or (0, n)
     digest = task.data_digest or images_digest(x[:n], y[:n])
-    return _Prepared(to_float(x[a:b]), y[a:b], classes, _calibration_images(task.data, task.evaluate),
+    return _Prepared(to_float(x[a:b]), y[a:b], classes, _calibration_images(task.data, task.grid or task.evaluate),
                      task.cells_left(done, n), (a, b), n, digest)
 
 
