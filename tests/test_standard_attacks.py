@@ -9,6 +9,7 @@ from robustgrid.attacks import attack_params_json, deliver, get_attack, random_s
 from robustgrid.runner.evaluate import Engine, plan_cells, run_cells
 from robustgrid.runner.results import masking_flags
 from robustgrid.runner.spec import EvaluateSpec
+from toy_models import Centroids
 from torch import nn
 
 torchattacks = pytest.importorskip("torchattacks")
@@ -60,21 +61,6 @@ def test_apgd_equals_torchattacks_with_the_same_starts(tiny_model, images, norm,
     assert 0 < hit.sum() < len(images), "a case where some images resist proves more"
     assert torch.equal(hit, _fooled(tiny_model, ours, labels))
     assert torch.equal(ours[hit], theirs[hit])
-
-
-class Centroids(nn.Module):
-    """Nearest weighted centroid on 4x4-pooled pixels: the class that is second most likely is not always the
-    easiest to reach, so later APGD-T targets break images the first one left."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.mu = nn.Parameter(torch.rand(10, 192, generator=g) * 0.2 + 0.4, requires_grad=False)
-        self.w = nn.Parameter(torch.rand(10, 192, generator=g) ** 4 * 0.5, requires_grad=False)
-
-    def forward(self, x):
-        f = nn.functional.avg_pool2d(x, 4).flatten(1)
-        return -(((f[:, None] - self.mu[None]) ** 2) * self.w[None]).sum(-1) * 50
 
 
 def test_apgd_t_runs_its_targets_in_the_authors_order():
