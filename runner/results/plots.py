@@ -139,6 +139,7 @@ def training_bars(ev: pd.DataFrame) -> dict[str, pd.DataFrame]:
                    norm=ev["norm"].astype(object).fillna("linf"))
     ev = ev[(ev["n"] == ev["n"].max()) & (ev["eps"] > 0)]
     ev = ev[ev["eps"] == ev.groupby("norm")["eps"].transform("max")]
+    ev = ev.assign(**{c: ev[c].fillna("{}") if c in ev else "{}" for c in ("attack_params", "defense_params")})
     method = ev.groupby("trial_id")["training"].first()
     shared = method.map(method.value_counts()) > 1
     label = {t: m + (f" ({t})" if shared[t] else "") for t, m in method.items()}
