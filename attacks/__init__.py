@@ -38,6 +38,7 @@ from .base import (
                    takes_image_keys,
                    step_size,
                    attack_inputs,
+                   takes_judge,
                    to_8bit_grid,
 )
 from .judge import Judge
@@ -48,7 +49,7 @@ __all__ = [
                    "NORMS",
                    "ZOO_CHUNK", "ZOO_PREFIX",
                    "KINDS", "Attack", "attack_entry", "attack_kind", "draws_globally", "seed_salt",
-                   "step_size", "attack_inputs", "Judge",
+                   "step_size", "attack_inputs", "takes_judge", "Judge",
                    "as_candidates",
                    "attack_names",
                    "attack_params_json",

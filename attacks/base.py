@@ -7,6 +7,7 @@ cell are its `attack_params` column.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -98,15 +99,21 @@ def attack_inputs(name: str, model: nn.Module, scored: nn.Module, judge=None) ->
     a gradient attack differentiates `model` (the attacker's: the STE twin of an int8 mode, model o defense in an
     adaptive cell); a black-box or model-free one queries `scored`, the model a standalone black-box attack of the
     cell queries; an ensemble gets `model` and, as query_model, `scored`; an attack that takes a judge gets it."""
-    import inspect
-    kind = attack_kind(name)
-    takes = inspect.signature(get_attack(name)).parameters
-    options = {"judge": judge} if judge is not None and "judge" in takes else {}
-    if kind in ("black-box", "model-free"):
+    options = {"judge": judge} if judge is not None and takes_judge(name) else {}
+    if attack_kind(name) in ("black-box", "model-free"):
         return scored, options
-    if "query_model" in takes:
+    if "query_model" in _signature(name):
         options["query_model"] = scored
     return model, options
+
+
+def takes_judge(name: str) -> bool:
+    """It stops early on some images, and asks the judge which (its signature takes `judge`)."""
+    return "judge" in _signature(name)
+
+
+def _signature(name: str):
+    return inspect.signature(get_attack(name)).parameters
 
 
 def draws_globally(name: str) -> bool:

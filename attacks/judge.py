@@ -33,7 +33,6 @@ class _Ledger:
     cells: list[Scorer]
     eps: float
     norm: str
-    offered: int = 0            # candidates judged (images x cells predicted), for the record
 
 
 class Judge:
@@ -52,9 +51,6 @@ class Judge:
     def of_model(cls, model: nn.Module, labels: torch.Tensor, eps: float, norm: str = "linf") -> Judge:
         """The attacker's model as the only cell: what an attack called outside the engine is judged by."""
         return cls.of_cells(labels, eps, norm, [lambda x, _: mean_logits(model, x).argmax(1).cpu()])
-
-    def __len__(self) -> int:
-        return len(self.at)
 
     def subset(self, local: torch.Tensor) -> Judge:
         """The judge of the images at `local` (positions in this view): the same ledger."""
@@ -78,7 +74,6 @@ class Judge:
             if still.any():
                 pos = self.at[still]
                 ledger.broken[pos, c] |= cell(delivered[still.to(delivered.device)], pos) != ledger.labels[pos]
-                ledger.offered += len(pos)
         return self.settled()
 
 

@@ -31,6 +31,7 @@ from ...attacks import (
     seed_salt,
     start_streams,
     takes_image_keys,
+    takes_judge,
     to_8bit_grid,
 )
 from ...attacks.judge import Judge
@@ -150,26 +151,25 @@ class Engine:
         if key.adaptive:          # adaptive: the attacker differentiates (and queries) model o defense (BPDA, EOT)
             through = lambda m: ThroughDefense(m, key.defense, key.defense_setting.params, self.ev.defense_backend,
                                                key.attack_setting.eot_draws, fresh_per_call=zoo)
-            gradient, scored = through(gradient), (through(scored) if scored is not gradient else None)
-            scored = scored if scored is not None else gradient
+            wrapped = through(gradient)
+            gradient, scored = wrapped, (wrapped if scored is gradient else through(scored))
         step = gradient_step(attack)
         grad_key = key.gradient_source
-        if step is None and attack_kind(attack) in ("model-free", "black-box"):    # no gradient to measure
-            return attack_images(gradient, scored, attack, self.images, self.labels, eps, dev, bs, params,
-                                 self._per_image(attack, params, eps))
-        if step is None:
+        if step is not None:      # single-step attack: one gradient serves every eps
+            if grad_key not in self._grad:
+                self._grad = {grad_key: self._clean_gradient(grad_key, gradient, dev, bs)}
+            self.dead_gradients[key] = self._dead[grad_key]
+            return deliver(step(self.images, self._grad[grad_key], eps), self.images, eps, norm_of(params)).unsqueeze(1)
+        if attack_kind(attack) not in ("model-free", "black-box"):      # a gradient to follow: is it dead?
             if grad_key not in self._dead:      # no FGSM of this grid computed it already
                 self._clean_gradient(grad_key, gradient, dev, bs)
             self.dead_gradients[key] = self._dead[grad_key]
             if zoo:
                 return zoo_images(gradient, attack, self.images, self.labels, eps, dev, params, self.ev.seed,
                                   int(self.index[0]))
-            return attack_images(gradient, scored, attack, self.images, self.labels, eps, dev, bs, params,
-                                 self._per_image(attack, params, eps), self.judge_of(key))
-        if grad_key not in self._grad:      # single-step attack: one gradient serves every eps
-            self._grad = {grad_key: self._clean_gradient(grad_key, gradient, dev, bs)}
-        self.dead_gradients[key] = self._dead[grad_key]
-        return deliver(step(self.images, self._grad[grad_key], eps), self.images, eps, norm_of(params)).unsqueeze(1)
+        judge = self.judge_of(key) if takes_judge(attack) else None
+        return attack_images(gradient, scored, attack, self.images, self.labels, eps, dev, bs, params,
+                             self._per_image(attack, params, eps), judge)
 
     def _clean_gradient(self, grad_key: tuple, model: nn.Module, dev: torch.device, bs: int) -> torch.Tensor:
         """The input gradient at the clean images, and (kept per source and defense) how many images have an
