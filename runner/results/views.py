@@ -335,11 +335,11 @@ def pivot_view(ev: pd.DataFrame, title: str) -> View:
              f"each cell: the mean accuracy % of {n_trials} trials, then r: their min–max (no interval over pooled "
              "trials: they share their test images; each trial's interval: show --trial ID)"]
     if "broken_by" in ev and ev["broken_by"].notna().any():
-        notes.append("AutoAttack's components, in order, each on the images the earlier ones left unbroken; the "
-                     "images each broke first (summed over the column's cells): " + _broken_by_note(ev))
+        notes.append("AutoAttack's components, in order, each on the images not yet broken in every cell that "
+                     "scores them; the images each broke first (summed over the column's cells): " + _broken_by_note(ev))
     if "candidates" in ev and (ev["candidates"].fillna(1) > 1).any():
-        notes.append("an image counts as robust only if none of the attack's candidates (each restart's final and "
-                     "best iterate) fools the real model behind the real defense")
+        notes.append("an image counts as robust only if none of the attack's candidates (each restart's and "
+                     "target's) fools the real model behind the real defense")
     if "defense_draws" in ev and (ev["defense_draws"].fillna(1) > 1).any():
         notes.append("a randomized defense's cell counts an image only if it is right under every one of the "
                      "defender's draws (defense_params draws); the mean over draws is the column accuracy_draw_mean")
