@@ -22,15 +22,17 @@ from torch import nn
 
 from .base import deliver
 
-# one cell: (delivered images, their positions in the judged set, on the CPU) -> predicted classes (CPU)
-Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# a defended view: (delivered images, their positions in the judged set, on the CPU) -> what the models see
+Defend = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# one model behind it: its input -> predicted classes (CPU)
+Predict = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class _Ledger:
     labels: torch.Tensor        # (N,) on the CPU
     broken: torch.Tensor        # (N, cells) bool on the CPU: some offered candidate fooled the image there
-    cells: list[Scorer]
+    views: list[tuple[Defend, list[Predict]]]     # the cells, grouped by what each defended view shows its models
     eps: float
     norm: str
 
@@ -42,15 +44,17 @@ class Judge:
         self._ledger, self.at = ledger, at
 
     @classmethod
-    def of_cells(cls, labels: torch.Tensor, eps: float, norm: str, cells: list[Scorer]) -> Judge:
+    def of_cells(cls, labels: torch.Tensor, eps: float, norm: str, views: list[tuple[Defend, list[Predict]]]) -> Judge:
+        """views: per defended view (a defense under one defender draw), the models that score it: a cell each."""
         labels = labels.cpu()
-        ledger = _Ledger(labels, torch.zeros(len(labels), len(cells), dtype=torch.bool), cells, eps, norm)
+        cells = sum(len(predicts) for _, predicts in views)
+        ledger = _Ledger(labels, torch.zeros(len(labels), cells, dtype=torch.bool), views, eps, norm)
         return cls(ledger, torch.arange(len(labels)))
 
     @classmethod
     def of_model(cls, model: nn.Module, labels: torch.Tensor, eps: float, norm: str = "linf") -> Judge:
         """The attacker's model as the only cell: what an attack called outside the engine is judged by."""
-        return cls.of_cells(labels, eps, norm, [lambda x, _: mean_logits(model, x).argmax(1).cpu()])
+        return cls.of_cells(labels, eps, norm, [(lambda x, _: x, [lambda x: mean_logits(model, x).argmax(1).cpu()])])
 
     def subset(self, local: torch.Tensor) -> Judge:
         """The judge of the images at `local` (positions in this view): the same ledger."""
@@ -66,14 +70,25 @@ class Judge:
 
     def offer(self, candidates: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
         """Judge one candidate per image of this view (float, as the attack made it: the judge delivers it on
-        the 8-bit grid inside the ball, as the engine will); returns settled()."""
+        the 8-bit grid inside the ball, as the engine will); each defended view made once for its models, on the
+        images still open in one of them. Returns settled()."""
         ledger = self._ledger
         delivered = deliver(candidates, clean, ledger.eps, ledger.norm)
-        for c, cell in enumerate(ledger.cells):
-            still = ~ledger.broken[self.at, c]
-            if still.any():
-                pos = self.at[still]
-                ledger.broken[pos, c] |= cell(delivered[still.to(delivered.device)], pos) != ledger.labels[pos]
+        first = 0
+        for defend, predicts in ledger.views:
+            cols = slice(first, first + len(predicts))
+            first += len(predicts)
+            still = ~ledger.broken[self.at, cols]               # (images, models of this view)
+            rows = still.any(1).nonzero().squeeze(1)
+            if not len(rows):
+                continue
+            pos = self.at[rows]
+            shown = defend(delivered[rows.to(delivered.device)], pos)
+            for j, predict in enumerate(predicts):
+                open_j = still[rows, j]
+                if open_j.any():
+                    at = pos[open_j]
+                    ledger.broken[at, cols.start + j] |= predict(shown[open_j.to(shown.device)]) != ledger.labels[at]
         return self.settled()
 
 

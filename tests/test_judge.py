@@ -79,9 +79,11 @@ def test_a_defended_apgd_cell_with_restarts_equals_every_restarts_candidate():
 def test_the_judge_settles_an_image_only_when_every_cell_is_broken():
     from robustgrid.attacks.judge import Judge
     labels = torch.tensor([0, 0, 0])
-    wrong_in_a = lambda x, pos: torch.where(pos == 0, 1, 0)      # cell a: image 0 broken
-    wrong_in_b = lambda x, pos: torch.where(pos <= 1, 1, 0)      # cell b: images 0, 1 broken
-    judge = Judge.of_cells(labels, EPS, "linf", [wrong_in_a, wrong_in_b])
+    # the view passes each image's position on as its pixel, so the models below can tell the images apart
+    positions = lambda x, pos: pos.float()
+    wrong_in_a = lambda p: torch.where(p == 0, 1, 0)      # cell a: image 0 broken
+    wrong_in_b = lambda p: torch.where(p <= 1, 1, 0)      # cell b: images 0, 1 broken
+    judge = Judge.of_cells(labels, EPS, "linf", [(positions, [wrong_in_a, wrong_in_b])])
     x = torch.zeros(3, 3, 4, 4)
     assert judge.offer(x, x).tolist() == [True, False, False]
     assert judge.open().tolist() == [1, 2]

@@ -186,20 +186,19 @@ class Engine:
             self._judges = {}
             for c in plan_cells(self.grid):
                 self._judges.setdefault(image_key(c), {}).setdefault((c.defense, c.defense_setting), set()).add(c.quant)
-        scorers = []
+        views = []
         for (defense, setting), quants in self._judges.get(key, {}).items():
             for d in range(setting.n_draws):
-                for q in sorted(quants):
-                    scorers.append(self._scorer(defense, setting.for_draw(d), q))
-        return Judge.of_cells(self.labels, key.eps, norm_of(key.attack_setting.own), scorers)
+                views.append((self._defended_view(defense, setting.for_draw(d)),
+                              [self._predictor(q) for q in sorted(quants)]))
+        return Judge.of_cells(self.labels, key.eps, norm_of(key.attack_setting.own), views)
 
-    def _scorer(self, defense: str, params: dict, quant: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def _defended_view(self, defense: str, params: dict) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return lambda x, positions: self.defend(x.to(self.device), defense, params, self.index[positions])
+
+    def _predictor(self, quant: str) -> Callable[[torch.Tensor], torch.Tensor]:
         model, device = self.built.model(quant), self.built.devices[quant]
-
-        def predicted(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-            defended = self.defend(x.to(self.device), defense, params, self.index[positions])
-            return predict(model, defended, device, self.ev.batch_size)
-        return predicted
+        return lambda x: predict(model, x, device, self.ev.batch_size)
 
     def _per_image(self, attack: str, params: dict, eps: float) -> dict[str, torch.Tensor]:
         """What the attack draws per image, the same on any batch size or shard: its random starts (each image's
